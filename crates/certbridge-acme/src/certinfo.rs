@@ -1,0 +1,1 @@
+//! certinfo (to be written).

@@ -1,0 +1,1 @@
+//! finalize (to be written).

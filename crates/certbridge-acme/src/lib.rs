@@ -1,0 +1,18 @@
+//! certbridge-acme: the host side of DNS-01 issuance.
+//! - [`client`], [`http`]: the ACME client (accounts, orders, finalize) over an HTTP client that
+//!   resolves names in-process.
+//! - [`store`]: the cert root layout, metadata, atomic generation swaps.
+//! - [`policy`]: the renewal decision.
+//! - [`certinfo`]: parsing and checking keys, certificates and chains.
+//! - [`selfsign`]: the local test CA for `self_sign`.
+//! - [`request`], [`finalize`]: what the `acme_request` and `acme_finalize` modules do.
+
+pub mod certinfo;
+pub mod client;
+pub mod finalize;
+pub mod http;
+pub mod metrics;
+pub mod policy;
+pub mod request;
+pub mod selfsign;
+pub mod store;

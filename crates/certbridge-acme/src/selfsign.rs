@@ -1,0 +1,1 @@
+//! selfsign (to be written).

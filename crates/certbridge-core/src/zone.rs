@@ -1,0 +1,1 @@
+//! Zone-file rendering (filled in by the zone_render work).
