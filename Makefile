@@ -1,0 +1,44 @@
+# certbridge: build the module binaries, run the demo pulse, run every test.
+# `make demo` is the main job; `make test` runs all tests (what CI runs).
+
+TARGET   := x86_64-unknown-linux-gnu
+MODULES  := acme_request acme_txt_publish acme_finalize zone_render
+CARGO    ?= cargo
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+
+.PHONY: all deps modules demo test test-rust test-ansible lint bench clean
+
+all: modules
+
+# Debian packages (pebble, bind9, dnsutils) and the Python venv with pinned Ansible tooling.
+deps:
+	scripts/install-deps
+
+# Static, size-tuned release binaries into modules/ (where ansible.cfg finds them).
+modules:
+	$(CARGO) build --release --locked --target $(TARGET) --bins
+	for m in $(MODULES); do install -m 0755 target/$(TARGET)/release/$$m modules/$$m; done
+
+# The main job: a full pulse against a local Pebble CA + BIND nameserver, twice.
+demo: deps modules
+	scripts/demo
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+
+# Rust unit and integration tests (dev-profile binaries), then the release binaries' checks.
+test-rust:
+	$(CARGO) test --locked --workspace --no-fail-fast
+
+test-ansible: modules
+	scripts/test-ansible
+
+test: deps lint modules test-rust test-ansible
+
+bench: deps modules
+	scripts/bench
+
+clean:
+	$(CARGO) clean
+	for m in $(MODULES); do rm -f modules/$$m; done
