@@ -1,6 +1,5 @@
-//! The `zone_render` Ansible module (a thin main over the certbridge libraries).
+//! The `zone_render` Ansible module: renders a zone file (see `modules/zone_render.yml`).
+//! A thin main over `certbridge_core::zone`; links no TLS and no async runtime.
 fn main() {
-    certbridge_core::protocol::run("zone_render", &[], |_: serde_json::Map<String, serde_json::Value>, _| {
-        Err(certbridge_core::protocol::Failure::new("zone_render is not implemented yet"))
-    })
+    certbridge_core::protocol::run("zone_render", &[], certbridge_core::zone::zone_render)
 }

@@ -16,6 +16,9 @@ pub struct FileAttrs {
     pub gid: Option<u32>,
 }
 
+/// A check run on the finished temp file before it replaces the target (see [`atomic_write`]).
+pub type ValidateFn<'a> = &'a dyn Fn(&Path) -> io::Result<()>;
+
 /// Writes `data` to `path` atomically. `validate` (if any) runs on the finished temp file
 /// before the rename; an `Err` from it leaves the old file untouched.
 /// An existing file's mode and ownership are kept unless `attrs` sets them.
@@ -23,7 +26,7 @@ pub fn atomic_write(
     path: &Path,
     data: &[u8],
     attrs: &FileAttrs,
-    validate: Option<&dyn Fn(&Path) -> io::Result<()>>,
+    validate: Option<ValidateFn<'_>>,
 ) -> io::Result<()> {
     let dir = parent_dir(path);
     let existing = fs::metadata(path).ok();
