@@ -1,0 +1,940 @@
+//! A fault-injecting ACME proxy for the integration tests: it sits in front of Pebble, adds
+//! what Pebble 2.4.0 lacks (renewal information, RFC 9773, and `meta.profiles`), records every
+//! request and answers chosen requests with rate limits, outages, custom problems, hangs or
+//! dropped connections.
+//!
+//! Include it with `#[path = "support/ca_proxy.rs"] mod ca_proxy;`. It runs on its own thread
+//! with its own tokio runtime, so blocking and async tests can both use it; it stops on drop.
+//!
+//! How requests reach Pebble: the client's `Host` header (the proxy's `127.0.0.1:<port>`) is
+//! forwarded unchanged. Pebble builds every URL it returns from that header and checks JWS
+//! `url`/`kid` values against it, so clients only ever see the proxy's origin; any
+//! `https://127.0.0.1:<pebble port>` left in a body or a `Location`/`Link` header is rewritten
+//! as well. JWS bodies are forwarded byte for byte (the proxy holds no account key and cannot
+//! re-sign): Pebble 2.4.0 ignores the `profile` and `replaces` fields of a newOrder, so the
+//! proxy reflects them into the order objects it returns, as RFC 9773 and profile-aware CAs do.
+#![allow(dead_code)]
+
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{header, Request, Response, StatusCode};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+const ACME_ERROR: &str = "urn:ietf:params:acme:error:";
+const ARI_PATH: &str = "/renewal-info";
+/// Order fields Pebble 2.4.0 ignores and the proxy reflects (RFC 9773 4.2, profiles draft).
+const REFLECTED_ORDER_FIELDS: [&str; 2] = ["replaces", "profile"];
+
+/// The kind of ACME resource a request addresses, from Pebble 2.4.0's URL layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Directory,
+    NewNonce,
+    NewAccount,
+    NewOrder,
+    /// An order object (`/my-order/<id>`).
+    Order,
+    Authz,
+    Challenge,
+    Finalize,
+    Certificate,
+    /// An account object (`/my-account/<id>`).
+    Account,
+    KeyChange,
+    Revoke,
+    /// The proxy's own ARI resource (`/renewal-info/<cert id>`).
+    RenewalInfo,
+    Other,
+    /// Only as a fault target: every request.
+    Any,
+}
+
+impl Endpoint {
+    pub fn of(path: &str) -> Endpoint {
+        let path = path.split('?').next().unwrap_or(path);
+        let exact = [
+            ("/dir", Endpoint::Directory),
+            ("/nonce-plz", Endpoint::NewNonce),
+            ("/sign-me-up", Endpoint::NewAccount),
+            ("/order-plz", Endpoint::NewOrder),
+            ("/rollover-account-key", Endpoint::KeyChange),
+            ("/revoke-cert", Endpoint::Revoke),
+        ];
+        let prefixed = [
+            ("/my-order/", Endpoint::Order),
+            ("/authZ/", Endpoint::Authz),
+            ("/chalZ/", Endpoint::Challenge),
+            ("/finalize-order/", Endpoint::Finalize),
+            ("/certZ/", Endpoint::Certificate),
+            ("/my-account/", Endpoint::Account),
+            ("/renewal-info/", Endpoint::RenewalInfo),
+        ];
+        exact
+            .iter()
+            .find(|(p, _)| *p == path)
+            .or_else(|| prefixed.iter().find(|(p, _)| path.starts_with(p)))
+            .map_or(Endpoint::Other, |(_, e)| *e)
+    }
+
+    fn matches(self, actual: Endpoint) -> bool {
+        self == Endpoint::Any || self == actual
+    }
+}
+
+/// What a fault does to a matching request.
+#[derive(Clone, Debug)]
+pub enum FaultAction {
+    /// Answer without asking Pebble: `status`, an ACME problem document of type `problem`
+    /// (a full URN, or a short name such as `rateLimited` under `urn:ietf:params:acme:error:`)
+    /// and, when set, a `Retry-After` header (seconds or an HTTP date, sent verbatim).
+    Respond {
+        status: u16,
+        problem: String,
+        detail: String,
+        retry_after: Option<String>,
+    },
+    /// Read the request, never answer (until the proxy is dropped).
+    Hang,
+    /// Read the request, close the connection without an answer; Pebble never sees it.
+    Drop,
+    /// Forward the request to Pebble, then close the connection: the CA acted, the client
+    /// never learns it.
+    DropAfterForward,
+    /// Wait, then forward as usual.
+    Delay(Duration),
+}
+
+/// A fault for the next `times` requests to `endpoint` (`usize::MAX`: every one).
+#[derive(Clone, Debug)]
+pub struct Fault {
+    pub endpoint: Endpoint,
+    pub times: usize,
+    pub action: FaultAction,
+    /// Only requests whose JWS payload has this top-level field (e.g. `replaces`).
+    pub payload_field: Option<String>,
+}
+
+impl Fault {
+    pub fn new(endpoint: Endpoint, times: usize, action: FaultAction) -> Fault {
+        Fault {
+            endpoint,
+            times,
+            action,
+            payload_field: None,
+        }
+    }
+
+    /// 429 `rateLimited` with `Retry-After: <secs>`.
+    pub fn rate_limited(endpoint: Endpoint, times: usize, retry_after_secs: u64) -> Fault {
+        let detail = format!("injected rate limit, retry after {retry_after_secs} s");
+        Fault::problem(endpoint, times, 429, "rateLimited", &detail)
+            .retry_after(&retry_after_secs.to_string())
+    }
+
+    /// 503 `serverInternal` with `Retry-After: <secs>` (a CA in maintenance).
+    pub fn unavailable(endpoint: Endpoint, times: usize, retry_after_secs: u64) -> Fault {
+        Fault::problem(endpoint, times, 503, "serverInternal", "injected outage")
+            .retry_after(&retry_after_secs.to_string())
+    }
+
+    /// Any problem, e.g. `Fault::problem(Endpoint::NewOrder, 1, 409, "alreadyReplaced", "..")`.
+    pub fn problem(
+        endpoint: Endpoint,
+        times: usize,
+        status: u16,
+        problem: &str,
+        detail: &str,
+    ) -> Fault {
+        let action = FaultAction::Respond {
+            status,
+            problem: problem.to_owned(),
+            detail: detail.to_owned(),
+            retry_after: None,
+        };
+        Fault::new(endpoint, times, action)
+    }
+
+    pub fn hang(endpoint: Endpoint, times: usize) -> Fault {
+        Fault::new(endpoint, times, FaultAction::Hang)
+    }
+
+    pub fn drop_connection(endpoint: Endpoint, times: usize) -> Fault {
+        Fault::new(endpoint, times, FaultAction::Drop)
+    }
+
+    pub fn drop_after_forward(endpoint: Endpoint, times: usize) -> Fault {
+        Fault::new(endpoint, times, FaultAction::DropAfterForward)
+    }
+
+    pub fn delay(endpoint: Endpoint, times: usize, by: Duration) -> Fault {
+        Fault::new(endpoint, times, FaultAction::Delay(by))
+    }
+
+    /// Sets (or replaces) the `Retry-After` value of a `Respond` fault.
+    pub fn retry_after(mut self, value: &str) -> Fault {
+        if let FaultAction::Respond { retry_after, .. } = &mut self.action {
+            *retry_after = Some(value.to_owned());
+        }
+        self
+    }
+
+    /// Restricts the fault to requests whose payload carries `field`.
+    pub fn when_payload_has(mut self, field: &str) -> Fault {
+        self.payload_field = Some(field.to_owned());
+        self
+    }
+}
+
+/// An RFC 9773 suggested renewal window (RFC 3339 times, sent verbatim).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub start: String,
+    pub end: String,
+    pub explanation_url: Option<String>,
+}
+
+impl Window {
+    pub fn new(start: &str, end: &str) -> Window {
+        Window {
+            start: start.to_owned(),
+            end: end.to_owned(),
+            explanation_url: None,
+        }
+    }
+
+    /// A window from `start_secs` to `end_secs` relative to now (negative: in the past).
+    pub fn from_now(start_secs: i64, end_secs: i64) -> Window {
+        let at = |secs: i64| {
+            (time::OffsetDateTime::now_utc() + time::Duration::seconds(secs))
+                .replace_nanosecond(0)
+                .ok()
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_default()
+        };
+        Window::new(&at(start_secs), &at(end_secs))
+    }
+}
+
+/// What the proxy adds to Pebble.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// Add `renewalInfo` to the directory and serve `GET /renewal-info/<cert id>`.
+    pub renewal_info: bool,
+    /// `Retry-After` (seconds) sent with every renewal-information answer.
+    pub ari_retry_after_secs: u64,
+    /// `meta.profiles` to add (name, description); empty: none. A newOrder naming another
+    /// profile gets 400 `invalidProfile`.
+    pub profiles: Vec<(String, String)>,
+    /// Reflect a newOrder's `replaces`/`profile` into the order objects Pebble returns.
+    pub reflect_order_fields: bool,
+    /// How long one forwarded request may take before the proxy drops the client's connection.
+    pub upstream_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> ProxyConfig {
+        ProxyConfig {
+            renewal_info: false,
+            ari_retry_after_secs: 21600,
+            profiles: Vec::new(),
+            reflect_order_fields: true,
+            upstream_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ProxyConfig {
+    pub fn with_ari(mut self) -> ProxyConfig {
+        self.renewal_info = true;
+        self
+    }
+
+    pub fn with_profiles(mut self, profiles: &[(&str, &str)]) -> ProxyConfig {
+        self.profiles = profiles
+            .iter()
+            .map(|(n, d)| (n.to_string(), d.to_string()))
+            .collect();
+        self
+    }
+}
+
+/// One request as the proxy saw it.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub method: String,
+    /// Path and query, e.g. `/order-plz`.
+    pub path: String,
+    pub endpoint: Endpoint,
+    /// Decoded JWS protected header (`alg`, `nonce`, `url`, `kid` or `jwk`) of a POST.
+    pub protected: Option<Value>,
+    /// Decoded JWS payload; `None` for GETs and POST-as-GET (empty payload).
+    pub payload: Option<Value>,
+    /// Status the client got; `None` while pending, for a hang or a dropped connection.
+    pub status: Option<u16>,
+    /// Status Pebble answered; `None` when the request was not (yet) forwarded.
+    pub upstream_status: Option<u16>,
+    /// Whether a fault acted on this request.
+    pub faulted: bool,
+    pub at: Instant,
+}
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+struct Upstream {
+    /// `https://127.0.0.1:<pebble port>`
+    origin: String,
+    client: HttpsClient,
+}
+
+#[derive(Default)]
+struct State {
+    faults: Vec<Fault>,
+    requests: Vec<Recorded>,
+    windows: HashMap<String, Window>,
+    default_window: Option<Window>,
+    ari_fetches: Vec<String>,
+    /// finalize URL -> fields to reflect into that order's objects.
+    orders: HashMap<String, Map<String, Value>>,
+}
+
+struct Shared {
+    origin: String,
+    config: Mutex<ProxyConfig>,
+    upstream: Mutex<Arc<Upstream>>,
+    state: Mutex<State>,
+}
+
+/// Poisoning only means a test panicked elsewhere; the data is still usable.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A running proxy; stops on drop (hanging connections are closed then).
+pub struct CaProxy {
+    shared: Arc<Shared>,
+    ca_file: PathBuf,
+    _dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CaProxy {
+    /// Starts a proxy for the ACME directory `upstream_directory_url` (Pebble's, e.g. the bed's
+    /// `TESTBED_ACME_DIRECTORY`), trusting `upstream_ca_file` for Pebble's HTTPS certificate.
+    /// Panics when it cannot start (test setup).
+    pub fn start(
+        upstream_directory_url: &str,
+        upstream_ca_file: impl AsRef<Path>,
+        config: ProxyConfig,
+    ) -> CaProxy {
+        let upstream = Upstream::new(upstream_directory_url, upstream_ca_file.as_ref());
+        let dir = tempfile::Builder::new()
+            .prefix("certbridge-proxy-")
+            .tempdir()
+            .expect("proxy temp dir");
+        let (tls, ca_pem) = tls_identity();
+        let ca_file = dir.path().join("proxy-ca.pem");
+        std::fs::write(&ca_file, ca_pem).expect("write proxy CA");
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy port");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let port = listener.local_addr().expect("proxy address").port();
+        let shared = Arc::new(Shared {
+            origin: format!("https://127.0.0.1:{port}"),
+            config: Mutex::new(config),
+            upstream: Mutex::new(Arc::new(upstream)),
+            state: Mutex::new(State::default()),
+        });
+
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let serving = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("ca-proxy-{port}"))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("proxy runtime");
+                runtime.block_on(async move {
+                    let listener =
+                        tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                    tokio::select! {
+                        _ = accept_loop(listener, acceptor, serving) => {}
+                        _ = stopped => {}
+                    }
+                });
+                // Dropping the runtime drops every connection task, hanging ones included.
+            })
+            .expect("proxy thread");
+        CaProxy {
+            shared,
+            ca_file,
+            _dir: dir,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// `https://127.0.0.1:<port>`
+    pub fn origin(&self) -> &str {
+        &self.shared.origin
+    }
+
+    /// `https://127.0.0.1:<port>/dir`: give clients this, never Pebble's.
+    pub fn directory_url(&self) -> String {
+        format!("{}/dir", self.shared.origin)
+    }
+
+    /// PEM of the throw-away CA that signed the proxy's 127.0.0.1/localhost certificate.
+    pub fn ca_file(&self) -> &Path {
+        &self.ca_file
+    }
+
+    /// Points the proxy at another Pebble (e.g. after a restart on new ports); clients keep
+    /// their directory URL.
+    pub fn set_upstream(&self, directory_url: &str, ca_file: impl AsRef<Path>) {
+        *lock(&self.shared.upstream) = Arc::new(Upstream::new(directory_url, ca_file.as_ref()));
+    }
+
+    pub fn set_config(&self, config: ProxyConfig) {
+        *lock(&self.shared.config) = config;
+    }
+
+    pub fn config(&self) -> ProxyConfig {
+        lock(&self.shared.config).clone()
+    }
+
+    /// Adds a fault; the first matching fault with uses left acts on a request.
+    pub fn inject(&self, fault: Fault) {
+        lock(&self.shared.state).faults.push(fault);
+    }
+
+    pub fn clear_faults(&self) {
+        lock(&self.shared.state).faults.clear();
+    }
+
+    /// Uses left over all faults (`usize::MAX` when one never runs out).
+    pub fn faults_left(&self) -> usize {
+        let state = lock(&self.shared.state);
+        state
+            .faults
+            .iter()
+            .fold(0, |sum, f| sum.saturating_add(f.times))
+    }
+
+    /// Every request so far, oldest first.
+    pub fn requests(&self) -> Vec<Recorded> {
+        lock(&self.shared.state).requests.clone()
+    }
+
+    pub fn requests_to(&self, endpoint: Endpoint) -> Vec<Recorded> {
+        let state = lock(&self.shared.state);
+        state
+            .requests
+            .iter()
+            .filter(|r| endpoint.matches(r.endpoint))
+            .cloned()
+            .collect()
+    }
+
+    /// The decoded payloads of every newOrder, oldest first (also faulted ones).
+    pub fn new_order_payloads(&self) -> Vec<Value> {
+        self.requests_to(Endpoint::NewOrder)
+            .into_iter()
+            .filter_map(|r| r.payload)
+            .collect()
+    }
+
+    pub fn clear_requests(&self) {
+        let mut state = lock(&self.shared.state);
+        state.requests.clear();
+        state.ari_fetches.clear();
+    }
+
+    /// Serves `window` for the certificate `cert_id` (`base64url(AKI).base64url(serial)`).
+    pub fn set_window(&self, cert_id: &str, window: Window) {
+        lock(&self.shared.state)
+            .windows
+            .insert(cert_id.to_owned(), window);
+    }
+
+    /// Serves `window` for every certificate without its own; `None`: those get 404.
+    pub fn set_default_window(&self, window: Option<Window>) {
+        lock(&self.shared.state).default_window = window;
+    }
+
+    pub fn set_ari_retry_after(&self, secs: u64) {
+        lock(&self.shared.config).ari_retry_after_secs = secs;
+    }
+
+    /// The certificate ids of every renewal-information GET, oldest first (also faulted ones).
+    pub fn ari_fetches(&self) -> Vec<String> {
+        lock(&self.shared.state).ari_fetches.clone()
+    }
+}
+
+impl Drop for CaProxy {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Upstream {
+    fn new(directory_url: &str, ca_file: &Path) -> Upstream {
+        let origin = directory_url
+            .strip_suffix("/dir")
+            .unwrap_or_else(|| panic!("upstream directory {directory_url} does not end in /dir"))
+            .to_owned();
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca_file).expect("read upstream CA file") {
+            roots
+                .add(cert.expect("upstream CA PEM"))
+                .expect("upstream CA certificate");
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .build();
+        Upstream {
+            origin,
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+}
+
+/// A throw-away CA and a leaf for 127.0.0.1/localhost signed by it: (server config, CA PEM).
+fn tls_identity() -> (Arc<rustls::ServerConfig>, String) {
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "certbridge test proxy CA");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("self-sign CA");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
+    let leaf_params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .expect("leaf params");
+    let leaf = leaf_params
+        .signed_by(&leaf_key, &issuer)
+        .expect("sign leaf");
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf.der().clone()], key)
+    .expect("server certificate");
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    (Arc::new(config), ca_cert.pem())
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    shared: Arc<Shared>,
+) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let (acceptor, shared) = (acceptor.clone(), shared.clone());
+        tokio::spawn(async move {
+            // A failed handshake or a closed connection only ends this connection.
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let service = hyper::service::service_fn(move |req| handle(shared.clone(), req));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+        });
+    }
+}
+
+/// Returned by the service to make hyper close the connection without an answer.
+#[derive(Debug)]
+struct DropConnection(String);
+
+impl std::fmt::Display for DropConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "connection dropped: {}", self.0)
+    }
+}
+
+impl std::error::Error for DropConnection {}
+
+type Answer = Result<Response<Full<Bytes>>, DropConnection>;
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Answer {
+    let (parts, body) = req.into_parts();
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return Err(DropConnection(format!("reading the request: {e}"))),
+    };
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let endpoint = Endpoint::of(&path);
+    let (protected, payload) = decode_jws(&body);
+    let (index, fault) = {
+        let mut state = lock(&shared.state);
+        let fault = state
+            .faults
+            .iter_mut()
+            .find(|f| {
+                f.times > 0
+                    && f.endpoint.matches(endpoint)
+                    && f.payload_field.as_ref().is_none_or(|field| {
+                        payload.as_ref().is_some_and(|p| p.get(field).is_some())
+                    })
+            })
+            .map(|f| {
+                f.times = f.times.saturating_sub(usize::from(f.times != usize::MAX));
+                f.action.clone()
+            });
+        if endpoint == Endpoint::RenewalInfo {
+            let id = path
+                .trim_start_matches("/renewal-info/")
+                .split('?')
+                .next()
+                .unwrap_or("");
+            state.ari_fetches.push(id.to_owned());
+        }
+        state.requests.push(Recorded {
+            method: parts.method.to_string(),
+            path: path.clone(),
+            endpoint,
+            protected,
+            payload: payload.clone(),
+            status: None,
+            upstream_status: None,
+            faulted: fault.is_some(),
+            at: Instant::now(),
+        });
+        (state.requests.len() - 1, fault)
+    };
+
+    let call = Call {
+        parts,
+        body,
+        path,
+        endpoint,
+        payload,
+        index,
+    };
+    let answer = answer(&shared, call, fault).await;
+    if let Ok(rsp) = &answer {
+        shared.update(index, |r| r.status = Some(rsp.status().as_u16()));
+    }
+    answer
+}
+
+/// One request being answered.
+struct Call {
+    parts: hyper::http::request::Parts,
+    body: Bytes,
+    path: String,
+    endpoint: Endpoint,
+    payload: Option<Value>,
+    /// Its index in the recorded requests.
+    index: usize,
+}
+
+impl Shared {
+    fn update(&self, index: usize, change: impl FnOnce(&mut Recorded)) {
+        // Requests may have been cleared meanwhile; then there is nothing to update.
+        if let Some(r) = lock(&self.state).requests.get_mut(index) {
+            change(r);
+        }
+    }
+}
+
+async fn answer(shared: &Shared, call: Call, fault: Option<FaultAction>) -> Answer {
+    let Call {
+        parts,
+        body,
+        path,
+        endpoint,
+        payload,
+        index,
+    } = call;
+    let mut drop_after = false;
+    match fault {
+        Some(FaultAction::Respond {
+            status,
+            problem: kind,
+            detail,
+            retry_after,
+        }) => {
+            let mut rsp = problem(status, &kind, &detail);
+            if let Some(value) = retry_after.and_then(|v| header::HeaderValue::from_str(&v).ok()) {
+                rsp.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            return Ok(rsp);
+        }
+        Some(FaultAction::Hang) => std::future::pending::<()>().await,
+        Some(FaultAction::Drop) => return Err(DropConnection("injected".into())),
+        Some(FaultAction::DropAfterForward) => drop_after = true,
+        Some(FaultAction::Delay(by)) => tokio::time::sleep(by).await,
+        None => {}
+    }
+    let config = lock(&shared.config).clone();
+    if endpoint == Endpoint::RenewalInfo && config.renewal_info {
+        return Ok(renewal_info(shared, &path, &config));
+    }
+    if endpoint == Endpoint::NewOrder && !config.profiles.is_empty() {
+        if let Some(wanted) = payload
+            .as_ref()
+            .and_then(|p| p.get("profile"))
+            .and_then(Value::as_str)
+        {
+            if !config.profiles.iter().any(|(name, _)| name == wanted) {
+                return Ok(problem(
+                    400,
+                    "invalidProfile",
+                    &format!("profile {wanted:?} is not offered"),
+                ));
+            }
+        }
+    }
+
+    let upstream = lock(&shared.upstream).clone();
+    let (mut head, body) = match tokio::time::timeout(
+        config.upstream_timeout,
+        forward(&upstream, parts, body, &path),
+    )
+    .await
+    {
+        Ok(Ok(rsp)) => rsp,
+        Ok(Err(e)) => return Err(DropConnection(format!("upstream: {e}"))),
+        Err(_) => return Err(DropConnection("upstream timed out".into())),
+    };
+    shared.update(index, |r| r.upstream_status = Some(head.status.as_u16()));
+    if drop_after {
+        return Err(DropConnection("injected after forwarding".into()));
+    }
+    let body = rewrite(
+        shared,
+        &upstream,
+        &mut head,
+        body,
+        endpoint,
+        payload.as_ref(),
+        &config,
+    );
+    Ok(Response::from_parts(head, Full::new(body)))
+}
+
+async fn forward(
+    upstream: &Upstream,
+    parts: hyper::http::request::Parts,
+    body: Bytes,
+    path: &str,
+) -> Result<(hyper::http::response::Parts, Bytes), Box<dyn std::error::Error + Send + Sync>> {
+    let mut req = Request::builder()
+        .method(parts.method)
+        .uri(format!("{}{path}", upstream.origin));
+    for (name, value) in &parts.headers {
+        // The Host header stays the proxy's: Pebble derives its URLs and JWS checks from it.
+        if !matches!(
+            name.as_str(),
+            "connection" | "keep-alive" | "transfer-encoding" | "content-length"
+        ) {
+            req = req.header(name, value);
+        }
+    }
+    let rsp = upstream.client.request(req.body(Full::new(body))?).await?;
+    let (mut parts, body) = rsp.into_parts();
+    let body = body.collect().await?.to_bytes();
+    for hop in [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::CONTENT_LENGTH,
+    ] {
+        parts.headers.remove(hop);
+    }
+    Ok((parts, body))
+}
+
+/// Replaces Pebble's origin by the proxy's and adds the proxy's extensions to the directory
+/// and to order objects.
+fn rewrite(
+    shared: &Shared,
+    upstream: &Upstream,
+    head: &mut hyper::http::response::Parts,
+    body: Bytes,
+    endpoint: Endpoint,
+    payload: Option<&Value>,
+    config: &ProxyConfig,
+) -> Bytes {
+    let swap = |s: &str| s.replace(&upstream.origin, &shared.origin);
+    for name in [header::LOCATION, header::LINK] {
+        let values: Vec<_> = head
+            .headers
+            .get_all(&name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(swap)
+            .collect();
+        if !values.is_empty() {
+            head.headers.remove(&name);
+            for v in values
+                .iter()
+                .filter_map(|v| header::HeaderValue::from_str(v).ok())
+            {
+                head.headers.append(&name, v);
+            }
+        }
+    }
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return body;
+    };
+    let text = swap(text);
+    let mut json = match serde_json::from_str::<Value>(&text) {
+        Ok(Value::Object(json)) => json,
+        _ => return Bytes::from(text),
+    };
+    if endpoint == Endpoint::Directory {
+        if config.renewal_info {
+            json.insert(
+                "renewalInfo".into(),
+                json!(format!("{}{ARI_PATH}", shared.origin)),
+            );
+        }
+        if !config.profiles.is_empty() {
+            let profiles: Map<String, Value> = config
+                .profiles
+                .iter()
+                .map(|(n, d)| (n.clone(), json!(d)))
+                .collect();
+            let meta = json.entry("meta").or_insert_with(|| json!({}));
+            if let Some(meta) = meta.as_object_mut() {
+                meta.insert("profiles".into(), Value::Object(profiles));
+            }
+        }
+    }
+    if let Some(finalize) = json
+        .get("finalize")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+    {
+        let mut state = lock(&shared.state);
+        if endpoint == Endpoint::NewOrder && config.reflect_order_fields {
+            let fields: Map<String, Value> = REFLECTED_ORDER_FIELDS
+                .iter()
+                .filter_map(|f| Some((f.to_string(), payload?.get(*f)?.clone())))
+                .collect();
+            if !fields.is_empty() {
+                state.orders.insert(finalize.clone(), fields);
+            }
+        }
+        if let Some(fields) = state.orders.get(&finalize) {
+            json.extend(fields.clone());
+        }
+    }
+    Bytes::from(Value::Object(json).to_string())
+}
+
+fn renewal_info(shared: &Shared, path: &str, config: &ProxyConfig) -> Response<Full<Bytes>> {
+    let id = path
+        .trim_start_matches("/renewal-info/")
+        .split('?')
+        .next()
+        .unwrap_or("");
+    let window = {
+        let state = lock(&shared.state);
+        state
+            .windows
+            .get(id)
+            .or(state.default_window.as_ref())
+            .cloned()
+    };
+    let Some(window) = window else {
+        return problem(
+            404,
+            "malformed",
+            &format!("no renewal information for {id:?}"),
+        );
+    };
+    let mut info = json!({"suggestedWindow": {"start": window.start, "end": window.end}});
+    if let Some(url) = window.explanation_url {
+        info["explanationURL"] = json!(url);
+    }
+    let mut rsp = Response::new(Full::new(Bytes::from(info.to_string())));
+    let headers = rsp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        header::RETRY_AFTER,
+        header::HeaderValue::from(config.ari_retry_after_secs),
+    );
+    rsp
+}
+
+fn problem(status: u16, kind: &str, detail: &str) -> Response<Full<Bytes>> {
+    let kind = if kind.starts_with("urn:") {
+        kind.to_owned()
+    } else {
+        format!("{ACME_ERROR}{kind}")
+    };
+    let body = json!({"type": kind, "detail": detail, "status": status});
+    let mut rsp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *rsp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    rsp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/problem+json"),
+    );
+    rsp
+}
+
+/// The decoded protected header and payload of a flattened JWS body, where present.
+fn decode_jws(body: &[u8]) -> (Option<Value>, Option<Value>) {
+    let Ok(Value::Object(jws)) = serde_json::from_slice::<Value>(body) else {
+        return (None, None);
+    };
+    let part = |name: &str| {
+        let text = jws.get(name)?.as_str()?;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .ok()?;
+        serde_json::from_slice::<Value>(&bytes).ok()
+    };
+    (part("protected"), part("payload"))
+}
