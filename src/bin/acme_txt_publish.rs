@@ -1,6 +1,8 @@
-//! The `acme_txt_publish` Ansible module (a thin main over the certbridge libraries).
+//! The `acme_txt_publish` Ansible module (a thin main over certbridge-dns).
 fn main() {
-    certbridge_core::protocol::run("acme_txt_publish", &[], |_: serde_json::Map<String, serde_json::Value>, _| {
-        Err(certbridge_core::protocol::Failure::new("acme_txt_publish is not implemented yet"))
-    })
+    certbridge_core::protocol::run(
+        "acme_txt_publish",
+        &["tsig_secret"],
+        certbridge_dns::publish::run_module,
+    )
 }

@@ -1,2 +1,20 @@
 //! certbridge-dns: follow `_acme-challenge` CNAMEs, publish TXT values, verify every
-//! authoritative server answers them.
+//! authoritative server answers them. No ACME client and no TLS: `acme_txt_publish` links
+//! only this and certbridge-core.
+//! - [`transport`]: queries (UDP, TCP on truncation), TSIG-signed AXFR and UPDATE.
+//! - [`chase`]: CNAME chains to the owner in a managed zone; a zone's servers.
+//! - [`rfc2136`]: the dynamic-update method and its first-published state file.
+//! - [`verify`]: polling every authoritative server until it serves every value.
+//! - [`zonefile`]: the zone-file method over certbridge-core's zone library.
+//! - [`options`], [`publish`]: the `acme_txt_publish` module's options and the step itself.
+
+pub mod chase;
+pub mod error;
+pub mod options;
+pub mod publish;
+pub mod rfc2136;
+pub mod transport;
+pub mod verify;
+pub mod zonefile;
+
+pub use error::{DnsError, PublishError};

@@ -1,0 +1,347 @@
+//! The `zonefile` method: render the signing zone with the zone library (the same code as
+//! `zone_render`), validate, replace atomically, reload. When each value first went out is
+//! kept in the file itself (`; certbridge published=<ts>`), so `keep_seconds` needs no state.
+
+use crate::error::PublishError;
+use crate::options::FileZone;
+use certbridge_core::fsutil::Lock;
+use certbridge_core::names::{DomainName, TxtDigest};
+use certbridge_core::zone::{self, ZoneError};
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Stdio;
+use tokio::time::{timeout_at, Instant};
+
+/// What publishing did to one zone (either method).
+#[derive(Debug, Clone, Default)]
+pub struct ZoneResult {
+    pub changed: bool,
+    /// Owner -> every challenge value it carries after the run.
+    pub after: BTreeMap<DomainName, BTreeSet<String>>,
+    /// Owner -> values removed because they expired.
+    pub removed: BTreeMap<DomainName, BTreeSet<String>>,
+    pub diff: Option<serde_json::Value>,
+    pub warnings: Vec<String>,
+}
+
+/// Runs `argv` (never through a shell) under the deadline; returns its output.
+pub async fn run_command(
+    zone: &DomainName,
+    argv: &[String],
+    deadline: Instant,
+) -> Result<String, PublishError> {
+    let command = argv.join(" ");
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| PublishError::Config(format!("zone {}: an empty command", zone.fqdn())))?;
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| PublishError::Command {
+            zone: zone.as_str().into(),
+            command: command.clone(),
+            output: format!("cannot start it: {e}"),
+        })?;
+    let out = match timeout_at(deadline, child.wait_with_output()).await {
+        Err(_) => {
+            return Err(PublishError::CommandTimeout {
+                zone: zone.as_str().into(),
+                command,
+            })
+        }
+        Ok(Err(e)) => {
+            return Err(PublishError::Command {
+                zone: zone.as_str().into(),
+                command,
+                output: e.to_string(),
+            })
+        }
+        Ok(Ok(out)) => out,
+    };
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    let text = text.trim().to_owned();
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(PublishError::Command {
+            zone: zone.as_str().into(),
+            command,
+            output: if text.is_empty() {
+                out.status.to_string()
+            } else {
+                text
+            },
+        })
+    }
+}
+
+fn rndc(fz: &FileZone, verb: &str, zone: &DomainName) -> Vec<String> {
+    let mut argv = fz.rndc.clone();
+    argv.push(verb.into());
+    argv.push(zone.as_str().into());
+    argv
+}
+
+/// Owner -> value -> first-published time (Unix seconds).
+pub type Published = BTreeMap<DomainName, BTreeMap<String, u64>>;
+/// Owner -> values.
+pub type Values = BTreeMap<DomainName, BTreeSet<String>>;
+
+/// The TXT records the zone should carry: old values still wanted or younger than
+/// `keep_seconds` (keeping their first-published time), plus this run's new ones.
+pub fn merge_values(
+    old: Option<&zone::RenderedZone>,
+    wanted: &BTreeMap<DomainName, BTreeSet<TxtDigest>>,
+    now: u64,
+    keep_seconds: u64,
+) -> (Published, Values) {
+    let mut keep = Published::new();
+    let mut removed = Values::new();
+    if let Some(old) = old {
+        for (owner, value, published) in old.txt() {
+            // TXT records without a publication time are static records, re-added from options.
+            let Some(first) = published else { continue };
+            let still_wanted = wanted
+                .get(owner)
+                .is_some_and(|s| s.iter().any(|v| v.as_str() == value));
+            if still_wanted || now.saturating_sub(first) < keep_seconds {
+                keep.entry(owner.clone())
+                    .or_default()
+                    .insert(value.to_owned(), first);
+            } else {
+                removed
+                    .entry(owner.clone())
+                    .or_default()
+                    .insert(value.to_owned());
+            }
+        }
+    }
+    for (owner, values) in wanted {
+        let at = keep.entry(owner.clone()).or_default();
+        for v in values {
+            at.entry(v.as_str().to_owned()).or_insert(now);
+        }
+    }
+    (keep, removed)
+}
+
+/// Publishes `wanted` (owner -> values, every owner inside this zone) into a zone file.
+pub async fn publish(
+    origin: &DomainName,
+    fz: &FileZone,
+    wanted: &BTreeMap<DomainName, BTreeSet<TxtDigest>>,
+    now: u64,
+    keep_seconds: u64,
+    check_mode: bool,
+    deadline: Instant,
+) -> Result<ZoneResult, PublishError> {
+    let path = fz.write.path.clone();
+    // One lock per zone, shared with zone_render, held from reading the old values until the
+    // server has been told to reload.
+    let _lock = if check_mode {
+        None
+    } else {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        Some(
+            Lock::acquire(&zone::lock_path(&path), wait).map_err(|source| PublishError::Lock {
+                zone: origin.as_str().into(),
+                source,
+            })?,
+        )
+    };
+    let frozen = fz.freeze && !check_mode;
+    if frozen {
+        // named writes its journal into the file on freeze: read the file after it.
+        run_command(origin, &rndc(fz, "freeze", origin), deadline).await?;
+    }
+    let written = write_zone(origin, fz, wanted, now, keep_seconds, check_mode, deadline).await;
+    if frozen {
+        // Thaw even when writing failed, so the zone takes updates again; thaw reloads it.
+        let thawed = run_command(origin, &rndc(fz, "thaw", origin), deadline).await;
+        let (result, _) = written?;
+        thawed?;
+        return Ok(result);
+    }
+    let (result, content_changed) = written?;
+    if content_changed && !check_mode {
+        run_command(origin, &fz.reload, deadline).await?;
+    }
+    Ok(result)
+}
+
+async fn write_zone(
+    origin: &DomainName,
+    fz: &FileZone,
+    wanted: &BTreeMap<DomainName, BTreeSet<TxtDigest>>,
+    now: u64,
+    keep_seconds: u64,
+    check_mode: bool,
+    deadline: Instant,
+) -> Result<(ZoneResult, bool), PublishError> {
+    let path = &fz.write.path;
+    let mut warnings = Vec::new();
+    let old = match zone::read_rendered(path) {
+        Ok(old) => old,
+        Err(ZoneError::NotRendered) => {
+            warnings.push(format!(
+                "{} was not written by certbridge: it is replaced by a rendered zone (SOA, `ns`, `static_records` and the TXT values)",
+                path.display()
+            ));
+            None
+        }
+        Err(e) => {
+            return Err(PublishError::ReadZone {
+                zone: origin.as_str().into(),
+                path: path.clone(),
+                detail: e.to_string(),
+            })
+        }
+    };
+    let (values, removed) = merge_values(old.as_ref(), wanted, now, keep_seconds);
+    let mut records = fz.static_records.clone();
+    for (owner, at) in &values {
+        for (value, first) in at {
+            let r =
+                zone::Record::txt(owner.clone(), value).map_err(|e| PublishError::WriteZone {
+                    zone: origin.as_str().into(),
+                    detail: e.to_string(),
+                })?;
+            records.push(r.with_published(*first));
+        }
+    }
+    let mut preview_opts = fz.write.clone();
+    preview_opts.check_mode = true;
+    let render_err = |e: ZoneError| PublishError::WriteZone {
+        zone: origin.as_str().into(),
+        detail: e.to_string(),
+    };
+    let mut outcome = zone::apply(&fz.spec, &records, &preview_opts).map_err(render_err)?;
+    if !check_mode && outcome.changed {
+        if outcome.content_changed && fz.default_reload && !fz.freeze {
+            // `rndc reload` refuses a zone that takes dynamic updates: find out before writing.
+            let status = run_command(origin, &rndc(fz, "zonestatus", origin), deadline).await?;
+            if status.lines().any(|l| l.trim() == "dynamic: yes") {
+                return Err(PublishError::DynamicZone {
+                    zone: origin.as_str().into(),
+                });
+            }
+        }
+        outcome = zone::apply(&fz.spec, &records, &fz.write).map_err(|e| match e {
+            ZoneError::ValidationFailed { .. } => PublishError::WriteZone {
+                zone: origin.as_str().into(),
+                detail: format!("{e}; the old zone file is unchanged and still served"),
+            },
+            other => render_err(other),
+        })?;
+    }
+    let shown = path.display().to_string();
+    let diff = serde_json::json!({
+        "before": zone::cap_lines(outcome.before.as_deref().unwrap_or(""), zone::DIFF_MAX_LINES),
+        "after": zone::cap_lines(&outcome.after, zone::DIFF_MAX_LINES),
+        "before_header": shown,
+        "after_header": shown,
+    });
+    Ok((
+        ZoneResult {
+            changed: outcome.changed,
+            after: values
+                .into_iter()
+                .map(|(o, at)| (o, at.into_keys().collect()))
+                .collect(),
+            removed,
+            diff: Some(diff),
+            warnings,
+        },
+        outcome.content_changed,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dn(s: &str) -> DomainName {
+        DomainName::parse(s).unwrap()
+    }
+    fn dig(c: char) -> String {
+        std::iter::repeat_n(c, 43).collect()
+    }
+
+    #[test]
+    fn merge_keeps_recent_and_wanted_values_with_their_first_time() {
+        let owner = dn("acme.signing.test");
+        let spec = zone::ZoneSpec::new(dn("signing.test"), vec![dn("ns1.signing.test")]);
+        let records = vec![
+            zone::Record::txt(owner.clone(), &dig('o'))
+                .unwrap()
+                .with_published(100),
+            zone::Record::txt(owner.clone(), &dig('r'))
+                .unwrap()
+                .with_published(9_000),
+            zone::Record::txt(owner.clone(), &dig('w'))
+                .unwrap()
+                .with_published(50),
+            zone::Record::txt(owner.clone(), "static note").unwrap(),
+        ];
+        let text = zone::render(&spec, &records, 1).unwrap();
+        let old = zone::parse_rendered(&text).unwrap();
+        let wanted = BTreeMap::from([(
+            owner.clone(),
+            BTreeSet::from([
+                TxtDigest::parse(&dig('w')).unwrap(),
+                TxtDigest::parse(&dig('n')).unwrap(),
+            ]),
+        )]);
+        let (keep, removed) = merge_values(Some(&old), &wanted, 10_000, 3600);
+        let at = &keep[&owner];
+        assert_eq!(
+            at.get(&dig('w')),
+            Some(&50),
+            "a wanted value keeps its first time"
+        );
+        assert_eq!(at.get(&dig('r')), Some(&9_000), "a recent value stays");
+        assert_eq!(
+            at.get(&dig('n')),
+            Some(&10_000),
+            "a new value is published now"
+        );
+        assert!(!at.contains_key(&dig('o')) && !at.contains_key("static note"));
+        assert_eq!(removed[&owner], BTreeSet::from([dig('o')]));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn commands_run_without_a_shell_and_report_failures() {
+        let z = dn("signing.test");
+        let far = Instant::now() + std::time::Duration::from_secs(5);
+        let out = run_command(&z, &["echo".into(), "a;b $HOME".into()], far)
+            .await
+            .unwrap();
+        assert_eq!(out, "a;b $HOME");
+        let err = run_command(
+            &z,
+            &["sh".into(), "-c".into(), "echo broken >&2; exit 3".into()],
+            far,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("broken") && err.contains("signing.test"),
+            "{err}"
+        );
+        let start = Instant::now();
+        let err = run_command(
+            &z,
+            &["sleep".into(), "5".into()],
+            start + std::time::Duration::from_millis(200),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, PublishError::CommandTimeout { .. }), "{err}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(2));
+    }
+}
