@@ -1,6 +1,10 @@
 //! The `acme_finalize` Ansible module (a thin main over the certbridge libraries).
 fn main() {
-    certbridge_core::protocol::run("acme_finalize", &[], |_: serde_json::Map<String, serde_json::Value>, _| {
-        Err(certbridge_core::protocol::Failure::new("acme_finalize is not implemented yet"))
-    })
+    certbridge_core::protocol::run(
+        "acme_finalize",
+        certbridge_acme::config::SECRET_KEYS,
+        |raw: serde_json::Map<String, serde_json::Value>, inv| {
+            certbridge_acme::finalize::module(raw, inv, &certbridge_acme::acme::Connector)
+        },
+    )
 }

@@ -1,1 +1,488 @@
-//! finalize (to be written).
+//! `acme_finalize` (play 3, on each host): for each pending cert, finalize its order with a key
+//! made and persisted on this host (or sign it with the local test CA for `self_sign`), verify
+//! the result, install it atomically, and report which certs changed (they drive the handlers)
+//! until the role acknowledges them with `ack`.
+
+use crate::ca::{CaAccount, CaConnector, CaFailure};
+use crate::certinfo::{self, IssuedSet};
+use crate::config::{self, Config};
+use crate::eventlog::EventLog;
+use crate::policy::SELF_SIGN_DIRECTORY;
+use crate::request::record_failure;
+use crate::selfsign::TestCa;
+use crate::store::{Meta, PendingOrder};
+use certbridge_core::protocol::{Failure, Invocation, Reply};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+/// Default of `timeout` for acme_finalize (seconds).
+pub const DEFAULT_TIMEOUT: u64 = 300;
+
+/// acme_finalize's own options.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FinalizeOptions {
+    /// Finalize only these certs (default: every pending cert).
+    #[serde(default)]
+    pub only: Option<Vec<String>>,
+    /// Handlers of these certs ran: stop reporting them in `updated`.
+    #[serde(default)]
+    pub ack: Option<Vec<String>>,
+    /// Restore the previous generation of these certs.
+    #[serde(default)]
+    pub rollback: Option<Vec<String>>,
+    /// Resolver (address or address:port) on which every value must be visible before the CA
+    /// is asked to validate; `off` (or unset) skips the check.
+    #[serde(default)]
+    pub dns_check: Option<String>,
+    /// How long `dns_check` waits for values at most (seconds; default the whole `timeout`).
+    #[serde(
+        default,
+        deserialize_with = "certbridge_core::protocol::coerce::opt_uint"
+    )]
+    pub dns_check_timeout: Option<u64>,
+}
+
+pub const OWN_KEYS: &[&str] = &["only", "ack", "rollback", "dns_check", "dns_check_timeout"];
+
+/// The parsed `dns_check` option.
+pub fn dns_check_server(own: &FinalizeOptions) -> Result<Option<std::net::SocketAddr>, String> {
+    match own.dns_check.as_deref().map(str::trim) {
+        None | Some("") | Some("off") | Some("false") | Some("no") => Ok(None),
+        Some(s) => certbridge_core::names::ServerAddr::parse(s, 53)
+            .map(|a| Some(a.0))
+            .map_err(|e| format!("dns_check: {e}, or `off`")),
+    }
+}
+
+/// Per installed cert, in the reply.
+#[derive(Debug, Clone, Serialize)]
+pub struct Installed {
+    pub serial: String,
+    pub not_after: i64,
+    pub issuer: String,
+    pub dir: String,
+}
+
+/// The whole result.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub certs: BTreeMap<String, Installed>,
+    /// Certs whose files changed now, plus those whose handler is still owed.
+    pub updated: BTreeSet<String>,
+    pub changed: bool,
+    pub acme_retries: u64,
+    pub failures: Vec<(String, CaFailure)>,
+    pub warnings: Vec<String>,
+}
+
+impl Outcome {
+    pub fn into_reply(self) -> Result<Reply, Failure> {
+        let mut reply = Reply::changed(self.changed);
+        reply.set("updated", &self.updated);
+        reply.set("certs", &self.certs);
+        reply.set("acme_retries", self.acme_retries);
+        for w in self.warnings {
+            reply.warn(w);
+        }
+        if self.failures.is_empty() {
+            return Ok(reply);
+        }
+        let problems: Map<String, Value> = self
+            .failures
+            .iter()
+            .map(|(c, f)| (c.clone(), f.problem.clone().unwrap_or(Value::Null)))
+            .collect();
+        reply.set("problems", problems);
+        let msg = self
+            .failures
+            .iter()
+            .map(|(c, f)| format!("cert {c}: {}", f.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Err(Failure::from_reply(msg, reply))
+    }
+}
+
+/// The module: parse, validate (before any disk or network access), run.
+pub fn module<C: CaConnector>(
+    raw: Map<String, Value>,
+    inv: &Invocation,
+    connector: &C,
+) -> Result<Reply, Failure> {
+    let (common, own): (config::CommonOptions, FinalizeOptions) =
+        config::split_options(raw, OWN_KEYS).map_err(|e| Failure::new(e.to_string()))?;
+    let cfg = config::validate(common, DEFAULT_TIMEOUT).map_err(|e| Failure::new(e.to_string()))?;
+    crate::acme::preflight(&cfg).map_err(Failure::new)?;
+    for (option, list) in [
+        ("only", &own.only),
+        ("ack", &own.ack),
+        ("rollback", &own.rollback),
+    ] {
+        if let Some(unknown) = list.iter().flatten().find(|c| cfg.cert(c).is_none()) {
+            return Err(Failure::new(format!(
+                "{option}: `{unknown}` is not a declared cert"
+            )));
+        }
+    }
+    dns_check_server(&own).map_err(Failure::new)?;
+    let log = if inv.check_mode {
+        EventLog::disabled("acme_finalize")
+    } else {
+        EventLog::new(cfg.log_file.clone(), "acme_finalize")
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(format!("cannot start the async runtime: {e}")))?;
+    let mut outcome = rt.block_on(run(&cfg, &own, inv.check_mode, connector, &log))?;
+    outcome.warnings.extend(log.warning());
+    outcome.into_reply()
+}
+
+fn installed(cfg: &Config, dir: &str, set: &IssuedSet) -> Installed {
+    Installed {
+        serial: set.leaf.serial.clone(),
+        not_after: set.leaf.not_after,
+        issuer: set.leaf.issuer.clone(),
+        dir: cfg.store.cert_dir(dir).display().to_string(),
+    }
+}
+
+/// Acknowledges, rolls back, finalizes and installs.
+pub async fn run<C: CaConnector>(
+    cfg: &Config,
+    own: &FinalizeOptions,
+    check_mode: bool,
+    connector: &C,
+    log: &EventLog,
+) -> Result<Outcome, Failure> {
+    let deadline = Instant::now() + cfg.timeout;
+    let store = &cfg.store;
+    let mut out = Outcome::default();
+    if check_mode {
+        // Say what would happen; touch nothing.
+        for spec in &cfg.certs {
+            let meta = store
+                .load_meta(spec.name.as_str())
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            let selected = own
+                .only
+                .as_ref()
+                .is_none_or(|o| o.iter().any(|c| c == spec.name.as_str()));
+            if (meta.pending.is_some() && selected)
+                || own
+                    .rollback
+                    .iter()
+                    .flatten()
+                    .any(|c| c == spec.name.as_str())
+            {
+                out.changed = true;
+            }
+            let acked = own.ack.iter().flatten().any(|c| c == spec.name.as_str());
+            if meta.handler_owed && !acked {
+                out.updated.insert(spec.name.as_str().to_owned());
+            }
+        }
+        return Ok(out);
+    }
+    let _lock = store
+        .lock(cfg.timeout)
+        .map_err(|e| Failure::new(e.to_string()))?;
+    let mut metas: BTreeMap<String, Meta> = BTreeMap::new();
+    for spec in &cfg.certs {
+        let m = store
+            .load_meta(spec.name.as_str())
+            .map_err(|e| Failure::new(e.to_string()))?
+            .unwrap_or_default();
+        metas.insert(spec.name.as_str().to_owned(), m);
+    }
+    let original = metas.clone();
+    for cert in own.ack.iter().flatten() {
+        if let Some(m) = metas.get_mut(cert) {
+            if m.handler_owed {
+                log.event("ack", json!({"cert": cert}));
+            }
+            m.handler_owed = false;
+        }
+    }
+    for cert in own.rollback.iter().flatten() {
+        let Some(spec) = cfg.cert(cert) else { continue };
+        store
+            .rollback(&spec.dir)
+            .map_err(|e| Failure::new(format!("rollback of cert {cert}: {e}")))?;
+        let on_disk = store.read_installed(&spec.dir);
+        let m = metas.entry(cert.clone()).or_default();
+        if let Some(leaf) = on_disk.leaf {
+            m.serial = Some(leaf.serial.clone());
+            m.not_after = Some(leaf.not_after);
+            m.issuer = Some(leaf.issuer.clone());
+            m.names = leaf.names.iter().cloned().collect();
+            m.key_type = leaf.key_type;
+            out.certs.insert(
+                cert.clone(),
+                Installed {
+                    serial: leaf.serial,
+                    not_after: leaf.not_after,
+                    issuer: leaf.issuer,
+                    dir: store.cert_dir(&spec.dir).display().to_string(),
+                },
+            );
+        }
+        m.handler_owed = true;
+        out.changed = true;
+        log.event("rollback", json!({"cert": cert}));
+    }
+
+    let selected: Vec<(String, PendingOrder)> = cfg
+        .certs
+        .iter()
+        .filter(|s| {
+            own.only
+                .as_ref()
+                .is_none_or(|o| o.iter().any(|c| c == s.name.as_str()))
+        })
+        .filter_map(|s| {
+            let p = metas.get(s.name.as_str())?.pending.clone()?;
+            Some((s.name.as_str().to_owned(), p))
+        })
+        .collect();
+    let now = crate::now();
+    let (self_signed, acme): (Vec<_>, Vec<_>) =
+        selected.into_iter().partition(|(_, p)| p.self_sign);
+
+    for (cert, pending) in self_signed {
+        let result = sign_locally(cfg, &cert, &pending, now);
+        finish(cfg, &cert, &pending, result, &mut metas, &mut out, log, now);
+    }
+    let mut acme = acme;
+    if let (Some(server), false) = (
+        dns_check_server(own).map_err(Failure::new)?,
+        acme.is_empty(),
+    ) {
+        let check_deadline = own
+            .dns_check_timeout
+            .map(|s| (Instant::now() + Duration::from_secs(s)).min(deadline))
+            .unwrap_or(deadline);
+        let resolver = crate::txtcheck::resolver(server).map_err(Failure::new)?;
+        let jobs = acme
+            .iter()
+            .map(|(_, p)| crate::txtcheck::wait_visible(&resolver, &p.challenges, check_deadline));
+        let missing = futures_util::future::join_all(jobs).await;
+        let mut visible = Vec::new();
+        for ((cert, pending), missing) in acme.into_iter().zip(missing) {
+            if missing.is_empty() {
+                visible.push((cert, pending));
+                continue;
+            }
+            let list = missing
+                .iter()
+                .map(|c| format!("{} {}", c.record, c.value))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let f = local_failure(format!(
+                "TXT not published: {list} not visible on {server}; the CA was not asked to validate"
+            ));
+            log.event("txt_not_published", json!({"cert": cert, "missing": list}));
+            // Not the CA's failure: no backoff, the order stays pending for the next pulse.
+            out.failures.push((cert, f));
+        }
+        acme = visible;
+    }
+    if !acme.is_empty() {
+        match connector.open(cfg, deadline).await {
+            Ok(account) => {
+                let jobs = acme
+                    .iter()
+                    .map(|(cert, p)| finalize_one(cfg, cert, p, &account, deadline));
+                let results = futures_util::future::join_all(jobs).await;
+                out.acme_retries = account.retries();
+                for ((cert, pending), result) in acme.iter().zip(results) {
+                    let result = result.and_then(|set| install(cfg, cert, set));
+                    finish(
+                        cfg,
+                        cert,
+                        pending,
+                        result,
+                        &mut metas,
+                        &mut out,
+                        log,
+                        crate::now(),
+                    );
+                }
+            }
+            Err(f) => {
+                for (cert, pending) in &acme {
+                    finish(
+                        cfg,
+                        cert,
+                        pending,
+                        Err(f.clone()),
+                        &mut metas,
+                        &mut out,
+                        log,
+                        now,
+                    );
+                }
+            }
+        }
+    }
+
+    for (cert, m) in &metas {
+        if m.handler_owed {
+            out.updated.insert(cert.clone());
+        }
+        if original.get(cert) != Some(m) {
+            store
+                .save_meta(cert, m)
+                .map_err(|e| Failure::new(e.to_string()))?;
+        }
+    }
+    // Only once the metadata no longer points at the order: a crash before this leaves the
+    // key the order was finalized with, so a rerun downloads a certificate that matches it.
+    for (cert, m) in &metas {
+        if m.pending.is_none() {
+            let _ = store.clear_pending_key(cert);
+        }
+    }
+    Ok(out)
+}
+
+/// Records the result of one cert: metadata, reply, log.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    cfg: &Config,
+    cert: &str,
+    pending: &PendingOrder,
+    result: Result<IssuedSet, CaFailure>,
+    metas: &mut BTreeMap<String, Meta>,
+    out: &mut Outcome,
+    log: &EventLog,
+    now: i64,
+) {
+    let Some(spec) = cfg.cert(cert) else { return };
+    let m = metas.entry(cert.to_owned()).or_default();
+    match result {
+        Ok(set) => {
+            m.names = pending.names.clone();
+            m.key_type = Some(pending.key_type);
+            m.directory = Some(pending.directory.clone());
+            m.staging = pending.staging;
+            m.self_signed = pending.self_sign;
+            m.account_url = pending.account_url.clone();
+            m.serial = Some(set.leaf.serial.clone());
+            m.not_after = Some(set.leaf.not_after);
+            m.issuer = Some(set.leaf.issuer.clone());
+            m.issued_at = Some(now);
+            m.pending = None;
+            m.failures = 0;
+            m.retry_not_before = None;
+            m.last_problem = None;
+            m.handler_owed = true;
+            out.changed = true;
+            log.event(
+                "installed",
+                json!({"cert": cert, "order_url": pending.url, "serial": set.leaf.serial,
+                       "not_after": set.leaf.not_after, "issuer": set.leaf.issuer}),
+            );
+            out.certs
+                .insert(cert.to_owned(), installed(cfg, &spec.dir, &set));
+        }
+        Err(f) => {
+            log.event(
+                "finalize_failed",
+                json!({"cert": cert, "order_url": pending.url, "problem": f.problem, "message": f.message}),
+            );
+            record_failure(m, &f, now);
+            out.failures.push((cert.to_owned(), f));
+        }
+    }
+}
+
+fn local_failure(message: String) -> CaFailure {
+    CaFailure {
+        message,
+        problem: None,
+        retry_after: None,
+    }
+}
+
+fn sign_locally(
+    cfg: &Config,
+    cert: &str,
+    pending: &PendingOrder,
+    now: i64,
+) -> Result<IssuedSet, CaFailure> {
+    let fail = |e: &dyn std::fmt::Display| local_failure(e.to_string());
+    let ca = TestCa::open_or_create(&cfg.store.selfsign_dir()).map_err(|e| fail(&e))?;
+    let key_pem = cfg
+        .store
+        .pending_key(cert, pending.key_type)
+        .map_err(|e| fail(&e))?;
+    let key = certinfo::load_key(&key_pem).map_err(|e| fail(&e))?;
+    let spec = cfg
+        .cert(cert)
+        .ok_or_else(|| local_failure(format!("{cert} is not declared")))?;
+    // The requested order of names: the first is the subject CN.
+    let names = spec.name_strings();
+    let chain = ca.sign(&key, &names, now).map_err(|e| fail(&e))?;
+    let set =
+        certinfo::verify_issued(&chain, &key_pem, &pending.names, now).map_err(|e| fail(&e))?;
+    install(cfg, cert, set)
+}
+
+fn install(cfg: &Config, cert: &str, set: IssuedSet) -> Result<IssuedSet, CaFailure> {
+    let spec = cfg
+        .cert(cert)
+        .ok_or_else(|| local_failure(format!("{cert} is not declared")))?;
+    cfg.store.install(&spec.dir, &set).map_err(|e| {
+        local_failure(format!(
+            "install failed, the previous files are in place: {e}"
+        ))
+    })?;
+    Ok(set)
+}
+
+async fn finalize_one<A: CaAccount>(
+    cfg: &Config,
+    cert: &str,
+    pending: &PendingOrder,
+    account: &A,
+    deadline: Instant,
+) -> Result<IssuedSet, CaFailure> {
+    let Some(url) = &pending.url else {
+        return Err(local_failure(
+            "the pending order has no URL; run acme_request again".into(),
+        ));
+    };
+    if pending.directory != cfg.directory || pending.directory == SELF_SIGN_DIRECTORY {
+        return Err(local_failure(format!(
+            "the pending order is for {}, not {}; run acme_request again",
+            pending.directory, cfg.directory
+        )));
+    }
+    // Persisted before finalizing: a rerun on the same order must present the same key.
+    let key_pem = cfg
+        .store
+        .pending_key(cert, pending.key_type)
+        .map_err(|e| local_failure(e.to_string()))?;
+    let key = certinfo::load_key(&key_pem).map_err(|e| local_failure(e.to_string()))?;
+    let csr = certinfo::csr_der(&key, &pending.names).map_err(|e| local_failure(e.to_string()))?;
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1));
+    let chain = tokio::time::timeout(left, account.finalize(url, &csr, deadline))
+        .await
+        .map_err(|_| {
+            local_failure(format!(
+                "the CA did not issue before the deadline ({}s); the order stays pending",
+                cfg.timeout.as_secs()
+            ))
+        })??;
+    certinfo::verify_issued(&chain, &key_pem, &pending.names, crate::now())
+        .map_err(|e| local_failure(format!("the CA's certificate was not installed: {e}")))
+}

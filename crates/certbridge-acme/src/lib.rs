@@ -7,7 +7,11 @@
 //! - [`selfsign`]: the local test CA for `self_sign`.
 //! - [`request`], [`finalize`]: what the `acme_request` and `acme_finalize` modules do.
 
+pub mod acme;
+pub mod ca;
 pub mod certinfo;
+pub mod config;
+pub mod eventlog;
 pub mod client;
 pub mod finalize;
 pub mod http;
@@ -16,3 +20,12 @@ pub mod policy;
 pub mod request;
 pub mod selfsign;
 pub mod store;
+pub mod txtcheck;
+
+/// Unix time now, in seconds (the one clock the modules read; the policy takes it as input).
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

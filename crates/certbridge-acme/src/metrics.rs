@@ -1,1 +1,90 @@
-//! metrics (to be written).
+//! The Prometheus textfile (`metrics_file`): when each declared cert expires and when it last
+//! failed. Written atomically, and only when its content changes (a no-op pulse touches nothing).
+
+use certbridge_core::fsutil::{self, FileAttrs};
+use std::fmt::Write;
+use std::path::Path;
+
+/// One cert's line items.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertMetrics {
+    pub cert: String,
+    pub dir: String,
+    pub issuer: Option<String>,
+    pub not_after: Option<i64>,
+    pub last_failure: Option<i64>,
+}
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Renders the textfile (stable order: as given, which callers sort by cert name).
+pub fn render(certs: &[CertMetrics]) -> String {
+    let mut out = String::new();
+    out.push_str("# HELP certbridge_cert_not_after_seconds When the installed certificate expires (unix time).\n");
+    out.push_str("# TYPE certbridge_cert_not_after_seconds gauge\n");
+    for c in certs {
+        if let Some(t) = c.not_after {
+            let _ = writeln!(
+                out,
+                "certbridge_cert_not_after_seconds{{cert=\"{}\",dir=\"{}\",issuer=\"{}\"}} {t}",
+                label(&c.cert),
+                label(&c.dir),
+                label(c.issuer.as_deref().unwrap_or(""))
+            );
+        }
+    }
+    out.push_str("# HELP certbridge_cert_last_failure_timestamp_seconds When issuing this cert last failed (unix time; 0: never).\n");
+    out.push_str("# TYPE certbridge_cert_last_failure_timestamp_seconds gauge\n");
+    for c in certs {
+        let _ = writeln!(
+            out,
+            "certbridge_cert_last_failure_timestamp_seconds{{cert=\"{}\"}} {}",
+            label(&c.cert),
+            c.last_failure.unwrap_or(0)
+        );
+    }
+    out
+}
+
+/// Writes `path` when its content differs; returns whether it was written.
+pub fn write_if_changed(path: &Path, certs: &[CertMetrics]) -> std::io::Result<bool> {
+    let text = render(certs);
+    if std::fs::read_to_string(path).ok().as_deref() == Some(text.as_str()) {
+        return Ok(false);
+    }
+    let attrs = FileAttrs {
+        mode: Some(0o644),
+        ..Default::default()
+    };
+    fsutil::atomic_write(path, text.as_bytes(), &attrs, None)?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_and_writes_only_on_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("certbridge.prom");
+        let certs = vec![CertMetrics {
+            cert: "main".into(),
+            dir: "a.example.test".into(),
+            issuer: Some("Pebble \"I\"".into()),
+            not_after: Some(1_900_000_000),
+            last_failure: None,
+        }];
+        assert!(write_if_changed(&p, &certs).unwrap());
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains(r#"certbridge_cert_not_after_seconds{cert="main",dir="a.example.test",issuer="Pebble \"I\""} 1900000000"#));
+        assert!(text.contains(r#"certbridge_cert_last_failure_timestamp_seconds{cert="main"} 0"#));
+        let mtime = std::fs::metadata(&p).unwrap().modified().unwrap();
+        assert!(!write_if_changed(&p, &certs).unwrap());
+        assert_eq!(std::fs::metadata(&p).unwrap().modified().unwrap(), mtime);
+    }
+}

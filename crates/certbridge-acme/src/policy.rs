@@ -1,1 +1,598 @@
-//! policy (to be written).
+//! The renewal decision: a pure function of what is installed, what was recorded, what the
+//! user asks for and the time (injected, so every boundary is testable without waiting).
+
+use crate::certinfo::{KeyType, LeafInfo};
+use crate::selfsign;
+use crate::store::{Layout, Meta, OnDisk};
+use serde::Serialize;
+use std::collections::BTreeSet;
+
+/// Let's Encrypt's production directory (the default).
+pub const LE_PRODUCTION: &str = "https://acme-v02.api.letsencrypt.org/directory";
+/// Let's Encrypt's staging directory: certificates from it are not trusted.
+pub const LE_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+/// The "directory" recorded for certificates of the local self-sign test CA.
+pub const SELF_SIGN_DIRECTORY: &str = "self-sign";
+
+const DAY: i64 = 86_400;
+
+/// What to do with one cert this pulse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Keep what is installed (also while backing off).
+    Ok,
+    /// Order (or resume ordering) a new certificate.
+    Issue,
+}
+
+/// Why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    Valid,
+    Missing,
+    NamesChanged,
+    KeyTypeChanged,
+    DirectoryChanged,
+    ProductionKept,
+    SelfSigned,
+    KeyMismatch,
+    Due,
+    Forced,
+    Backoff,
+    Adopted,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Valid => "valid",
+            Reason::Missing => "missing",
+            Reason::NamesChanged => "names_changed",
+            Reason::KeyTypeChanged => "key_type_changed",
+            Reason::DirectoryChanged => "directory_changed",
+            Reason::ProductionKept => "production_kept",
+            Reason::SelfSigned => "self_signed",
+            Reason::KeyMismatch => "key_mismatch",
+            Reason::Due => "due",
+            Reason::Forced => "forced",
+            Reason::Backoff => "backoff",
+            Reason::Adopted => "adopted",
+        }
+    }
+}
+
+/// The decision for one cert, with what the reply reports.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    pub action: Action,
+    pub reason: Reason,
+    /// When the installed certificate becomes due (None without one).
+    pub renew_at: Option<i64>,
+    /// Set while backing off.
+    pub retry_not_before: Option<i64>,
+    /// Something the user should know (e.g. an ignored `renew_days`).
+    pub warning: Option<String>,
+}
+
+/// What the user asks for one cert.
+#[derive(Debug, Clone)]
+pub struct Wanted<'a> {
+    pub cert: &'a str,
+    /// Canonical (lower-case, no trailing dot) names.
+    pub names: &'a [String],
+    pub key_type: KeyType,
+    /// The directory URL to use, or [`SELF_SIGN_DIRECTORY`].
+    pub directory: &'a str,
+    /// The target directory issues untrusted certificates (staging, or self-sign).
+    pub untrusted_target: bool,
+    pub self_sign: bool,
+    pub renew_days: Option<u64>,
+    pub forced: bool,
+    /// Seed of the per-host jitter (the host name, or the `jitter_seed` option).
+    pub jitter_seed: &'a str,
+}
+
+/// True for a directory whose certificates are not publicly trusted.
+pub fn is_staging(directory: &str, staging_option: bool) -> bool {
+    staging_option || directory == LE_STAGING
+}
+
+/// A number in [0, 1) fixed per host and cert: spreads a fleet's renewals.
+pub fn jitter_fraction(seed: &str, cert: &str) -> f64 {
+    let digest = ring::digest::digest(&ring::digest::SHA256, format!("{seed}\0{cert}").as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&digest.as_ref()[..8]);
+    (u64::from_be_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// When `leaf` becomes due, and a warning if `renew_days` had to be ignored.
+pub fn renew_at(leaf: &LeafInfo, renew_days: Option<u64>, jitter: f64) -> (i64, Option<String>) {
+    let lifetime = leaf.lifetime();
+    let left_fraction = if lifetime < 10 * DAY { 2 } else { 3 };
+    let jitter_secs = (lifetime as f64 * 0.10 * jitter) as i64;
+    let mut at = leaf.not_after - lifetime / left_fraction - jitter_secs;
+    let mut warning = None;
+    if let Some(days) = renew_days {
+        let threshold = (days as i64).saturating_mul(DAY);
+        if threshold >= lifetime / 2 {
+            warning = Some(format!(
+                "renew_days {days} is half the certificate lifetime ({} days) or more and would renew at every run; it is ignored",
+                lifetime / DAY
+            ));
+        } else {
+            at = at.min(leaf.not_after - threshold);
+        }
+    }
+    (at, warning)
+}
+
+/// When to try again after the `failures`-th consecutive failure at `now`: the CA's
+/// Retry-After when it gave one, else 1 min, 10 min, 100 min, then daily.
+pub fn retry_not_before(failures: u32, now: i64, ca_retry_after: Option<i64>) -> i64 {
+    if let Some(t) = ca_retry_after.filter(|t| *t > now) {
+        return t;
+    }
+    let delay = match failures {
+        0 | 1 => 60,
+        2 => 600,
+        3 => 6_000,
+        _ => DAY,
+    };
+    now + delay
+}
+
+/// The decision for one cert at time `now` (unix seconds).
+pub fn decide(want: &Wanted<'_>, meta: Option<&Meta>, on_disk: &OnDisk, now: i64) -> Decision {
+    let mut d = Decision {
+        action: Action::Ok,
+        reason: Reason::Valid,
+        renew_at: None,
+        retry_not_before: None,
+        warning: None,
+    };
+    let reissue = why_reissue(want, meta, on_disk, now, &mut d);
+    if want.forced {
+        d.action = Action::Issue;
+        d.reason = Reason::Forced;
+        return d;
+    }
+    match reissue {
+        Some(reason) if reason == Reason::ProductionKept => d.reason = reason,
+        Some(reason) => {
+            let backoff = meta.and_then(|m| m.retry_not_before).filter(|t| *t > now);
+            if let Some(t) = backoff {
+                d.reason = Reason::Backoff;
+                d.retry_not_before = Some(t);
+            } else {
+                d.action = Action::Issue;
+                d.reason = reason;
+            }
+        }
+        None => {
+            let adopted =
+                on_disk.layout == Layout::AcmeSh && meta.is_none_or(|m| m.directory.is_none());
+            d.reason = if adopted {
+                Reason::Adopted
+            } else {
+                Reason::Valid
+            };
+        }
+    }
+    d
+}
+
+fn why_reissue(
+    want: &Wanted<'_>,
+    meta: Option<&Meta>,
+    on_disk: &OnDisk,
+    now: i64,
+    d: &mut Decision,
+) -> Option<Reason> {
+    let Some(leaf) = on_disk
+        .leaf
+        .as_ref()
+        .filter(|_| on_disk.layout != Layout::Missing)
+    else {
+        return Some(Reason::Missing);
+    };
+    let (at, warning) = renew_at(
+        leaf,
+        want.renew_days,
+        jitter_fraction(want.jitter_seed, want.cert),
+    );
+    d.renew_at = Some(at);
+    d.warning = warning;
+    let due = now >= at;
+    let managed = on_disk.layout == Layout::Managed;
+    let self_signed = selfsign::is_local_ca(&leaf.issuer) || meta.is_some_and(|m| m.self_signed);
+    if !want.self_sign && self_signed {
+        return Some(Reason::SelfSigned);
+    }
+    let wanted: BTreeSet<String> = want.names.iter().cloned().collect();
+    let names_ok = if managed {
+        leaf.names == wanted
+    } else {
+        // An adopted acme.sh certificate may carry more names than asked for.
+        wanted.is_subset(&leaf.names)
+    };
+    if !names_ok {
+        return Some(Reason::NamesChanged);
+    }
+    // acme.sh-era keys have no recorded type; adopting them must not force a reissue.
+    if managed && leaf.key_type != Some(want.key_type) {
+        return Some(Reason::KeyTypeChanged);
+    }
+    if !on_disk.key_matches {
+        return Some(Reason::KeyMismatch);
+    }
+    if let Some(old_dir) = meta.and_then(|m| m.directory.as_deref()) {
+        if old_dir != want.directory {
+            let old_trusted = meta.is_some_and(|m| !m.staging && !m.self_signed);
+            let still_valid = leaf.not_after > now && !due;
+            if want.untrusted_target && old_trusted && still_valid {
+                return Some(Reason::ProductionKept);
+            }
+            return Some(Reason::DirectoryChanged);
+        }
+    }
+    if due {
+        return Some(Reason::Due);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certinfo;
+    use rcgen::KeyPair;
+
+    const NOW: i64 = 1_800_000_000;
+    const PROD: &str = "https://ca.example/dir";
+
+    struct Fixture {
+        key: KeyPair,
+        names: Vec<String>,
+    }
+
+    fn fixture() -> Fixture {
+        Fixture {
+            key: KeyType::EcP256.generate().unwrap(),
+            names: vec!["a.example.test".into(), "www.example.test".into()],
+        }
+    }
+
+    fn leaf(key: &KeyPair, names: &[String], not_before: i64, lifetime: i64) -> LeafInfo {
+        let mut p = rcgen::CertificateParams::new(names.to_vec()).unwrap();
+        p.not_before = time::OffsetDateTime::from_unix_timestamp(not_before).unwrap();
+        p.not_after = time::OffsetDateTime::from_unix_timestamp(not_before + lifetime).unwrap();
+        let pem = p.self_signed(key).unwrap().pem();
+        certinfo::leaf_info_pem(&pem, "test").unwrap()
+    }
+
+    fn managed(leaf: LeafInfo) -> OnDisk {
+        OnDisk {
+            layout: Layout::Managed,
+            leaf: Some(leaf),
+            key_matches: true,
+        }
+    }
+
+    fn meta(names: &[String]) -> Meta {
+        Meta {
+            names: names.to_vec(),
+            key_type: Some(KeyType::EcP256),
+            directory: Some(PROD.into()),
+            ..Default::default()
+        }
+    }
+
+    fn want<'a>(f: &'a Fixture) -> Wanted<'a> {
+        Wanted {
+            cert: "main",
+            names: &f.names,
+            key_type: KeyType::EcP256,
+            directory: PROD,
+            untrusted_target: false,
+            self_sign: false,
+            renew_days: None,
+            forced: false,
+            jitter_seed: "host1",
+        }
+    }
+
+    fn decide_at(w: &Wanted<'_>, m: Option<&Meta>, disk: &OnDisk, now: i64) -> (Action, Reason) {
+        let d = decide(w, m, disk, now);
+        (d.action, d.reason)
+    }
+
+    #[test]
+    fn missing_valid_and_forced() {
+        let f = fixture();
+        let none = OnDisk {
+            layout: Layout::Missing,
+            leaf: None,
+            key_matches: false,
+        };
+        assert_eq!(
+            decide_at(&want(&f), None, &none, NOW),
+            (Action::Issue, Reason::Missing)
+        );
+        let disk = managed(leaf(&f.key, &f.names, NOW - DAY, 90 * DAY));
+        let m = meta(&f.names);
+        assert_eq!(
+            decide_at(&want(&f), Some(&m), &disk, NOW),
+            (Action::Ok, Reason::Valid)
+        );
+        let forced = Wanted {
+            forced: true,
+            ..want(&f)
+        };
+        assert_eq!(
+            decide_at(&forced, Some(&m), &disk, NOW),
+            (Action::Issue, Reason::Forced)
+        );
+    }
+
+    #[test]
+    fn names_and_key_type_changes_reissue() {
+        let f = fixture();
+        let m = meta(&f.names);
+        let disk = managed(leaf(&f.key, &f.names[..1], NOW - DAY, 90 * DAY));
+        assert_eq!(
+            decide_at(&want(&f), Some(&m), &disk, NOW),
+            (Action::Issue, Reason::NamesChanged)
+        );
+        let disk = managed(leaf(&f.key, &f.names, NOW - DAY, 90 * DAY));
+        let w = Wanted {
+            key_type: KeyType::EcP384,
+            ..want(&f)
+        };
+        assert_eq!(
+            decide_at(&w, Some(&m), &disk, NOW),
+            (Action::Issue, Reason::KeyTypeChanged)
+        );
+        let mut mismatch = disk.clone();
+        mismatch.key_matches = false;
+        assert_eq!(
+            decide_at(&want(&f), Some(&m), &mismatch, NOW),
+            (Action::Issue, Reason::KeyMismatch)
+        );
+    }
+
+    #[test]
+    fn directory_changes_reissue_except_production_to_staging() {
+        let f = fixture();
+        let disk = managed(leaf(&f.key, &f.names, NOW - DAY, 90 * DAY));
+        let m = meta(&f.names);
+        let other = Wanted {
+            directory: "https://other.example/dir",
+            ..want(&f)
+        };
+        assert_eq!(
+            decide_at(&other, Some(&m), &disk, NOW),
+            (Action::Issue, Reason::DirectoryChanged)
+        );
+        let staging = Wanted {
+            directory: LE_STAGING,
+            untrusted_target: is_staging(LE_STAGING, false),
+            ..want(&f)
+        };
+        assert_eq!(
+            decide_at(&staging, Some(&m), &disk, NOW),
+            (Action::Ok, Reason::ProductionKept)
+        );
+        let forced = Wanted {
+            forced: true,
+            ..staging.clone()
+        };
+        assert_eq!(
+            decide_at(&forced, Some(&m), &disk, NOW),
+            (Action::Issue, Reason::Forced)
+        );
+        // Staging -> production reissues.
+        let staged = Meta {
+            staging: true,
+            directory: Some(LE_STAGING.into()),
+            ..m.clone()
+        };
+        assert_eq!(
+            decide_at(&want(&f), Some(&staged), &disk, NOW),
+            (Action::Issue, Reason::DirectoryChanged)
+        );
+        // A kept production certificate is still renewed when it becomes due.
+        let late = NOW + 80 * DAY;
+        assert_eq!(
+            decide_at(&staging, Some(&m), &disk, late),
+            (Action::Issue, Reason::DirectoryChanged)
+        );
+    }
+
+    #[test]
+    fn self_signed_reissues_only_without_self_sign() {
+        let f = fixture();
+        let ca_dir = tempfile::tempdir().unwrap();
+        let ca = selfsign::TestCa::open_or_create(ca_dir.path()).unwrap();
+        let chain = ca.sign(&f.key, &f.names, NOW - DAY).unwrap();
+        let l = certinfo::leaf_info_pem(&chain, "t").unwrap();
+        let disk = managed(l);
+        let m = Meta {
+            directory: Some(SELF_SIGN_DIRECTORY.into()),
+            self_signed: true,
+            ..meta(&f.names)
+        };
+        assert_eq!(
+            decide_at(&want(&f), Some(&m), &disk, NOW),
+            (Action::Issue, Reason::SelfSigned)
+        );
+        let ss = Wanted {
+            self_sign: true,
+            directory: SELF_SIGN_DIRECTORY,
+            untrusted_target: true,
+            ..want(&f)
+        };
+        assert_eq!(
+            decide_at(&ss, Some(&m), &disk, NOW),
+            (Action::Ok, Reason::Valid)
+        );
+        // Self-sign mode keeps a still-valid CA certificate (a debugging switch).
+        let prod_disk = managed(leaf(&f.key, &f.names, NOW - DAY, 90 * DAY));
+        assert_eq!(
+            decide_at(&ss, Some(&meta(&f.names)), &prod_disk, NOW),
+            (Action::Ok, Reason::ProductionKept)
+        );
+    }
+
+    #[test]
+    fn due_boundaries_one_third_and_one_half_with_jitter() {
+        let f = fixture();
+        let m = meta(&f.names);
+        for (lifetime, fraction) in [(90 * DAY, 3), (6 * DAY, 2)] {
+            let l = leaf(&f.key, &f.names, NOW, lifetime);
+            let j = jitter_fraction("host1", "main");
+            let expected = l.not_after - lifetime / fraction - (lifetime as f64 * 0.1 * j) as i64;
+            let disk = managed(l);
+            let d = decide(&want(&f), Some(&m), &disk, NOW);
+            assert_eq!(d.renew_at, Some(expected));
+            assert_eq!(
+                decide_at(&want(&f), Some(&m), &disk, expected - 1),
+                (Action::Ok, Reason::Valid)
+            );
+            assert_eq!(
+                decide_at(&want(&f), Some(&m), &disk, expected),
+                (Action::Issue, Reason::Due)
+            );
+            // Jitter moves renewal earlier by at most 10% of the lifetime.
+            assert!(expected <= NOW + lifetime - lifetime / fraction);
+            assert!(expected > NOW + lifetime - lifetime / fraction - lifetime / 10);
+        }
+        // Lifetime exactly 10 days uses one third.
+        let l = leaf(&f.key, &f.names, NOW, 10 * DAY);
+        let (at, _) = renew_at(&l, None, 0.0);
+        assert_eq!(at, l.not_after - 10 * DAY / 3);
+    }
+
+    #[test]
+    fn jitter_is_deterministic_per_host_and_cert_and_spreads() {
+        assert_eq!(jitter_fraction("h", "c"), jitter_fraction("h", "c"));
+        assert_ne!(jitter_fraction("h1", "c"), jitter_fraction("h2", "c"));
+        let values: Vec<f64> = (0..1000)
+            .map(|i| jitter_fraction(&format!("host{i}"), "c"))
+            .collect();
+        assert!(values.iter().all(|v| (0.0..1.0).contains(v)));
+        let low = values.iter().filter(|v| **v < 0.5).count();
+        assert!((400..600).contains(&low), "{low}");
+    }
+
+    #[test]
+    fn renew_days_applies_below_half_the_lifetime_else_warns() {
+        let f = fixture();
+        let m = meta(&f.names);
+        let l = leaf(&f.key, &f.names, NOW, 90 * DAY);
+        let w = Wanted {
+            renew_days: Some(40),
+            ..want(&f)
+        };
+        let disk = managed(l.clone());
+        let d = decide(&w, Some(&m), &disk, NOW);
+        assert_eq!(d.renew_at, Some(l.not_after - 40 * DAY));
+        assert!(d.warning.is_none());
+        assert_eq!(
+            decide_at(&w, Some(&m), &disk, l.not_after - 40 * DAY),
+            (Action::Issue, Reason::Due)
+        );
+        let too_big = Wanted {
+            renew_days: Some(45),
+            ..want(&f)
+        };
+        let d = decide(&too_big, Some(&m), &disk, NOW);
+        assert!(d.warning.as_deref().unwrap_or("").contains("ignored"));
+        assert_eq!(d.action, Action::Ok);
+    }
+
+    #[test]
+    fn backoff_schedule_and_retry_after() {
+        assert_eq!(retry_not_before(1, NOW, None), NOW + 60);
+        assert_eq!(retry_not_before(2, NOW, None), NOW + 600);
+        assert_eq!(retry_not_before(3, NOW, None), NOW + 6000);
+        assert_eq!(retry_not_before(4, NOW, None), NOW + DAY);
+        assert_eq!(retry_not_before(9, NOW, None), NOW + DAY);
+        assert_eq!(retry_not_before(1, NOW, Some(NOW + 7200)), NOW + 7200);
+        assert_eq!(retry_not_before(1, NOW, Some(NOW - 5)), NOW + 60);
+    }
+
+    #[test]
+    fn backoff_holds_until_retry_not_before_and_force_overrides() {
+        let f = fixture();
+        let none = OnDisk {
+            layout: Layout::Missing,
+            leaf: None,
+            key_matches: false,
+        };
+        let m = Meta {
+            retry_not_before: Some(NOW + 60),
+            failures: 1,
+            ..Default::default()
+        };
+        let d = decide(&want(&f), Some(&m), &none, NOW);
+        assert_eq!(
+            (d.action, d.reason, d.retry_not_before),
+            (Action::Ok, Reason::Backoff, Some(NOW + 60))
+        );
+        assert_eq!(
+            decide_at(&want(&f), Some(&m), &none, NOW + 60),
+            (Action::Issue, Reason::Missing)
+        );
+        let forced = Wanted {
+            forced: true,
+            ..want(&f)
+        };
+        assert_eq!(
+            decide_at(&forced, Some(&m), &none, NOW),
+            (Action::Issue, Reason::Forced)
+        );
+    }
+
+    #[test]
+    fn acme_sh_directory_is_adopted_unless_due_or_not_covering() {
+        let f = fixture();
+        let mut more = f.names.clone();
+        more.push("extra.example.test".into());
+        let disk = OnDisk {
+            layout: Layout::AcmeSh,
+            leaf: Some(leaf(&f.key, &more, NOW - DAY, 90 * DAY)),
+            key_matches: true,
+        };
+        // Key type is not checked for adopted keys (acme.sh did not record one).
+        let rsa = Wanted {
+            key_type: KeyType::Rsa4096,
+            ..want(&f)
+        };
+        assert_eq!(
+            decide_at(&rsa, None, &disk, NOW),
+            (Action::Ok, Reason::Adopted)
+        );
+        assert_eq!(
+            decide_at(&want(&f), None, &disk, NOW + 70 * DAY),
+            (Action::Issue, Reason::Due)
+        );
+        let fewer = OnDisk {
+            leaf: Some(leaf(&f.key, &f.names[..1], NOW - DAY, 90 * DAY)),
+            ..disk.clone()
+        };
+        assert_eq!(
+            decide_at(&want(&f), None, &fewer, NOW),
+            (Action::Issue, Reason::NamesChanged)
+        );
+        let mismatch = OnDisk {
+            key_matches: false,
+            ..disk
+        };
+        assert_eq!(
+            decide_at(&want(&f), None, &mismatch, NOW),
+            (Action::Issue, Reason::KeyMismatch)
+        );
+    }
+}

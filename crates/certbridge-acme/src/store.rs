@@ -1,1 +1,694 @@
-//! store (to be written).
+//! The cert root: `<root>/.certbridge/` (accounts, the lock, per-cert metadata, keys of orders
+//! in flight, the self-sign test CA) and one real directory per cert whose service-facing files
+//! switch between issuances in one atomic step.
+//!
+//! A cert directory looks like this:
+//! ```text
+//! privkey.pem -> current/privkey.pem      (and cert.pem, chain.pem, fullchain.pem, combined.pem,
+//! <dir>.key   -> current/<dir>.key         <dir>.cer, ca.cer, fullchain.cer: all stable symlinks)
+//! current     -> gen-7                    swapped by renaming a temp symlink over it
+//! previous    -> gen-6                    kept for `rollback`
+//! gen-6/ gen-7/                           complete, fsynced file sets
+//! ```
+//! A reader following `privkey.pem` and `cert.pem` at any instant sees one generation, old or
+//! new, never a mix. acme.sh-era directories (real files) are migrated without a gap: their files
+//! first become generation `gen-0`, then each name becomes a symlink to identical content.
+
+use crate::certinfo::{self, IssuedSet, KeyType, LeafInfo};
+use certbridge_core::crash_point;
+use certbridge_core::fsutil::{self, FileAttrs, Lock, LockError};
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The reserved bookkeeping directory under the cert root.
+pub const RESERVED: &str = ".certbridge";
+
+/// Errors of the cert store; each names the path at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("the metadata file {path} is damaged ({detail}); remove it to start that cert afresh")]
+    BadMeta { path: PathBuf, detail: String },
+    #[error("{0} is not a directory (a cert directory must be a real directory)")]
+    NotADirectory(PathBuf),
+    #[error("no previous generation to roll back to in {0}")]
+    NoPrevious(PathBuf),
+    #[error(transparent)]
+    Cert(#[from] certinfo::CertError),
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
+    let path = path.to_path_buf();
+    move |source| StoreError::Io { what, path, source }
+}
+
+/// The order in flight for one cert (written by acme_request, consumed by acme_finalize).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PendingOrder {
+    /// None for `self_sign` (no CA, nothing to resume).
+    pub url: Option<String>,
+    pub created_at: i64,
+    pub directory: String,
+    pub account_url: Option<String>,
+    pub names: Vec<String>,
+    pub key_type: KeyType,
+    pub staging: bool,
+    pub self_sign: bool,
+    /// The dns-01 values this order needs (empty when every authorization was valid).
+    #[serde(default)]
+    pub challenges: Vec<ChallengeRecord>,
+}
+
+/// One dns-01 value to publish.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChallengeRecord {
+    pub name: String,
+    pub record: String,
+    pub value: String,
+}
+
+/// What the decision needs about one cert, kept across runs (JSON, 0600).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Meta {
+    /// The installed generation's facts (None before the first issuance).
+    pub names: Vec<String>,
+    pub key_type: Option<KeyType>,
+    pub directory: Option<String>,
+    #[serde(default)]
+    pub staging: bool,
+    #[serde(default)]
+    pub self_signed: bool,
+    pub account_url: Option<String>,
+    pub profile: Option<String>,
+    pub serial: Option<String>,
+    pub not_after: Option<i64>,
+    pub issuer: Option<String>,
+    pub issued_at: Option<i64>,
+    pub pending: Option<PendingOrder>,
+    /// Backoff after failures.
+    #[serde(default)]
+    pub failures: u32,
+    pub retry_not_before: Option<i64>,
+    pub last_failure: Option<i64>,
+    pub last_problem: Option<String>,
+    /// Files changed and the handler has not acknowledged it yet.
+    #[serde(default)]
+    pub handler_owed: bool,
+}
+
+/// The service-facing file names, given the directory's name (`<dir>.key`, `<dir>.cer`).
+pub fn service_files(dir_name: &str) -> Vec<(String, FileRole)> {
+    vec![
+        ("privkey.pem".into(), FileRole::Key),
+        ("cert.pem".into(), FileRole::Cert),
+        ("chain.pem".into(), FileRole::Chain),
+        ("fullchain.pem".into(), FileRole::FullChain),
+        ("combined.pem".into(), FileRole::Combined),
+        (format!("{dir_name}.key"), FileRole::Key),
+        (format!("{dir_name}.cer"), FileRole::Cert),
+        ("ca.cer".into(), FileRole::Chain),
+        ("fullchain.cer".into(), FileRole::FullChain),
+    ]
+}
+
+/// What a service-facing file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileRole {
+    Key,
+    Cert,
+    Chain,
+    FullChain,
+    Combined,
+}
+
+impl FileRole {
+    fn content(self, set: &IssuedSet) -> String {
+        match self {
+            FileRole::Key => set.key_pem.clone(),
+            FileRole::Cert => set.cert_pem.clone(),
+            FileRole::Chain => set.chain_pem.clone(),
+            FileRole::FullChain => format!("{}{}", set.cert_pem, set.chain_pem),
+            FileRole::Combined => format!(
+                "{}{}{}",
+                ensure_nl(&set.key_pem),
+                set.cert_pem,
+                set.chain_pem
+            ),
+        }
+    }
+    fn private(self) -> bool {
+        matches!(self, FileRole::Key | FileRole::Combined)
+    }
+}
+
+fn ensure_nl(s: &str) -> String {
+    if s.ends_with('\n') {
+        s.to_owned()
+    } else {
+        format!("{s}\n")
+    }
+}
+
+/// How a cert directory is laid out now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Nothing usable there.
+    Missing,
+    /// Our generations (`current` link).
+    Managed,
+    /// acme.sh-era real files `<dir>.cer` / `<dir>.key`.
+    AcmeSh,
+}
+
+/// What is installed in a cert directory.
+#[derive(Debug, Clone)]
+pub struct OnDisk {
+    pub layout: Layout,
+    pub leaf: Option<LeafInfo>,
+    pub key_matches: bool,
+}
+
+impl OnDisk {
+    fn missing() -> OnDisk {
+        OnDisk {
+            layout: Layout::Missing,
+            leaf: None,
+            key_matches: false,
+        }
+    }
+}
+
+/// The cert root and how key files are owned.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub root: PathBuf,
+    /// Group of key files (0640) and cert dirs (2750); None: keys 0600, dirs 0755.
+    pub gid: Option<u32>,
+}
+
+impl Store {
+    pub fn new(root: impl Into<PathBuf>, gid: Option<u32>) -> Store {
+        Store {
+            root: root.into(),
+            gid,
+        }
+    }
+
+    pub fn reserved(&self) -> PathBuf {
+        self.root.join(RESERVED)
+    }
+    pub fn lock_path(&self) -> PathBuf {
+        self.reserved().join("lock")
+    }
+    pub fn meta_path(&self, cert: &str) -> PathBuf {
+        self.reserved().join("certs").join(format!("{cert}.json"))
+    }
+    pub fn pending_key_path(&self, cert: &str) -> PathBuf {
+        self.reserved().join("pending").join(format!("{cert}.key"))
+    }
+    pub fn selfsign_dir(&self) -> PathBuf {
+        self.reserved().join("selfsign")
+    }
+    pub fn cert_dir(&self, dir_name: &str) -> PathBuf {
+        self.root.join(dir_name)
+    }
+
+    /// Creates the cert root and `.certbridge/` (0700) with its subdirectories.
+    pub fn ensure_reserved(&self) -> Result<(), StoreError> {
+        if !self.root.exists() {
+            fs::create_dir_all(&self.root)
+                .map_err(io_err("cannot create the cert root", &self.root))?;
+            fs::set_permissions(&self.root, fs::Permissions::from_mode(0o755))
+                .map_err(io_err("cannot set the mode of", &self.root))?;
+        }
+        for sub in ["", "certs", "pending", "accounts"] {
+            let p = self.reserved().join(sub);
+            if !p.is_dir() {
+                fs::create_dir_all(&p).map_err(io_err("cannot create", &p))?;
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o700))
+                    .map_err(io_err("cannot set the mode of", &p))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the one lock of this cert root, waiting up to `timeout`.
+    pub fn lock(&self, timeout: Duration) -> Result<Lock, StoreError> {
+        self.ensure_reserved()?;
+        Ok(Lock::acquire(&self.lock_path(), timeout)?)
+    }
+
+    pub fn load_meta(&self, cert: &str) -> Result<Option<Meta>, StoreError> {
+        let path = self.meta_path(cert);
+        match fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| StoreError::BadMeta {
+                    path,
+                    detail: e.to_string(),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("cannot read", &path)(e)),
+        }
+    }
+
+    pub fn save_meta(&self, cert: &str, meta: &Meta) -> Result<(), StoreError> {
+        let path = self.meta_path(cert);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
+        }
+        let text = serde_json::to_vec_pretty(meta).map_err(|e| StoreError::BadMeta {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        let attrs = FileAttrs {
+            mode: Some(0o600),
+            ..Default::default()
+        };
+        fsutil::atomic_write(&path, &text, &attrs, None).map_err(io_err("cannot write", &path))
+    }
+
+    /// Reads what is installed in `<root>/<dir_name>/`: our layout, or acme.sh's real files.
+    pub fn read_installed(&self, dir_name: &str) -> OnDisk {
+        let dir = self.cert_dir(dir_name);
+        let (cert_path, key_path, layout) = if dir.join("current").is_symlink() {
+            (
+                dir.join("current/cert.pem"),
+                dir.join("current/privkey.pem"),
+                Layout::Managed,
+            )
+        } else {
+            (
+                dir.join(format!("{dir_name}.cer")),
+                dir.join(format!("{dir_name}.key")),
+                Layout::AcmeSh,
+            )
+        };
+        let (Ok(cert_pem), Ok(key_pem)) = (
+            fs::read_to_string(&cert_path),
+            fs::read_to_string(&key_path),
+        ) else {
+            return OnDisk::missing();
+        };
+        let Ok(leaf) = certinfo::leaf_info_pem(&cert_pem, "the installed certificate") else {
+            return OnDisk::missing();
+        };
+        OnDisk {
+            layout,
+            key_matches: certinfo::key_matches(&key_pem, &leaf),
+            leaf: Some(leaf),
+        }
+    }
+
+    fn dir_mode(&self) -> u32 {
+        if self.gid.is_some() {
+            0o2750
+        } else {
+            0o755
+        }
+    }
+
+    fn make_dir(&self, path: &Path) -> Result<(), StoreError> {
+        match fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(StoreError::NotADirectory(path.to_path_buf())),
+            Err(_) => fs::create_dir(path).map_err(io_err("cannot create", path))?,
+        }
+        if let Some(gid) = self.gid {
+            std::os::unix::fs::chown(path, None, Some(gid))
+                .map_err(io_err("cannot set the group of", path))?;
+        }
+        // After chown, which may clear the set-gid bit.
+        fs::set_permissions(path, fs::Permissions::from_mode(self.dir_mode()))
+            .map_err(io_err("cannot set the mode of", path))
+    }
+
+    fn write_file(&self, path: &Path, data: &[u8], private: bool) -> Result<(), StoreError> {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io_err("cannot create", path))?;
+        let mode = match (private, self.gid) {
+            (true, Some(gid)) => {
+                std::os::unix::fs::fchown(&f, None, Some(gid))
+                    .map_err(io_err("cannot set the group of", path))?;
+                0o640
+            }
+            (true, None) => 0o600,
+            (false, _) => 0o644,
+        };
+        f.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(io_err("cannot set the mode of", path))?;
+        f.write_all(data).map_err(io_err("cannot write", path))?;
+        f.sync_all().map_err(io_err("cannot sync", path))
+    }
+
+    /// Installs `set` as the new generation of `<root>/<dir_name>/` in one atomic swap,
+    /// keeping the previous generation and pruning older ones. Returns the generation name.
+    pub fn install(&self, dir_name: &str, set: &IssuedSet) -> Result<String, StoreError> {
+        let dir = self.cert_dir(dir_name);
+        self.make_dir(&dir)?;
+        let files = service_files(dir_name);
+        // acme.sh-era or otherwise real files: make them generation 0 first (same content).
+        self.migrate_real_files(&dir, &files)?;
+
+        let gen = format!("gen-{}", next_generation(&dir)?);
+        let gen_dir = dir.join(&gen);
+        self.make_dir(&gen_dir)?;
+        for (name, role) in &files {
+            self.write_file(
+                &gen_dir.join(name),
+                role.content(set).as_bytes(),
+                role.private(),
+            )?;
+            if *role == FileRole::Key {
+                crash_point!("after_key_written");
+            }
+        }
+        fsutil::sync_dir(&gen_dir).map_err(io_err("cannot sync", &gen_dir))?;
+        crash_point!("after_generation_fsynced");
+
+        // Stable names: symlinks through `current` (absent names get theirs now; they dangle
+        // only while `current` does not have them yet, i.e. before the first swap).
+        for (name, _) in &files {
+            let link = dir.join(name);
+            let want = PathBuf::from("current").join(name);
+            if fs::read_link(&link).ok().as_deref() != Some(want.as_path())
+                && fs::symlink_metadata(&link).is_err()
+            {
+                replace_symlink(&dir, name, &want)?;
+            }
+        }
+        let old = fs::read_link(dir.join("current")).ok();
+        if let Some(old) = &old {
+            replace_symlink(&dir, "previous", old)?;
+        }
+        crash_point!("before_swap");
+        replace_symlink(&dir, "current", Path::new(&gen))?;
+        fsutil::sync_dir(&dir).map_err(io_err("cannot sync", &dir))?;
+        crash_point!("after_swap");
+        crash_point!("before_prune");
+        self.prune(&dir)?;
+        Ok(gen)
+    }
+
+    /// Turns real service files (acme.sh layout) into generation 0 plus symlinks, one name at
+    /// a time, each step serving the same content as before.
+    fn migrate_real_files(
+        &self,
+        dir: &Path,
+        files: &[(String, FileRole)],
+    ) -> Result<(), StoreError> {
+        let real: Vec<&String> = files
+            .iter()
+            .map(|(n, _)| n)
+            .filter(|n| {
+                fs::symlink_metadata(dir.join(n))
+                    .map(|m| m.is_file())
+                    .unwrap_or(false)
+            })
+            .collect();
+        if real.is_empty() {
+            return Ok(());
+        }
+        let gen0 = dir.join("gen-0");
+        if dir.join("current").is_symlink() {
+            // A managed dir with stray real files: those names take the managed content at the
+            // next swap; keep nothing of them.
+        } else {
+            if gen0.exists() {
+                fs::remove_dir_all(&gen0).map_err(io_err("cannot remove", &gen0))?;
+            }
+            self.make_dir(&gen0)?;
+            for name in &real {
+                let dst = gen0.join(name);
+                fs::copy(dir.join(name), &dst).map_err(io_err("cannot copy", &dst))?;
+                fs::File::open(&dst)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io_err("cannot sync", &dst))?;
+            }
+            fsutil::sync_dir(&gen0).map_err(io_err("cannot sync", &gen0))?;
+            replace_symlink(dir, "current", Path::new("gen-0"))?;
+        }
+        for name in real {
+            replace_symlink(dir, name, &PathBuf::from("current").join(name))?;
+        }
+        fsutil::sync_dir(dir).map_err(io_err("cannot sync", dir))
+    }
+
+    /// Removes every generation but `current` and `previous`, and leftovers of crashed runs.
+    fn prune(&self, dir: &Path) -> Result<(), StoreError> {
+        let keep: Vec<PathBuf> = ["current", "previous"]
+            .iter()
+            .filter_map(|l| fs::read_link(dir.join(l)).ok())
+            .collect();
+        let entries = fs::read_dir(dir).map_err(io_err("cannot list", dir))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name_str = name.to_string_lossy();
+            if name_str.starts_with("gen-")
+                && !keep.iter().any(|k| k.as_os_str() == name.as_os_str())
+            {
+                let p = entry.path();
+                fs::remove_dir_all(&p).map_err(io_err("cannot remove", &p))?;
+            } else if name_str.starts_with(".") && name_str.contains(".tmp.") {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
+    }
+
+    /// Swaps `current` back to `previous` (and `previous` to what was current).
+    pub fn rollback(&self, dir_name: &str) -> Result<(), StoreError> {
+        let dir = self.cert_dir(dir_name);
+        let prev = fs::read_link(dir.join("previous"))
+            .ok()
+            .filter(|p| dir.join(p).is_dir())
+            .ok_or_else(|| StoreError::NoPrevious(dir.clone()))?;
+        let cur = fs::read_link(dir.join("current")).ok();
+        crash_point!("before_swap");
+        replace_symlink(&dir, "current", &prev)?;
+        crash_point!("after_swap");
+        if let Some(cur) = cur {
+            replace_symlink(&dir, "previous", &cur)?;
+        }
+        fsutil::sync_dir(&dir).map_err(io_err("cannot sync", &dir))
+    }
+
+    /// The key for `cert`'s order in flight: the persisted one when it exists and has the
+    /// wanted type (a rerun finalizing the same order must use the same key), else a new one,
+    /// persisted (0600, fsynced) before it is used.
+    pub fn pending_key(&self, cert: &str, key_type: KeyType) -> Result<String, StoreError> {
+        let path = self.pending_key_path(cert);
+        if let Ok(pem) = fs::read_to_string(&path) {
+            if let Ok(k) = certinfo::load_key(&pem) {
+                if key_type_of(&k) == Some(key_type) {
+                    return Ok(pem);
+                }
+            }
+        }
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
+        }
+        let pem = key_type.generate()?.serialize_pem();
+        let attrs = FileAttrs {
+            mode: Some(0o600),
+            ..Default::default()
+        };
+        fsutil::atomic_write(&path, pem.as_bytes(), &attrs, None)
+            .map_err(io_err("cannot write", &path))?;
+        crash_point!("after_key_written");
+        Ok(pem)
+    }
+
+    /// Forgets the key of an order in flight (after install, or when a new order starts).
+    pub fn clear_pending_key(&self, cert: &str) -> Result<(), StoreError> {
+        let path = self.pending_key_path(cert);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(io_err("cannot remove", &path)(e))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The key type of a loaded key, by its signature algorithm and public key size.
+pub fn key_type_of(key: &rcgen::KeyPair) -> Option<KeyType> {
+    let alg = key.algorithm();
+    if alg == &rcgen::PKCS_ECDSA_P256_SHA256 {
+        Some(KeyType::EcP256)
+    } else if alg == &rcgen::PKCS_ECDSA_P384_SHA384 {
+        Some(KeyType::EcP384)
+    } else {
+        // RSA: the modulus length in the SPKI tells the size (the DER grows with it).
+        let spki = rcgen::PublicKeyData::subject_public_key_info(key);
+        match spki.len() {
+            280..=300 => Some(KeyType::Rsa2048),
+            400..=430 => Some(KeyType::Rsa3072),
+            530..=560 => Some(KeyType::Rsa4096),
+            _ => None,
+        }
+    }
+}
+
+/// The next generation number: one above every `gen-N` present (crashed leftovers included).
+fn next_generation(dir: &Path) -> Result<u64, StoreError> {
+    let entries = fs::read_dir(dir).map_err(io_err("cannot list", dir))?;
+    let max = entries
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix("gen-"))
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .max();
+    Ok(max.map(|m| m + 1).unwrap_or(1))
+}
+
+/// Points `dir/name` at `target` in one rename of a fresh temp symlink.
+fn replace_symlink(dir: &Path, name: &str, target: &Path) -> Result<(), StoreError> {
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp).map_err(io_err("cannot create the symlink", &tmp))?;
+    let dst = dir.join(name);
+    fs::rename(&tmp, &dst).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        io_err("cannot replace", &dst)(e)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::selfsign::TestCa;
+
+    fn issue(store: &Store, names: &[&str]) -> IssuedSet {
+        let ca = TestCa::open_or_create(&store.selfsign_dir()).unwrap();
+        let key = KeyType::EcP256.generate().unwrap();
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let chain = ca.sign(&key, &names, now).unwrap();
+        certinfo::verify_issued(&chain, &key.serialize_pem(), &names, now).unwrap()
+    }
+
+    fn read(dir: &Path, name: &str) -> String {
+        fs::read_to_string(dir.join(name)).unwrap()
+    }
+
+    #[test]
+    fn generations_swap_keep_previous_prune_older_and_roll_back() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::new(root.path(), None);
+        store.ensure_reserved().unwrap();
+        let sets: Vec<IssuedSet> = (0..3).map(|_| issue(&store, &["a.example.test"])).collect();
+        for s in &sets {
+            store.install("a.example.test", s).unwrap();
+        }
+        let dir = store.cert_dir("a.example.test");
+        assert_eq!(read(&dir, "privkey.pem"), sets[2].key_pem);
+        assert_eq!(read(&dir, "a.example.test.key"), sets[2].key_pem);
+        assert_eq!(read(&dir, "cert.pem"), sets[2].cert_pem);
+        assert_eq!(
+            read(&dir, "fullchain.cer"),
+            format!("{}{}", sets[2].cert_pem, sets[2].chain_pem)
+        );
+        assert!(read(&dir, "combined.pem").starts_with(sets[2].key_pem.trim_end()));
+        let gens: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("gen-"))
+            .collect();
+        assert_eq!(gens.len(), 2, "{gens:?}");
+        let mode = |n: &str| fs::metadata(dir.join(n)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode("privkey.pem"), 0o600);
+        assert_eq!(mode("combined.pem"), 0o600);
+        assert_eq!(mode("cert.pem"), 0o644);
+        let on_disk = store.read_installed("a.example.test");
+        assert_eq!(on_disk.layout, Layout::Managed);
+        assert!(on_disk.key_matches);
+        store.rollback("a.example.test").unwrap();
+        assert_eq!(read(&dir, "privkey.pem"), sets[1].key_pem);
+        assert_eq!(read(&dir, "cert.pem"), sets[1].cert_pem);
+        store.rollback("a.example.test").unwrap();
+        assert_eq!(read(&dir, "cert.pem"), sets[2].cert_pem);
+    }
+
+    #[test]
+    fn acme_sh_directory_is_read_then_migrated() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::new(root.path(), Some(0));
+        store.ensure_reserved().unwrap();
+        let old = issue(&store, &["b.example.test"]);
+        let dir = store.cert_dir("b.example.test");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("b.example.test.key"), &old.key_pem).unwrap();
+        fs::write(dir.join("b.example.test.cer"), &old.cert_pem).unwrap();
+        fs::write(dir.join("ca.cer"), &old.chain_pem).unwrap();
+        let on_disk = store.read_installed("b.example.test");
+        assert_eq!(on_disk.layout, Layout::AcmeSh);
+        assert!(on_disk.key_matches);
+        let new = issue(&store, &["b.example.test"]);
+        store.install("b.example.test", &new).unwrap();
+        assert!(fs::symlink_metadata(dir.join("b.example.test.cer"))
+            .unwrap()
+            .is_symlink());
+        assert_eq!(read(&dir, "b.example.test.cer"), new.cert_pem);
+        assert_eq!(read(&dir, "privkey.pem"), new.key_pem);
+        let mode = |n: &str| fs::metadata(dir.join(n)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode("privkey.pem"), 0o640);
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o7777,
+            0o2750
+        );
+        // The acme.sh generation is kept as previous and can be restored.
+        store.rollback("b.example.test").unwrap();
+        assert_eq!(read(&dir, "b.example.test.cer"), old.cert_pem);
+    }
+
+    #[test]
+    fn pending_key_is_persisted_and_reused_for_the_same_type() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::new(root.path(), None);
+        store.ensure_reserved().unwrap();
+        let k1 = store.pending_key("c", KeyType::EcP384).unwrap();
+        assert_eq!(store.pending_key("c", KeyType::EcP384).unwrap(), k1);
+        let k2 = store.pending_key("c", KeyType::EcP256).unwrap();
+        assert_ne!(k1, k2);
+        store.clear_pending_key("c").unwrap();
+        assert!(!store.pending_key_path("c").exists());
+        let rsa = KeyType::Rsa2048.generate().unwrap();
+        assert_eq!(key_type_of(&rsa), Some(KeyType::Rsa2048));
+    }
+
+    #[test]
+    fn meta_round_trips() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::new(root.path(), None);
+        assert_eq!(store.load_meta("x").unwrap(), None);
+        let meta = Meta {
+            names: vec!["a.example.test".into()],
+            key_type: Some(KeyType::Rsa3072),
+            handler_owed: true,
+            ..Default::default()
+        };
+        store.ensure_reserved().unwrap();
+        store.save_meta("x", &meta).unwrap();
+        assert_eq!(store.load_meta("x").unwrap(), Some(meta));
+    }
+}

@@ -1,0 +1,578 @@
+//! The options `acme_request` and `acme_finalize` share, parsed strictly and validated in full
+//! before any disk or network access: names, cert names, directories, key types, limits.
+
+use crate::certinfo::KeyType;
+use crate::policy::{self, LE_PRODUCTION, SELF_SIGN_DIRECTORY};
+use crate::store::{Store, RESERVED};
+use certbridge_core::names::{CertName, Identifier, NameError};
+use certbridge_core::protocol::{coerce, parse_options};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// At most this many names per certificate (Let's Encrypt's limit).
+pub const MAX_NAMES: usize = 100;
+
+/// One cert as the user wrote it: a list of names, or `{names, key_type}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum CertEntry {
+    Names(Vec<String>),
+    Detailed(DetailedCert),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetailedCert {
+    pub names: Vec<String>,
+    #[serde(default)]
+    pub key_type: Option<String>,
+}
+
+/// `force`: true/false, or a list of cert names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Force {
+    #[default]
+    None,
+    All,
+    Certs(Vec<String>),
+}
+
+fn force<'de, D: Deserializer<'de>>(d: D) -> Result<Force, D::Error> {
+    let v = Value::deserialize(d)?;
+    match v {
+        Value::Array(items) => items
+            .into_iter()
+            .map(|i| match i {
+                Value::String(s) => Ok(s),
+                other => Err(serde::de::Error::custom(format!(
+                    "expected a boolean or a list of cert names, found {other} in the list"
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Force::Certs),
+        other => coerce::boolean(other)
+            .map(|b| if b { Force::All } else { Force::None })
+            .map_err(|e| serde::de::Error::custom(format!("{e} (or a list of cert names)"))),
+    }
+}
+
+/// The common options, as received.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommonOptions {
+    pub certs: BTreeMap<String, CertEntry>,
+    #[serde(default)]
+    pub directory: Option<String>,
+    #[serde(default, deserialize_with = "coerce::opt_boolean")]
+    pub staging: Option<bool>,
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    #[serde(default)]
+    pub account_email: Option<String>,
+    #[serde(default, deserialize_with = "coerce::opt_boolean")]
+    pub terms_agreed: Option<bool>,
+    #[serde(default)]
+    pub cert_root: Option<String>,
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub key_type: Option<String>,
+    #[serde(default, deserialize_with = "coerce::opt_uint")]
+    pub renew_days: Option<u64>,
+    #[serde(default, deserialize_with = "force")]
+    pub force: Force,
+    #[serde(default, deserialize_with = "coerce::opt_boolean")]
+    pub self_sign: Option<bool>,
+    #[serde(default, deserialize_with = "coerce::opt_uint")]
+    pub timeout: Option<u64>,
+    #[serde(default)]
+    pub log_file: Option<String>,
+    #[serde(default)]
+    pub jitter_seed: Option<String>,
+    #[serde(default)]
+    pub eab_kid: Option<String>,
+    #[serde(default)]
+    pub eab_hmac_key: Option<String>,
+}
+
+/// The option names of [`CommonOptions`].
+pub const COMMON_KEYS: &[&str] = &[
+    "certs",
+    "directory",
+    "staging",
+    "ca_file",
+    "account_email",
+    "terms_agreed",
+    "cert_root",
+    "group",
+    "key_type",
+    "renew_days",
+    "force",
+    "self_sign",
+    "timeout",
+    "log_file",
+    "jitter_seed",
+    "eab_kid",
+    "eab_hmac_key",
+];
+
+/// Option names that hold secrets (never echoed).
+pub const SECRET_KEYS: &[&str] = &["eab_hmac_key"];
+
+/// A configuration error, naming the option, cert and name at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Options(String),
+    #[error("unsupported option `{name}`; valid options: {valid}")]
+    Unknown { name: String, valid: String },
+    #[error("`certs` is empty: declare at least one cert")]
+    NoCerts,
+    #[error("certs: {0}")]
+    CertName(NameError),
+    #[error("certs.{cert}: the cert name `.certbridge` (or anything under it) is reserved")]
+    Reserved { cert: String },
+    #[error("certs.{cert}: no names")]
+    NoNames { cert: String },
+    #[error("certs.{cert}: {count} names, at most {MAX_NAMES} are allowed per certificate")]
+    TooManyNames { cert: String, count: usize },
+    #[error("certs.{cert}: {source}")]
+    Name { cert: String, source: NameError },
+    #[error("certs.{cert}: `{name}` appears more than once (names are compared lower-cased, without a trailing dot)")]
+    Duplicate { cert: String, name: String },
+    #[error(
+        "certs.{a} and certs.{b} both map to the directory `{dir}` (the first name without `*.`)"
+    )]
+    SameDirectory { a: String, b: String, dir: String },
+    #[error("{option}: {detail}")]
+    Invalid { option: String, detail: String },
+}
+
+/// One cert, validated.
+#[derive(Debug, Clone)]
+pub struct CertSpec {
+    pub name: CertName,
+    /// Canonical names in the order given (the first names the directory).
+    pub names: Vec<Identifier>,
+    pub key_type: KeyType,
+    /// `<cert_root>/<dir>`: the first name without `*.`.
+    pub dir: String,
+}
+
+impl CertSpec {
+    pub fn name_strings(&self) -> Vec<String> {
+        self.names.iter().map(|n| n.as_str().to_owned()).collect()
+    }
+    /// The names in canonical sorted order (what the decision compares).
+    pub fn sorted_names(&self) -> Vec<String> {
+        let set: BTreeSet<String> = self.names.iter().map(|n| n.as_str().to_owned()).collect();
+        set.into_iter().collect()
+    }
+}
+
+/// The validated common configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub certs: Vec<CertSpec>,
+    /// The exact directory URL spelling (or [`SELF_SIGN_DIRECTORY`] with `self_sign`).
+    pub directory: String,
+    pub staging: bool,
+    pub self_sign: bool,
+    pub ca_file: Option<PathBuf>,
+    pub account_email: Option<String>,
+    pub terms_agreed: bool,
+    pub store: Store,
+    pub renew_days: Option<u64>,
+    pub force: Force,
+    pub timeout: Duration,
+    pub log_file: Option<PathBuf>,
+    pub jitter_seed: String,
+    pub eab: Option<(String, Vec<u8>)>,
+    /// Normalisations worth telling the user (e.g. `WWW.Example.org.` -> `www.example.org`).
+    pub notes: Vec<String>,
+}
+
+impl Config {
+    /// True when the target directory issues untrusted certificates.
+    pub fn untrusted_target(&self) -> bool {
+        self.self_sign || policy::is_staging(&self.directory, self.staging)
+    }
+    pub fn forced(&self, cert: &str) -> bool {
+        match &self.force {
+            Force::None => false,
+            Force::All => true,
+            Force::Certs(list) => list.iter().any(|c| c == cert),
+        }
+    }
+    pub fn cert(&self, name: &str) -> Option<&CertSpec> {
+        self.certs.iter().find(|c| c.name.as_str() == name)
+    }
+}
+
+/// Splits the raw options into the common ones and a module's own (`T`, with `own_keys`),
+/// refusing any other key with the full list of valid ones.
+pub fn split_options<T: DeserializeOwned>(
+    raw: Map<String, Value>,
+    own_keys: &[&str],
+) -> Result<(CommonOptions, T), ConfigError> {
+    let mut common = Map::new();
+    let mut own = Map::new();
+    for (k, v) in raw {
+        if COMMON_KEYS.contains(&k.as_str()) {
+            common.insert(k, v);
+        } else if own_keys.contains(&k.as_str()) {
+            own.insert(k, v);
+        } else {
+            let mut valid: Vec<&str> = COMMON_KEYS.iter().chain(own_keys).copied().collect();
+            valid.sort_unstable();
+            return Err(ConfigError::Unknown {
+                name: k,
+                valid: valid.join(", "),
+            });
+        }
+    }
+    let common =
+        parse_options::<CommonOptions>(common).map_err(|e| ConfigError::Options(e.to_string()))?;
+    let own = parse_options::<T>(own).map_err(|e| ConfigError::Options(e.to_string()))?;
+    Ok((common, own))
+}
+
+/// Strips an OpenDev-style `:port` suffix (used by their cert checks, not for issuance).
+fn strip_port(name: &str) -> &str {
+    match name.rsplit_once(':') {
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => name,
+    }
+}
+
+fn invalid(option: &str, detail: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        option: option.into(),
+        detail: detail.into(),
+    }
+}
+
+/// The host name that seeds the renewal jitter (read from the kernel, no NSS).
+pub fn host_name() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Validates everything; `default_timeout` is the module's own default.
+pub fn validate(o: CommonOptions, default_timeout: u64) -> Result<Config, ConfigError> {
+    if o.certs.is_empty() {
+        return Err(ConfigError::NoCerts);
+    }
+    let default_key_type = match &o.key_type {
+        Some(k) => k.parse::<KeyType>().map_err(|e| invalid("key_type", e))?,
+        None => KeyType::default(),
+    };
+    let mut notes = Vec::new();
+    let mut certs = Vec::new();
+    let mut dirs: BTreeMap<String, String> = BTreeMap::new();
+    for (cert, entry) in &o.certs {
+        let name = CertName::parse(cert).map_err(ConfigError::CertName)?;
+        if cert.eq_ignore_ascii_case(RESERVED) {
+            return Err(ConfigError::Reserved { cert: cert.clone() });
+        }
+        let (raw_names, key_type) = match entry {
+            CertEntry::Names(n) => (n.clone(), default_key_type),
+            CertEntry::Detailed(d) => (
+                d.names.clone(),
+                match &d.key_type {
+                    Some(k) => k
+                        .parse::<KeyType>()
+                        .map_err(|e| invalid(&format!("certs.{cert}.key_type"), e))?,
+                    None => default_key_type,
+                },
+            ),
+        };
+        if raw_names.is_empty() {
+            return Err(ConfigError::NoNames { cert: cert.clone() });
+        }
+        let mut names: Vec<Identifier> = Vec::new();
+        let mut seen: BTreeSet<String> = BTreeSet::new();
+        let mut seen_raw: BTreeSet<String> = BTreeSet::new();
+        for raw in &raw_names {
+            let stripped = strip_port(raw.trim());
+            let (id, normalised) =
+                Identifier::parse(stripped).map_err(|source| ConfigError::Name {
+                    cert: cert.clone(),
+                    source,
+                })?;
+            if normalised {
+                notes.push(format!("certs.{cert}: `{raw}` is used as `{id}`"));
+            }
+            if !seen.insert(id.as_str().to_owned()) {
+                // The same name twice with different ports is one name, not an error.
+                if stripped != raw.trim() && seen_raw.insert(raw.clone()) {
+                    continue;
+                }
+                return Err(ConfigError::Duplicate {
+                    cert: cert.clone(),
+                    name: raw.clone(),
+                });
+            }
+            seen_raw.insert(raw.clone());
+            names.push(id);
+        }
+        if names.len() > MAX_NAMES {
+            return Err(ConfigError::TooManyNames {
+                cert: cert.clone(),
+                count: names.len(),
+            });
+        }
+        let dir = names[0].base().to_owned();
+        if let Some(other) = dirs.insert(dir.clone(), cert.clone()) {
+            return Err(ConfigError::SameDirectory {
+                a: other,
+                b: cert.clone(),
+                dir,
+            });
+        }
+        certs.push(CertSpec {
+            name,
+            names,
+            key_type,
+            dir,
+        });
+    }
+    let self_sign = o.self_sign.unwrap_or(false);
+    let directory = if self_sign {
+        SELF_SIGN_DIRECTORY.to_owned()
+    } else {
+        let d = o.directory.clone().unwrap_or_else(|| LE_PRODUCTION.into());
+        if !d.starts_with("https://") || d.contains(char::is_whitespace) {
+            return Err(invalid(
+                "directory",
+                format!("`{d}` is not an https:// URL"),
+            ));
+        }
+        d
+    };
+    let cert_root = PathBuf::from(
+        o.cert_root
+            .clone()
+            .unwrap_or_else(|| "/etc/letsencrypt-certs".into()),
+    );
+    if !cert_root.is_absolute() {
+        return Err(invalid(
+            "cert_root",
+            format!("`{}` is not an absolute path", cert_root.display()),
+        ));
+    }
+    let gid = match &o.group {
+        Some(g) if !g.is_empty() => Some(
+            certbridge_core::fsutil::lookup_gid(g).map_err(|e| invalid("group", e.to_string()))?,
+        ),
+        _ => None,
+    };
+    let ca_file = o
+        .ca_file
+        .as_ref()
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from);
+    if let Some(p) = &ca_file {
+        if !p.is_file() {
+            return Err(invalid(
+                "ca_file",
+                format!("{} is not a readable file", p.display()),
+            ));
+        }
+    }
+    if let Some(e) = &o.account_email {
+        if !e.contains('@') || e.contains(char::is_whitespace) || e.contains(['<', '>', ',']) {
+            return Err(invalid(
+                "account_email",
+                format!("`{e}` is not an e-mail address"),
+            ));
+        }
+    }
+    if let Force::Certs(list) = &o.force {
+        if let Some(unknown) = list.iter().find(|c| !o.certs.contains_key(*c)) {
+            return Err(invalid(
+                "force",
+                format!("`{unknown}` is not a declared cert"),
+            ));
+        }
+    }
+    let timeout = o.timeout.unwrap_or(default_timeout);
+    if timeout == 0 {
+        return Err(invalid("timeout", "must be at least 1 second"));
+    }
+    let eab = match (&o.eab_kid, &o.eab_hmac_key) {
+        (None, None) => None,
+        (Some(kid), Some(key)) => {
+            use base64::Engine;
+            let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(key.trim_end_matches('='))
+                .map_err(|_| {
+                    invalid("eab_hmac_key", "is not base64url (its value is not shown)")
+                })?;
+            Some((kid.clone(), bytes))
+        }
+        _ => return Err(invalid("eab_kid", "eab_kid and eab_hmac_key go together")),
+    };
+    let log_file = match &o.log_file {
+        Some(s) if s.is_empty() => None,
+        Some(s) => Some(PathBuf::from(s)),
+        None => Some(PathBuf::from("/var/log/certbridge/certbridge.log")),
+    };
+    Ok(Config {
+        certs,
+        directory,
+        staging: o.staging.unwrap_or(false),
+        self_sign,
+        ca_file,
+        account_email: o.account_email.clone(),
+        terms_agreed: o.terms_agreed.unwrap_or(true),
+        store: Store::new(cert_root, gid),
+        renew_days: o.renew_days,
+        force: o.force.clone(),
+        timeout: Duration::from_secs(timeout),
+        log_file,
+        jitter_seed: o.jitter_seed.clone().unwrap_or_else(host_name),
+        eab,
+        notes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Own {
+        #[serde(default)]
+        #[allow(dead_code)]
+        only: Option<Vec<String>>,
+    }
+
+    fn check(v: Value) -> Result<Config, String> {
+        let Value::Object(m) = v else { panic!() };
+        let (common, _own): (CommonOptions, Own) =
+            split_options(m, &["only"]).map_err(|e| e.to_string())?;
+        validate(common, 60).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn accepts_lists_maps_ports_and_normalises() {
+        let c = check(json!({"certs": {
+            "main": ["WWW.Example.test.", "example.test:443"],
+            "rsa": {"names": ["*.s3.example.test", "s3.example.test"], "key_type": "rsa-2048"}},
+            "jitter_seed": "h"}))
+        .unwrap();
+        let main = c.cert("main").unwrap();
+        assert_eq!(
+            main.name_strings(),
+            vec!["www.example.test", "example.test"]
+        );
+        assert_eq!(main.dir, "www.example.test");
+        assert_eq!(c.cert("rsa").unwrap().dir, "s3.example.test");
+        assert_eq!(c.cert("rsa").unwrap().key_type, KeyType::Rsa2048);
+        assert_eq!(c.directory, LE_PRODUCTION);
+        assert_eq!(c.notes.len(), 1);
+        assert_eq!(c.timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn refuses_bad_input_naming_cert_and_name() {
+        let cases: Vec<(Value, &str)> = vec![
+            (json!({"certs": {}}), "empty"),
+            (
+                json!({"certs": {"a": ["a.example.test"]}, "colour": 1}),
+                "unsupported option `colour`",
+            ),
+            (
+                json!({"certs": {"a": ["A.example.test", "a.example.test"]}}),
+                "certs.a: `a.example.test` appears more than once",
+            ),
+            (
+                json!({"certs": {"a": ["*.*.x.test"]}}),
+                "certs.a: `*.*.x.test`",
+            ),
+            (json!({"certs": {"a": ["a..b"]}}), "certs.a: `a..b`"),
+            (json!({"certs": {"a": ["a_b.example.test"]}}), "`_`"),
+            (json!({"certs": {"a": ["single"]}}), "single label"),
+            (json!({"certs": {"../x": ["a.example.test"]}}), "`../x`"),
+            (
+                json!({"certs": {".certbridge": ["a.example.test"]}}),
+                "`.certbridge`",
+            ),
+            (
+                json!({"certs": {"a": ["x.example.test"], "b": ["*.x.example.test"]}}),
+                "both map to the directory `x.example.test`",
+            ),
+            (
+                json!({"certs": {"a": ["a.example.test"]}, "key_type": "dsa"}),
+                "key_type: unknown key type `dsa`",
+            ),
+            (
+                json!({"certs": {"a": ["a.example.test"]}, "force": ["b"]}),
+                "force: `b`",
+            ),
+            (
+                json!({"certs": {"a": ["a.example.test"]}, "cert_root": "rel"}),
+                "cert_root",
+            ),
+            (
+                json!({"certs": {"a": ["a.example.test"]}, "directory": "http://x"}),
+                "directory",
+            ),
+            (
+                json!({"certs": {"a": ["a.example.test"]}, "timeout": "soon"}),
+                "timeout",
+            ),
+            (
+                json!({"certs": {"a": ["a.example.test"]}, "eab_kid": "k"}),
+                "eab_kid",
+            ),
+            (
+                json!({"certs": {"a": ["a.example.test"]}, "eab_kid": "k", "eab_hmac_key": "not base64!"}),
+                "eab_hmac_key",
+            ),
+            (
+                json!({"certs": {"a": ["a.example.test"]}, "group": "no-such-group-x"}),
+                "group",
+            ),
+            (
+                json!({"certs": {"a": ["a.example.test"]}, "ca_file": "/nonexistent"}),
+                "ca_file",
+            ),
+            (
+                json!({"certs": {"a": ["a.example.test"]}, "account_email": "nobody"}),
+                "account_email",
+            ),
+        ];
+        for (input, want) in cases {
+            let err = check(input.clone()).expect_err(&input.to_string());
+            assert!(err.contains(want), "{input}: {err}");
+        }
+        let many: Vec<String> = (0..101).map(|i| format!("n{i}.example.test")).collect();
+        let err = check(json!({"certs": {"big": many}})).unwrap_err();
+        assert!(err.contains("certs.big: 101 names"), "{err}");
+        let err = check(json!({"certs": {"a": ["a.example.test"]}, "eab_kid": "k", "eab_hmac_key": "c2VjcmV0!!"})).unwrap_err();
+        assert!(!err.contains("c2VjcmV0"), "{err}");
+    }
+
+    #[test]
+    fn force_accepts_bool_string_and_list() {
+        let c = check(json!({"certs": {"a": ["a.example.test"]}, "force": "yes"})).unwrap();
+        assert!(c.forced("a"));
+        let c = check(
+            json!({"certs": {"a": ["a.example.test"], "b": ["b.example.test"]}, "force": ["b"]}),
+        )
+        .unwrap();
+        assert!(!c.forced("a") && c.forced("b"));
+    }
+}
