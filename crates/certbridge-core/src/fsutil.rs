@@ -37,6 +37,7 @@ pub fn atomic_write(
     let (tmp_path, mut tmp) = temp_file(&dir, path, 0o600)?;
     let result = (|| {
         tmp.write_all(data)?;
+        crate::crash_point!("temp_written");
         let uid = attrs.uid.or(existing.as_ref().map(|m| m.uid()));
         let gid = attrs.gid.or(existing.as_ref().map(|m| m.gid()));
         if uid.is_some() || gid.is_some() {
@@ -50,6 +51,7 @@ pub fn atomic_write(
         }
         crate::crash_point!("before_rename");
         fs::rename(&tmp_path, path)?;
+        crate::crash_point!("after_rename");
         sync_dir(&dir)
     })();
     if result.is_err() {
@@ -180,7 +182,11 @@ impl Lock {
                         let holder = holder.trim();
                         return Err(LockError::Busy {
                             path: path.to_path_buf(),
-                            holder: if holder.is_empty() { "unknown".into() } else { holder.into() },
+                            holder: if holder.is_empty() {
+                                "unknown".into()
+                            } else {
+                                holder.into()
+                            },
                             waited: start.elapsed(),
                         });
                     }
@@ -251,7 +257,10 @@ mod tests {
         };
         atomic_write(&p, b"a", &attrs, None).unwrap();
         atomic_write(&p, b"b", &FileAttrs::default(), None).unwrap();
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o640);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
     }
 
     #[test]

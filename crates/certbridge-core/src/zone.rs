@@ -1265,6 +1265,7 @@ pub fn apply(
         (false, Some(timeout)) => Some(Lock::acquire(&lock_path(&opts.path), timeout)?),
         _ => None,
     };
+    crate::crash_point!("zone_locked");
     let existing = read_existing(&opts.path)?;
     let old_serial = existing.as_ref().and_then(|(text, _)| parse_serial(text));
     let content_same = match (&existing, old_serial) {
@@ -1292,6 +1293,7 @@ pub fn apply(
                 &opts.attrs,
                 opts.validate.as_ref(),
             )?;
+            crate::crash_point!("zone_written");
         } else if attrs_differ {
             fix_attrs(&opts.path, &opts.attrs)?;
         }

@@ -1,0 +1,806 @@
+//! The bad-input table: malformed inputs across all four modules, each refused with
+//! `failed: true` and a message naming the culprit, within a second, before any network
+//! access (the ACME directory and every DNS server point at sentinel sockets that must see
+//! no traffic) and before any disk change (the cert root, zone and state trees are hashed
+//! before and after every row). Prints how many rows each module exercised.
+
+mod common;
+
+use common::module_bin;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::net::{TcpListener, UdpSocket};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const ORIGIN: &str = "acme.example.test";
+const TSIG_GOOD: &str = "c2VjcmV0LXRzaWcta2V5LWZvci10aGUtdGFibGUtdGVzdA==";
+/// A shape-valid dns-01 value (43 base64url characters).
+const DIGEST: &str = "DRwHgzN8aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-";
+
+/// Every file, directory and link under `root`: kind, size, mode, owner, mtime and a content
+/// hash. Any change (new, removed, rewritten or re-moded entry) changes the map.
+fn tree_hash(root: &Path) -> BTreeMap<String, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let common = format!(
+                "mode {:o} uid {} gid {} mtime {}.{}",
+                meta.mode(),
+                meta.uid(),
+                meta.gid(),
+                meta.mtime(),
+                meta.mtime_nsec()
+            );
+            if meta.is_symlink() {
+                let target = std::fs::read_link(&path).unwrap();
+                out.insert(rel, format!("link -> {} {common}", target.display()));
+            } else if meta.is_dir() {
+                out.insert(rel.clone(), format!("dir {common}"));
+                walk(root, &path, out);
+            } else {
+                let data = std::fs::read(&path).unwrap();
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                data.hash(&mut h);
+                out.insert(
+                    rel,
+                    format!("file {} bytes {:016x} {common}", data.len(), h.finish()),
+                );
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// Sockets on loopback that stand in for the ACME CA and every DNS server: a module that
+/// reached the network would connect to (or send to) one of them.
+struct Sentinels {
+    tcp: TcpListener,
+    udp: UdpSocket,
+    /// The UDP port's TCP twin, so DNS over TCP is caught too.
+    dns_tcp: TcpListener,
+}
+
+impl Sentinels {
+    fn start() -> Sentinels {
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        tcp.set_nonblocking(true).unwrap();
+        // A UDP port whose TCP twin is also free, so one address serves both transports.
+        let (udp, dns_tcp) = (0..50)
+            .find_map(|_| {
+                let udp = UdpSocket::bind("127.0.0.1:0").ok()?;
+                let port = udp.local_addr().ok()?.port();
+                let tcp = TcpListener::bind(("127.0.0.1", port)).ok()?;
+                Some((udp, tcp))
+            })
+            .expect("a UDP+TCP port pair on loopback");
+        udp.set_nonblocking(true).unwrap();
+        dns_tcp.set_nonblocking(true).unwrap();
+        Sentinels { tcp, udp, dns_tcp }
+    }
+    fn directory_url(&self) -> String {
+        format!("https://{}/dir", self.tcp.local_addr().unwrap())
+    }
+    fn dns(&self) -> String {
+        self.udp.local_addr().unwrap().to_string()
+    }
+    fn dns_port(&self) -> u16 {
+        self.udp.local_addr().unwrap().port()
+    }
+    /// What reached the sentinels since the last call (empty: no network access).
+    fn traffic(&self) -> Vec<String> {
+        let mut seen = Vec::new();
+        while let Ok((_, peer)) = self.tcp.accept() {
+            seen.push(format!("TCP connection to the ACME directory from {peer}"));
+        }
+        while let Ok((_, peer)) = self.dns_tcp.accept() {
+            seen.push(format!("TCP connection to the DNS sentinel from {peer}"));
+        }
+        let mut buf = [0u8; 2048];
+        while let Ok((n, peer)) = self.udp.recv_from(&mut buf) {
+            seen.push(format!(
+                "{n}-byte UDP datagram to the DNS sentinel from {peer}"
+            ));
+        }
+        seen
+    }
+}
+
+/// How the module is called: args as JSON, raw bytes in the args file, a missing args file,
+/// or no argument at all.
+enum Input {
+    Args(Value),
+    Raw(&'static str),
+    MissingFile,
+    NoArgv,
+}
+
+struct Row {
+    module: &'static str,
+    what: String,
+    input: Input,
+    /// A substring of `msg` that names the culprit.
+    want: String,
+    /// Strings that must not appear in the output (secrets in the row's input).
+    never: Vec<String>,
+}
+
+fn row(
+    module: &'static str,
+    what: impl Into<String>,
+    input: Input,
+    want: impl Into<String>,
+) -> Row {
+    Row {
+        module,
+        what: what.into(),
+        input,
+        want: want.into(),
+        never: Vec::new(),
+    }
+}
+
+/// The files every row must leave alone, and the valid baseline args of each module.
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    zone_file: PathBuf,
+    sentinels: Sentinels,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        for d in ["certs/web.example.test", "zones", "state", "log"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::write(root.join("certs/web.example.test/cert.pem"), "existing\n").unwrap();
+        std::fs::write(root.join("log/certbridge.log"), "{\"existing\":true}\n").unwrap();
+        let zone_file = root.join("zones/signing.zone");
+        let fx = Fixture {
+            _tmp: tmp,
+            root,
+            zone_file,
+            sentinels: Sentinels::start(),
+        };
+        // A real zone file, rendered by the module itself, that a faulty row would rewrite.
+        let made = common::run_module("zone_render", &fx.zone_render());
+        assert!(!made.failed() && made.changed(), "{}", made.json);
+        fx
+    }
+
+    fn zone_render(&self) -> Value {
+        json!({
+            "path": self.zone_file, "origin": ORIGIN, "ns": ["ns1.acme.example.test"],
+            "records": [
+                {"name": "ns1", "type": "A", "value": "127.0.0.1"},
+                {"name": "_acme-challenge.web", "type": "TXT", "value": DIGEST},
+            ],
+        })
+    }
+
+    fn file_zone(&self) -> Value {
+        json!({
+            "origin": ORIGIN, "method": "zonefile", "path": self.zone_file,
+            "ns": ["ns1.acme.example.test"],
+            "static_records": [{"name": "ns1", "type": "A", "value": "127.0.0.1"}],
+            "reload": ["false"],
+        })
+    }
+
+    fn dyn_zone(&self) -> Value {
+        json!({
+            "origin": "dyn.example.test", "method": "rfc2136", "server": self.sentinels.dns(),
+            "tsig_name": "certbridge-key", "tsig_algorithm": "hmac-sha256", "tsig_secret": TSIG_GOOD,
+        })
+    }
+
+    fn publish(&self) -> Value {
+        json!({
+            "records": [txt_record("h1", "main", "web.example.test", DIGEST)],
+            "zones": [self.file_zone(), self.dyn_zone()],
+            "resolver": self.sentinels.dns(),
+            "nameserver_port": self.sentinels.dns_port(),
+            "state_dir": self.root.join("state"),
+            "timeout": 5,
+        })
+    }
+
+    fn acme(&self) -> Value {
+        json!({
+            "certs": {"main": ["web.example.test", "www.example.test"]},
+            "cert_root": self.root.join("certs"),
+            "log_file": self.root.join("log/certbridge.log"),
+            "directory": self.sentinels.directory_url(),
+            "jitter_seed": "table-host",
+            "timeout": 5,
+        })
+    }
+}
+
+fn txt_record(host: &str, cert: &str, name: &str, value: &str) -> Value {
+    let base = name.strip_prefix("*.").unwrap_or(name);
+    json!({"host": host, "cert": cert, "name": name, "record": format!("_acme-challenge.{base}"), "value": value})
+}
+
+/// `base` with `patch`'s keys set (a `null` in the patch removes the key).
+fn patched(mut base: Value, patch: Value) -> Value {
+    let (Value::Object(b), Value::Object(p)) = (&mut base, patch) else {
+        panic!("objects expected")
+    };
+    for (k, v) in p {
+        if v.is_null() {
+            b.remove(&k);
+        } else {
+            b.insert(k, v);
+        }
+    }
+    base
+}
+
+/// What one call printed.
+struct Outcome {
+    json: Value,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+fn call(module: &str, input: &Input) -> Outcome {
+    let dir = tempfile::tempdir().unwrap();
+    let args_path = dir.path().join("args");
+    let mut cmd = Command::new(module_bin(module));
+    match input {
+        Input::Args(v) => {
+            std::fs::write(&args_path, serde_json::to_vec(v).unwrap()).unwrap();
+            cmd.arg(&args_path);
+        }
+        Input::Raw(text) => {
+            std::fs::write(&args_path, text).unwrap();
+            cmd.arg(&args_path);
+        }
+        Input::MissingFile => {
+            cmd.arg(dir.path().join("no-such-args-file"));
+        }
+        Input::NoArgv => {}
+    }
+    let start = Instant::now();
+    let out = cmd.output().expect("run module");
+    let elapsed = start.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!("{module} did not print one JSON object ({e}): stdout={stdout:?} stderr={stderr:?}")
+    });
+    Outcome {
+        json,
+        stdout,
+        stderr,
+        elapsed,
+    }
+}
+
+/// Rows every module shares: the protocol layer's own failures.
+fn protocol_rows(module: &'static str, base: Value) -> Vec<Row> {
+    vec![
+        row(
+            module,
+            "args file is not JSON",
+            Input::Raw("{path: nope"),
+            "is not a JSON object",
+        ),
+        row(
+            module,
+            "args file is a JSON array",
+            Input::Raw("[1, 2]"),
+            "found a list",
+        ),
+        row(
+            module,
+            "args file is a JSON string",
+            Input::Raw("\"x\""),
+            "found a string",
+        ),
+        row(
+            module,
+            "args file is missing",
+            Input::MissingFile,
+            "cannot read the arguments file",
+        ),
+        row(
+            module,
+            "no args file argument",
+            Input::NoArgv,
+            format!("usage: {module}"),
+        ),
+        row(
+            module,
+            "unknown option",
+            Input::Args(patched(base, json!({"colour": "blue"}))),
+            "unsupported option `colour`",
+        ),
+    ]
+}
+
+fn zone_render_rows(fx: &Fixture) -> Vec<Row> {
+    let m = "zone_render";
+    let base = fx.zone_render();
+    let with = |patch: Value| Input::Args(patched(fx.zone_render(), patch));
+    let rec = |name: &str, rtype: &str, value: &str| {
+        Input::Args(patched(
+            fx.zone_render(),
+            json!({"records": [{"name": name, "type": rtype, "value": value}]}),
+        ))
+    };
+    let long_label = "l".repeat(64);
+    let long_name = vec!["abcdefghi"; 26].join(".");
+    let mut rows = protocol_rows(m, base);
+    rows.extend([
+        row(
+            m,
+            "missing origin",
+            with(json!({"origin": null})),
+            "missing required option `origin`",
+        ),
+        row(
+            m,
+            "missing path",
+            with(json!({"path": null})),
+            "missing required option `path`",
+        ),
+        row(
+            m,
+            "ttl is not a number",
+            with(json!({"ttl": "soon"})),
+            "option `ttl`",
+        ),
+        row(
+            m,
+            "ns is not a list",
+            with(json!({"ns": "ns1.acme.example.test"})),
+            "option `ns`",
+        ),
+        row(
+            m,
+            "records is a map",
+            with(json!({"records": {"a": 1}})),
+            "option `records`",
+        ),
+        row(
+            m,
+            "unknown record field",
+            with(
+                json!({"records": [{"name": "a", "type": "A", "value": "192.0.2.1", "weight": 1}]}),
+            ),
+            "unsupported option `weight` in `records[0]`",
+        ),
+        row(
+            m,
+            "relative path",
+            with(json!({"path": "zones/x.zone"})),
+            "zones/x.zone",
+        ),
+        row(
+            m,
+            "symbolic mode",
+            with(json!({"mode": "u+rw"})),
+            "`u+rw` is not an octal mode",
+        ),
+        row(
+            m,
+            "unknown owner",
+            with(json!({"owner": "no-such-user-certbridge"})),
+            "no-such-user-certbridge",
+        ),
+        row(
+            m,
+            "non-ASCII origin",
+            with(json!({"origin": "bücher.example.test"})),
+            "punycode",
+        ),
+        row(m, "`a..b` owner", rec("a..b", "TXT", "v"), "record `a..b`"),
+        row(
+            m,
+            "`*.*.x` owner",
+            rec("*.*.x", "TXT", "v"),
+            "`*` is allowed only",
+        ),
+        row(
+            m,
+            "label over 63",
+            rec(&long_label, "TXT", "v"),
+            "longer than 63",
+        ),
+        row(
+            m,
+            "name over 253",
+            rec(&long_name, "TXT", "v"),
+            "longer than 253",
+        ),
+        row(m, "non-ASCII owner", rec("bücher", "TXT", "v"), "punycode"),
+        row(m, "space in owner", rec("a b", "TXT", "v"), "record `a b`"),
+        row(
+            m,
+            "owner outside the zone",
+            rec("www.other.test.", "TXT", "v"),
+            "record `www.other.test.` is outside the zone",
+        ),
+        row(
+            m,
+            "newline in TXT value",
+            rec("n", "TXT", "a\nb"),
+            "records[0]: record `n` TXT",
+        ),
+        row(
+            m,
+            "quote in TXT value",
+            rec("q", "TXT", "a\"b"),
+            "records[0]: record `q` TXT",
+        ),
+        row(
+            m,
+            "backslash in TXT value",
+            rec("b", "TXT", "a\\b"),
+            "records[0]: record `b` TXT",
+        ),
+        row(
+            m,
+            "`;` after an A value",
+            rec("s", "A", "192.0.2.1 ; $INCLUDE /etc/passwd"),
+            "records[0]: record `s` A",
+        ),
+        row(
+            m,
+            "unsupported type",
+            rec("t", "SRV", "0 0 1 x."),
+            "unsupported type `SRV`",
+        ),
+    ]);
+    rows
+}
+
+fn publish_rows(fx: &Fixture) -> Vec<Row> {
+    let m = "acme_txt_publish";
+    let with = |patch: Value| Input::Args(patched(fx.publish(), patch));
+    let records = |r: Value| with(json!({"records": [r]}));
+    let zone = |patch: Value| with(json!({"zones": [patched(fx.file_zone(), patch)]}));
+    let dynz = |patch: Value| with(json!({"zones": [patched(fx.dyn_zone(), patch)]}));
+    let mut rows = protocol_rows(m, fx.publish());
+    rows.extend([
+        row(m, "missing zones", with(json!({"zones": null})), "missing required option `zones`"),
+        row(m, "missing records", with(json!({"records": null})), "missing required option `records`"),
+        row(m, "empty zones", with(json!({"zones": []})), "`zones` is empty"),
+        row(m, "timeout is not a number", with(json!({"timeout": "soon"})), "option `timeout`"),
+        row(m, "port out of range", with(json!({"nameserver_port": 70000})), "nameserver_port"),
+        row(m, "resolver is a host name", with(json!({"resolver": "ns1.example.test"})), "option `resolver`"),
+        row(m, "record value not a dns-01 digest", records(txt_record("h1", "main", "web.example.test", "abc")), "`abc` is not a dns-01 value"),
+        row(m, "record value with `;`", records(txt_record("h1", "main", "web.example.test", "DRwHgzN8aaaaaaaaaaaaaaaaaaaaaaaa;aaaaaaaaa-")), "is not a dns-01 value"),
+        row(m, "record value with a space", records(txt_record("h1", "main", "web.example.test", "DRwHgzN8aaaaaaaaaaaaaaaaaaaaaaaa aaaaaaaaa-")), "is not a dns-01 value"),
+        row(m, "record value with a newline", records(txt_record("h1", "main", "web.example.test", "DRwHgzN8aaaaaaaaaaaaaaaaaaaaaaaa\naaaaaaaaa-")), "is not a dns-01 value"),
+        row(m, "record value with a quote", records(txt_record("h1", "main", "web.example.test", "DRwHgzN8aaaaaaaaaaaaaaaaaaaaaaaa\"aaaaaaaaa-")), "is not a dns-01 value"),
+        row(m, "record value with a backslash", records(txt_record("h1", "main", "web.example.test", "DRwHgzN8aaaaaaaaaaaaaaaaaaaaaaaa\\aaaaaaaaa-")), "is not a dns-01 value"),
+        row(m, "name with `_`", records(txt_record("h1", "main", "a_b.example.test", DIGEST)), "h1 main a_b.example.test"),
+        row(m, "single-label name", records(txt_record("h1", "main", "localhost", DIGEST)), "single label"),
+        row(m, "`*.*.x` name", records(txt_record("h1", "main", "*.*.x.example.test", DIGEST)), "`*.*.x.example.test`"),
+        row(m, "non-ASCII name", records(txt_record("h1", "main", "bücher.example.test", DIGEST)), "punycode"),
+        row(m, "cert name `../x`", records(txt_record("h1", "../x", "web.example.test", DIGEST)), "`../x`"),
+        row(m, "record is not the name's challenge record", records(json!({"host": "h1", "cert": "main", "name": "web.example.test", "record": "_acme-challenge.other.example.test", "value": DIGEST})), "is not the challenge record of `web.example.test`"),
+        row(m, "alias outside every managed zone", with(json!({"alias": "acme.elsewhere.test", "check_cname": false})), "not inside any managed zone"),
+        row(m, "zone listed twice", with(json!({"zones": [fx.file_zone(), fx.file_zone()]})), "listed twice"),
+        row(m, "unknown method", zone(json!({"method": "ftp"})), "method"),
+        row(m, "zonefile zone without path", zone(json!({"path": null})), "missing required option `path` in `zones[0]`"),
+        row(m, "zonefile zone with a TSIG server", zone(json!({"server": "127.0.0.1:9"})), "`zones[0].server` does not apply"),
+        row(m, "bad static record", zone(json!({"static_records": [{"name": "x", "type": "TXT", "value": "a\"b"}]})), "static_records[0]: record `x` TXT"),
+        row(m, "rfc2136 zone without tsig_secret", dynz(json!({"tsig_secret": null})), "missing required option `tsig_secret`"),
+        row(m, "unknown TSIG algorithm", dynz(json!({"tsig_algorithm": "hmac-md4"})), "hmac-md4"),
+    ]);
+    let not_base64 = "not base64 at all!";
+    let mut r = row(
+        m,
+        "TSIG secret that is not base64",
+        dynz(json!({"tsig_secret": not_base64})),
+        "tsig_secret",
+    );
+    r.never.push(not_base64.into());
+    rows.push(r);
+    rows
+}
+
+/// Rows for acme_request and acme_finalize (same common options, from issue 4).
+fn acme_rows(fx: &Fixture, m: &'static str) -> Vec<Row> {
+    let with = |patch: Value| Input::Args(patched(fx.acme(), patch));
+    let names = |list: Value| with(json!({"certs": {"main": list}}));
+    let cert = |name: &str| {
+        let mut certs = serde_json::Map::new();
+        certs.insert(name.into(), json!(["web.example.test"]));
+        with(json!({"certs": certs}))
+    };
+    let many: Vec<String> = (0..101).map(|i| format!("n{i}.example.test")).collect();
+    let mut rows = protocol_rows(m, fx.acme());
+    rows.extend([
+        row(
+            m,
+            "missing certs",
+            with(json!({"certs": null})),
+            "missing required option `certs`",
+        ),
+        row(
+            m,
+            "empty cert list",
+            with(json!({"certs": {}})),
+            "`certs` is empty",
+        ),
+        row(m, "cert with no names", names(json!([])), "certs.main"),
+        row(
+            m,
+            "timeout is not a number",
+            with(json!({"timeout": "soon"})),
+            "timeout",
+        ),
+        row(
+            m,
+            "renew_days is a list",
+            with(json!({"renew_days": [1]})),
+            "renew_days",
+        ),
+        row(
+            m,
+            "self_sign is not a boolean",
+            with(json!({"self_sign": "maybe"})),
+            "self_sign",
+        ),
+        row(
+            m,
+            "unknown key type",
+            with(json!({"key_type": "dsa-1024"})),
+            "key_type",
+        ),
+        row(m, "101 names", names(json!(many)), "certs.main: 101 names"),
+        row(
+            m,
+            "duplicates after lower-casing",
+            names(json!(["Web.example.test", "web.example.test"])),
+            "appears more than once",
+        ),
+        row(
+            m,
+            "`*.*.x`",
+            names(json!(["*.*.x.example.test"])),
+            "`*.*.x.example.test`",
+        ),
+        row(
+            m,
+            "`a..b`",
+            names(json!(["a..b.example.test"])),
+            "`a..b.example.test`",
+        ),
+        row(
+            m,
+            "label over 63",
+            names(json!([format!("{}.example.test", "x".repeat(64))])),
+            "longer than 63",
+        ),
+        row(
+            m,
+            "name over 253",
+            names(json!([format!("{}.test", "abcdefghi.".repeat(26))])),
+            "longer than 253",
+        ),
+        row(
+            m,
+            "single-label name",
+            names(json!(["localhost"])),
+            "single label",
+        ),
+        row(
+            m,
+            "`_` in a name",
+            names(json!(["a_b.example.test"])),
+            "`_`",
+        ),
+        row(
+            m,
+            "non-ASCII name",
+            names(json!(["bücher.example.test"])),
+            "punycode",
+        ),
+        row(
+            m,
+            "space in a name",
+            names(json!(["a b.example.test"])),
+            "certs.main: `a b.example.test`",
+        ),
+        row(
+            m,
+            "newline in a name",
+            names(json!(["a\nb.example.test"])),
+            "certs.main",
+        ),
+        row(
+            m,
+            "quote in a name",
+            names(json!(["a\"b.example.test"])),
+            "certs.main",
+        ),
+        row(
+            m,
+            "backslash in a name",
+            names(json!(["a\\b.example.test"])),
+            "certs.main",
+        ),
+        row(
+            m,
+            "`;` in a name",
+            names(json!(["a;b.example.test"])),
+            "certs.main",
+        ),
+        row(m, "cert name `../x`", cert("../x"), "`../x`"),
+        row(m, "cert name `/abs`", cert("/abs"), "`/abs`"),
+        row(m, "cert name `.`", cert("."), "`.`"),
+        row(
+            m,
+            "cert name `.certbridge`",
+            cert(".certbridge"),
+            "`.certbridge`",
+        ),
+        row(m, "cert name with a space", cert("my cert"), "`my cert`"),
+        row(
+            m,
+            "two certs in one directory",
+            with(json!({"certs": {"a": ["x.example.test"], "b": ["*.x.example.test"]}})),
+            "both map to the directory `x.example.test`",
+        ),
+        row(
+            m,
+            "force names an undeclared cert",
+            with(json!({"force": ["nope"]})),
+            "`nope`",
+        ),
+    ]);
+    let hmac = "!!not-base64-hmac-key!!";
+    let mut r = row(
+        m,
+        "EAB HMAC key that is not base64",
+        with(json!({"eab_kid": "kid-1", "eab_hmac_key": hmac})),
+        "eab_hmac_key",
+    );
+    r.never.push(hmac.into());
+    rows.push(r);
+    if m == "acme_finalize" {
+        rows.extend([
+            row(
+                m,
+                "only names an undeclared cert",
+                with(json!({"only": ["nope"]})),
+                "only: `nope`",
+            ),
+            row(
+                m,
+                "ack names an undeclared cert",
+                with(json!({"ack": ["nope"]})),
+                "ack: `nope`",
+            ),
+            row(
+                m,
+                "rollback names an undeclared cert",
+                with(json!({"rollback": ["nope"]})),
+                "rollback: `nope`",
+            ),
+            row(
+                m,
+                "acme_request's option",
+                with(json!({"pending_max_age": 5})),
+                "unsupported option `pending_max_age`",
+            ),
+        ]);
+    } else {
+        rows.push(row(
+            m,
+            "acme_finalize's option",
+            with(json!({"ack": ["main"]})),
+            "unsupported option `ack`",
+        ));
+    }
+    rows
+}
+
+#[test]
+fn malformed_inputs_fail_fast_naming_the_culprit_and_touch_nothing() {
+    let fx = Fixture::new();
+    let mut rows = zone_render_rows(&fx);
+    rows.extend(publish_rows(&fx));
+    rows.extend(acme_rows(&fx, "acme_request"));
+    rows.extend(acme_rows(&fx, "acme_finalize"));
+    assert!(fx.sentinels.traffic().is_empty());
+
+    let mut problems = Vec::new();
+    let mut per_module: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut slowest = (Duration::ZERO, String::new());
+    for r in &rows {
+        let before = tree_hash(&fx.root);
+        let out = call(r.module, &r.input);
+        let label = format!("{} / {}", r.module, r.what);
+        *per_module.entry(r.module).or_default() += 1;
+        if out.elapsed > slowest.0 {
+            slowest = (out.elapsed, label.clone());
+        }
+        let msg = out.json["msg"].as_str().unwrap_or_default();
+        if out.json["failed"] != json!(true) {
+            problems.push(format!("{label}: not failed: {}", out.json));
+        } else if !msg.contains(&r.want) {
+            problems.push(format!(
+                "{label}: wanted {:?} in the message, got {msg:?}",
+                r.want
+            ));
+        }
+        if out.json["changed"] == json!(true) {
+            problems.push(format!("{label}: reported changed"));
+        }
+        if out.elapsed >= Duration::from_secs(1) {
+            problems.push(format!("{label}: took {:?}", out.elapsed));
+        }
+        let traffic = fx.sentinels.traffic();
+        if !traffic.is_empty() {
+            problems.push(format!("{label}: reached the network: {traffic:?}"));
+        }
+        let after = tree_hash(&fx.root);
+        if after != before {
+            let changed: Vec<_> = after
+                .iter()
+                .filter(|(k, v)| before.get(*k) != Some(v))
+                .map(|(k, _)| k.clone())
+                .chain(before.keys().filter(|k| !after.contains_key(*k)).cloned())
+                .collect();
+            problems.push(format!("{label}: changed files {changed:?}"));
+        }
+        for secret in &r.never {
+            if out.stdout.contains(secret.as_str()) || out.stderr.contains(secret.as_str()) {
+                problems.push(format!("{label}: echoed the secret"));
+            }
+        }
+    }
+    let counts: Vec<String> = per_module.iter().map(|(m, n)| format!("{m} {n}")).collect();
+    println!(
+        "bad-input rows exercised: {} ({}); slowest {:?} ({})",
+        rows.len(),
+        counts.join(", "),
+        slowest.0,
+        slowest.1
+    );
+    assert!(rows.len() >= 40 && per_module.len() == 4);
+    assert!(
+        problems.is_empty(),
+        "{} of {} rows failed:\n{}",
+        problems.len(),
+        rows.len(),
+        problems.join("\n")
+    );
+}
+
+/// The sentinels do see a connection and a datagram, so "no traffic" above cannot pass
+/// vacuously.
+#[test]
+fn sentinels_see_traffic() {
+    let s = Sentinels::start();
+    let _conn = std::net::TcpStream::connect(s.tcp.local_addr().unwrap()).unwrap();
+    let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
+    probe.send_to(b"x", s.udp.local_addr().unwrap()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = Vec::new();
+    while seen.len() < 2 && Instant::now() < deadline {
+        seen.extend(s.traffic());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+}

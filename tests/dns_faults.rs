@@ -1,0 +1,230 @@
+//! DNS faults across the pulse (what tests/acme_txt_publish.rs does not already cover at the
+//! module level): the nameserver hanging -> publishing fails within its deadline, no cert is
+//! finalized and no cert file changes, and the next pulse completes once it is back; one
+//! host's missing `_acme-challenge` CNAME -> only that host's cert fails (with the fix), the
+//! other host's cert is issued in the same pulse.
+
+mod common;
+
+use common::{run_module, ModuleRun, Testbed};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+struct Host {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    base: Value,
+}
+
+impl Host {
+    fn new(bed: &Testbed, certs: Value) -> Host {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        let base = json!({
+            "directory": bed.get("TESTBED_ACME_DIRECTORY"),
+            "ca_file": bed.get("TESTBED_ACME_CA_FILE"),
+            "cert_root": root.join("certs"),
+            "log_file": root.join("certbridge.log"),
+            "jitter_seed": "dns-faults",
+            "dns_check": bed.get("TESTBED_DNS"),
+            "dns_check_timeout": 2,
+            "timeout": 60,
+            "certs": certs,
+        });
+        Host {
+            _tmp: tmp,
+            root,
+            base,
+        }
+    }
+    fn request(&self) -> ModuleRun {
+        let mut args = self.base.clone();
+        let o = args.as_object_mut().unwrap();
+        o.remove("dns_check");
+        o.remove("dns_check_timeout");
+        run_module("acme_request", &args)
+    }
+    fn finalize(&self) -> ModuleRun {
+        run_module("acme_finalize", &self.base)
+    }
+    /// Path -> content of every regular file and link under the cert root.
+    fn files(&self) -> BTreeMap<String, String> {
+        fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                let rel = p.strip_prefix(root).unwrap().display().to_string();
+                let m = std::fs::symlink_metadata(&p).unwrap();
+                if m.is_symlink() {
+                    out.insert(
+                        rel,
+                        format!("-> {}", std::fs::read_link(&p).unwrap().display()),
+                    );
+                } else if m.is_dir() {
+                    walk(root, &p, out);
+                } else if !rel.contains(".certbridge/") {
+                    out.insert(
+                        rel,
+                        String::from_utf8_lossy(&std::fs::read(&p).unwrap()).into_owned(),
+                    );
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        let root = self.root.join("certs");
+        walk(&root, &root, &mut out);
+        out
+    }
+}
+
+fn publish_args(bed: &Testbed, state: &Path, records: &[Value], timeout: u64) -> Value {
+    json!({
+        "records": records,
+        "zones": [
+            {"origin": bed.get("TESTBED_SIGNING_ZONE"), "method": "zonefile",
+             "path": bed.get("TESTBED_SIGNING_ZONE_FILE"), "ns": ["ns1.signing.test"],
+             "static_records": [{"name": "ns1", "type": "A", "value": "127.0.0.1"}],
+             "rndc_conf": bed.get("TESTBED_RNDC_CONF")},
+            {"origin": bed.get("TESTBED_DYNAMIC_ZONE"), "method": "rfc2136",
+             "server": bed.get("TESTBED_DNS"), "tsig_name": bed.get("TESTBED_TSIG_NAME"),
+             "tsig_algorithm": bed.get("TESTBED_TSIG_ALGORITHM"), "tsig_secret": bed.get("TESTBED_TSIG_SECRET")},
+        ],
+        "resolver": bed.get("TESTBED_DNS"),
+        "nameserver_port": bed.get("TESTBED_DNS_PORT").parse::<u16>().unwrap(),
+        "state_dir": state,
+        "timeout": timeout,
+    })
+}
+
+fn records_of(host: &str, req: &ModuleRun) -> Vec<Value> {
+    assert!(!req.failed(), "{}", req.json);
+    req.json["acme_txt_required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let mut t = t.clone();
+            t["host"] = json!(host);
+            t
+        })
+        .collect()
+}
+
+fn signal(pid: &str, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), pid])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+fn updated(run: &ModuleRun) -> Vec<String> {
+    run.json["updated"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn nameserver_down_fails_within_the_deadline_and_finalizes_nothing() {
+    let bed = Testbed::start(&["--hosts", "6"]);
+    let state = tempfile::tempdir().unwrap();
+    let host = Host::new(
+        &bed,
+        json!({"web": ["host5.example.test"], "dyn": ["dyn1.example.test"]}),
+    );
+    let records = records_of("h1", &host.request());
+    assert_eq!(records.len(), 2);
+    let before = host.files();
+
+    // named hangs (SIGSTOP): every query and update goes unanswered.
+    let named = bed.get("TESTBED_NAMED_PID").to_owned();
+    signal(&named, "STOP");
+    let run = run_module(
+        "acme_txt_publish",
+        &publish_args(&bed, state.path(), &records, 4),
+    );
+    let fin = host.finalize();
+    signal(&named, "CONT");
+    assert!(run.failed(), "{}", run.json);
+    assert!(
+        run.elapsed < Duration::from_secs(7),
+        "publish took {:?}",
+        run.elapsed
+    );
+    assert!(fin.failed(), "{}", fin.json);
+    assert!(
+        fin.msg().contains("web") && fin.msg().contains("dyn"),
+        "{}",
+        fin.msg()
+    );
+    assert!(updated(&fin).is_empty(), "{}", fin.json);
+    assert_eq!(
+        host.files(),
+        before,
+        "cert files changed while DNS was down"
+    );
+    let (publish_took, finalize_took) = (run.elapsed, fin.elapsed);
+
+    // named back: the next pulse completes.
+    let records = records_of("h1", &host.request());
+    let run = run_module(
+        "acme_txt_publish",
+        &publish_args(&bed, state.path(), &records, 20),
+    );
+    assert!(!run.failed(), "{}", run.json);
+    let fin = host.finalize();
+    assert!(!fin.failed(), "{}", fin.json);
+    let mut got = updated(&fin);
+    got.sort();
+    assert_eq!(got, ["dyn", "web"]);
+    println!(
+        "named stopped: publish failed after {:.1} s, finalize refused both certs after {:.1} s; recovered",
+        publish_took.as_secs_f64(),
+        finalize_took.as_secs_f64()
+    );
+}
+
+#[test]
+fn a_missing_cname_fails_only_that_host() {
+    let bed = Testbed::start(&["--hosts", "6"]);
+    let state = tempfile::tempdir().unwrap();
+    let good = Host::new(&bed, json!({"main": ["host6.example.test"]}));
+    let bad = Host::new(&bed, json!({"main": ["nocname.example.test"]}));
+    let mut records = records_of("good-host", &good.request());
+    records.extend(records_of("bad-host", &bad.request()));
+    let run = run_module(
+        "acme_txt_publish",
+        &publish_args(&bed, state.path(), &records, 20),
+    );
+    let rejected = run.json["rejected"].as_array().cloned().unwrap_or_default();
+    assert_eq!(rejected.len(), 1, "{}", run.json);
+    assert_eq!(rejected[0]["host"], "bad-host");
+    assert!(
+        rejected[0]["fix"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("_acme-challenge.nocname.example.test"),
+        "{}",
+        rejected[0]
+    );
+    let before_bad = bad.files();
+    let fin_good = good.finalize();
+    assert!(!fin_good.failed(), "{}", fin_good.json);
+    assert_eq!(updated(&fin_good), ["main"]);
+    let fin_bad = bad.finalize();
+    assert!(fin_bad.failed(), "{}", fin_bad.json);
+    assert!(fin_bad.msg().contains("main"), "{}", fin_bad.msg());
+    assert!(updated(&fin_bad).is_empty());
+    assert_eq!(bad.files(), before_bad);
+    println!(
+        "missing CNAME: 1 of 2 hosts rejected with the fix, the other issued in the same pulse"
+    );
+}
