@@ -22,6 +22,21 @@ pub enum OrderStatus {
 pub struct CreatedOrder {
     pub url: String,
     pub challenges: Vec<ChallengeRecord>,
+    /// The ARI id the order names in `replaces` (None: it names none).
+    pub replaces: Option<String>,
+    /// Why a `replaces` asked for was dropped (the CA rejected it, or offers no ARI).
+    pub replaces_dropped: Option<String>,
+}
+
+/// What a CA's renewal information (RFC 9773) says about one certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenewalWindow {
+    /// The suggested window, unix seconds.
+    pub start: i64,
+    pub end: i64,
+    /// The CA's Retry-After (unix seconds), when it sent one.
+    pub retry_after: Option<i64>,
+    pub explanation_url: Option<String>,
 }
 
 /// What the CA says about an existing order.
@@ -55,7 +70,16 @@ pub trait CaAccount {
     fn account_url(&self) -> String;
     /// Operation-level retries so far (badNonce and other transient answers).
     fn retries(&self) -> u64;
-    async fn new_order(&self, names: &[Identifier]) -> Result<CreatedOrder, CaFailure>;
+    /// The profiles the CA offers (directory `meta.profiles`), by name.
+    fn profiles(&self) -> Vec<String>;
+    /// Creates an order. `replaces` (an ARI id) is sent when the CA offers ARI; when the CA
+    /// rejects it (`alreadyReplaced` and the like) the order is created once more without it.
+    async fn new_order(
+        &self,
+        names: &[Identifier],
+        replaces: Option<&str>,
+        profile: Option<&str>,
+    ) -> Result<CreatedOrder, CaFailure>;
     /// None: the CA no longer knows the order (restarted, expired, another account).
     async fn order_state(&self, url: &str) -> Result<Option<OrderView>, CaFailure>;
     async fn deactivate_pending(&self, url: &str) -> Result<(), CaFailure>;
@@ -77,4 +101,12 @@ pub trait CaConnector {
         cfg: &crate::config::Config,
         deadline: Instant,
     ) -> Result<Self::Account, CaFailure>;
+    /// The renewal information of each certificate (by ARI id), without an account: one GET
+    /// of the directory, then one GET per certificate. `Ok(None)`: the directory offers none.
+    async fn renewal_info(
+        &self,
+        cfg: &crate::config::Config,
+        deadline: Instant,
+        cert_ids: &[String],
+    ) -> Result<Option<Vec<Result<RenewalWindow, CaFailure>>>, CaFailure>;
 }

@@ -2,6 +2,9 @@
 //! and check that a leaf, its key and its chain belong together before anything is installed.
 
 use rcgen::{KeyPair, PublicKeyData};
+use rsa::pkcs8::der::{oid::ObjectIdentifier, zeroize::Zeroizing, Encode};
+use rsa::pkcs8::AlgorithmIdentifierRef;
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::fmt;
@@ -44,21 +47,32 @@ impl KeyType {
 
     /// Generates a new private key of this type (PKCS#8 PEM inside the returned pair).
     pub fn generate(self) -> Result<KeyPair, CertError> {
-        use rcgen::RsaKeySize;
-        let r = match self {
-            KeyType::EcP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
-            KeyType::EcP384 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384),
-            KeyType::Rsa2048 => {
-                KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_2048)
-            }
-            KeyType::Rsa3072 => {
-                KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_3072)
-            }
-            KeyType::Rsa4096 => {
-                KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_4096)
-            }
+        let ec = |alg| {
+            KeyPair::generate_for(alg)
+                .map_err(|e| CertError::KeyGeneration(format!("{}: {e}", self.as_str())))
         };
-        r.map_err(|e| CertError::KeyGeneration(format!("{}: {e}", self.as_str())))
+        match self {
+            KeyType::EcP256 => ec(&rcgen::PKCS_ECDSA_P256_SHA256),
+            KeyType::EcP384 => ec(&rcgen::PKCS_ECDSA_P384_SHA384),
+            KeyType::Rsa2048 => self.generate_rsa(2048),
+            KeyType::Rsa3072 => self.generate_rsa(3072),
+            KeyType::Rsa4096 => self.generate_rsa(4096),
+        }
+    }
+
+    /// ring signs with RSA keys but cannot make them: the rsa crate generates the key (and
+    /// does nothing else), ring takes it over as PKCS#8.
+    fn generate_rsa(self, bits: usize) -> Result<KeyPair, CertError> {
+        use rsa::pkcs8::EncodePrivateKey;
+        let fail = |e: String| CertError::KeyGeneration(format!("{}: {e}", self.as_str()));
+        let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, bits)
+            .map_err(|e| fail(e.to_string()))?;
+        let der = key.to_pkcs8_der().map_err(|e| fail(e.to_string()))?;
+        KeyPair::from_pkcs8_der_and_sign_algo(
+            &PrivatePkcs8KeyDer::from(der.as_bytes()),
+            &rcgen::PKCS_RSA_SHA256,
+        )
+        .map_err(|e| fail(e.to_string()))
     }
 }
 
@@ -206,9 +220,46 @@ pub fn leaf_info_pem(pem: &str, what: &str) -> Result<LeafInfo, CertError> {
     leaf_info(&ders[0], what)
 }
 
-/// Loads a PEM private key (PKCS#8, SEC1 or PKCS#1).
+/// Loads a PEM private key: PKCS#8, or SEC1 (`EC PRIVATE KEY`) and PKCS#1 (`RSA PRIVATE
+/// KEY`) as acme.sh left them, which are wrapped into PKCS#8 first (ring reads only that).
+/// The first private-key block counts (OpenSSL may put `EC PARAMETERS` before it).
 pub fn load_key(pem: &str) -> Result<KeyPair, CertError> {
-    KeyPair::from_pem(pem).map_err(|_| CertError::BadKey)
+    let blocks = ::pem::parse_many(pem).map_err(|_| CertError::BadKey)?;
+    let block = blocks
+        .iter()
+        .find(|b| b.tag().ends_with("PRIVATE KEY"))
+        .ok_or(CertError::BadKey)?;
+    match PrivateKeyDer::try_from(block.contents()).map_err(|_| CertError::BadKey)? {
+        PrivateKeyDer::Pkcs8(der) => KeyPair::try_from(&der).map_err(|_| CertError::BadKey),
+        PrivateKeyDer::Pkcs1(der) => {
+            pkcs8_wrapped(rsa::pkcs1::ALGORITHM_ID, der.secret_pkcs1_der())
+        }
+        PrivateKeyDer::Sec1(der) => {
+            // The curve is in the key's own parameters, which ring checks against the
+            // wrapper's: the one that loads is the right one.
+            pkcs8_wrapped(ec_algorithm(&SECP256R1), der.secret_sec1_der())
+                .or_else(|_| pkcs8_wrapped(ec_algorithm(&SECP384R1), der.secret_sec1_der()))
+        }
+        _ => Err(CertError::BadKey),
+    }
+}
+
+const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+const SECP256R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+const SECP384R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
+
+fn ec_algorithm(curve: &ObjectIdentifier) -> AlgorithmIdentifierRef<'_> {
+    AlgorithmIdentifierRef {
+        oid: EC_PUBLIC_KEY,
+        parameters: Some(curve.into()),
+    }
+}
+
+/// A key pair from a bare private key (SEC1 or PKCS#1 DER) put into a PKCS#8 envelope.
+fn pkcs8_wrapped(algorithm: AlgorithmIdentifierRef<'_>, key: &[u8]) -> Result<KeyPair, CertError> {
+    let info = rsa::pkcs8::PrivateKeyInfo::new(algorithm, key);
+    let der = Zeroizing::new(info.to_der().map_err(|_| CertError::BadKey)?);
+    KeyPair::try_from(&PrivatePkcs8KeyDer::from(der.as_slice())).map_err(|_| CertError::BadKey)
 }
 
 /// True when `key_pem` is the private key of the certificate described by `leaf`.
@@ -296,7 +347,7 @@ mod tests {
 
     #[test]
     fn key_types_round_trip_and_are_detected() {
-        for kt in [KeyType::EcP256, KeyType::EcP384, KeyType::Rsa2048] {
+        for kt in KeyType::ALL {
             let key = kt.generate().unwrap();
             let pem = self_signed(&["a.example.test"], &key);
             let info = leaf_info_pem(&pem, "test").unwrap();
@@ -308,6 +359,57 @@ mod tests {
             .parse::<KeyType>()
             .unwrap_err()
             .contains("rsa-4096"));
+    }
+
+    fn openssl(args: &[&str]) -> String {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn acme_sh_era_sec1_and_pkcs1_keys_load_and_match_their_certificates() {
+        let keys = [
+            // acme.sh: `openssl ecparam -genkey` (EC PARAMETERS before the key, unless -noout).
+            (
+                openssl(&["ecparam", "-name", "prime256v1", "-genkey"]),
+                KeyType::EcP256,
+                "EC PRIVATE KEY",
+            ),
+            (
+                openssl(&["ecparam", "-name", "secp384r1", "-genkey", "-noout"]),
+                KeyType::EcP384,
+                "EC PRIVATE KEY",
+            ),
+            (
+                openssl(&["genrsa", "-traditional", "2048"]),
+                KeyType::Rsa2048,
+                "RSA PRIVATE KEY",
+            ),
+        ];
+        for (pem, kt, label) in keys {
+            assert!(pem.contains(label), "openssl made no {label}");
+            let key = load_key(&pem).unwrap();
+            assert_eq!(crate::store::key_type_of(&key), Some(kt));
+            let info = leaf_info_pem(&self_signed(&["a.example.test"], &key), "test").unwrap();
+            assert_eq!(info.key_type, Some(kt));
+            assert!(key_matches(&pem, &info));
+            // What is stored from now on is PKCS#8.
+            assert!(key_matches(&key.serialize_pem(), &info));
+            assert!(key
+                .serialize_pem()
+                .starts_with("-----BEGIN PRIVATE KEY-----"));
+        }
+        assert!(matches!(load_key("not a key"), Err(CertError::BadKey)));
+        let cert = self_signed(&["a.example.test"], &KeyType::EcP256.generate().unwrap());
+        assert!(matches!(load_key(&cert), Err(CertError::BadKey)));
     }
 
     #[test]

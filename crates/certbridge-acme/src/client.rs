@@ -390,7 +390,8 @@ impl fmt::Display for AcmeError {
             ),
             AcmeError::Timeout { what, after } => write!(
                 f,
-                "{what}: no result within {:.1} s (raise `timeout` if the CA is slow)",
+                "{what}: no result within {:.1} s (raise `timeout`, or `request_timeout` for \
+                 one request, if the CA is slow)",
                 after.as_secs_f64()
             ),
             AcmeError::RetryAfterPastDeadline { what, retry_at } => write!(
@@ -514,8 +515,17 @@ fn is_bad_nonce(p: &instant_acme::Problem) -> bool {
     p.r#type.as_deref() == Some("urn:ietf:params:acme:error:badNonce")
 }
 
+/// A rate limit (429 / `rateLimited`) or an outage (503) whose answer says when to come back.
+fn is_retry_later(p: &instant_acme::Problem) -> bool {
+    p.status == Some(429)
+        || p.status == Some(503)
+        || p.r#type.as_deref() == Some("urn:ietf:params:acme:error:rateLimited")
+}
+
 /// Runs `op` until it succeeds, fails for another reason than badNonce, or `deadline` passes.
-/// instant-acme retries a rejected nonce twice per request; a flaky CA needs more.
+/// instant-acme retries a rejected nonce twice per request; a flaky CA needs more. A rate
+/// limit or an outage with a Retry-After inside the deadline is waited out and tried again;
+/// one past the deadline fails at once, with the time.
 async fn attempt<T>(
     stats: &HttpStats,
     what: &str,
@@ -541,6 +551,17 @@ async fn attempt<T>(
             {
                 continue
             }
+            Ok(Err(OpError::Acme(instant_acme::Error::Api(p)))) if is_retry_later(&p) => {
+                let retry_after = stats.take_error_retry_after();
+                if let Some(at) = retry_after {
+                    let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+                    if Instant::now() + wait < deadline {
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                }
+                return Err(api_error(what, p, retry_after));
+            }
             Ok(Err(OpError::Acme(e))) => {
                 return Err(map_error(
                     what,
@@ -553,25 +574,27 @@ async fn attempt<T>(
     }
 }
 
+/// The CA's problem document as an error, with the Retry-After its answer carried.
+fn api_error(what: &str, p: instant_acme::Problem, retry_after: Option<SystemTime>) -> AcmeError {
+    let problem = ProblemDoc::from_acme(&p);
+    if problem.is_rate_limited() {
+        AcmeError::RateLimited {
+            what: what.into(),
+            problem,
+            retry_after,
+        }
+    } else {
+        AcmeError::Problem {
+            what: what.into(),
+            problem,
+            retry_after,
+        }
+    }
+}
+
 fn map_error(what: &str, e: instant_acme::Error, stats: &HttpStats, budget: Duration) -> AcmeError {
     match e {
-        instant_acme::Error::Api(p) => {
-            let problem = ProblemDoc::from_acme(&p);
-            let retry_after = stats.take_error_retry_after();
-            if problem.is_rate_limited() {
-                AcmeError::RateLimited {
-                    what: what.into(),
-                    problem,
-                    retry_after,
-                }
-            } else {
-                AcmeError::Problem {
-                    what: what.into(),
-                    problem,
-                    retry_after,
-                }
-            }
-        }
+        instant_acme::Error::Api(p) => api_error(what, p, stats.take_error_retry_after()),
         instant_acme::Error::Timeout(Some(at)) => AcmeError::RetryAfterPastDeadline {
             what: what.into(),
             retry_at: SystemTime::now() + at.saturating_duration_since(Instant::now()),

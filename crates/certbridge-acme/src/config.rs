@@ -13,6 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Default of `request_timeout`: the deadline of each HTTP request (seconds).
+pub const DEFAULT_REQUEST_TIMEOUT: u64 = 30;
+
 /// At most this many names per certificate (Let's Encrypt's limit).
 pub const MAX_NAMES: usize = 100;
 
@@ -30,6 +33,8 @@ pub struct DetailedCert {
     pub names: Vec<String>,
     #[serde(default)]
     pub key_type: Option<String>,
+    #[serde(default)]
+    pub profile: Option<String>,
 }
 
 /// `force`: true/false, or a list of cert names.
@@ -89,6 +94,8 @@ pub struct CommonOptions {
     pub self_sign: Option<bool>,
     #[serde(default, deserialize_with = "coerce::opt_uint")]
     pub timeout: Option<u64>,
+    #[serde(default, deserialize_with = "coerce::opt_uint")]
+    pub request_timeout: Option<u64>,
     #[serde(default)]
     pub log_file: Option<String>,
     #[serde(default)]
@@ -97,6 +104,10 @@ pub struct CommonOptions {
     pub eab_kid: Option<String>,
     #[serde(default)]
     pub eab_hmac_key: Option<String>,
+    #[serde(default)]
+    pub proxy: Option<String>,
+    #[serde(default)]
+    pub profile: Option<String>,
 }
 
 /// The option names of [`CommonOptions`].
@@ -114,14 +125,18 @@ pub const COMMON_KEYS: &[&str] = &[
     "force",
     "self_sign",
     "timeout",
+    "request_timeout",
     "log_file",
     "jitter_seed",
     "eab_kid",
     "eab_hmac_key",
+    "proxy",
+    "profile",
 ];
 
-/// Option names that hold secrets (never echoed).
-pub const SECRET_KEYS: &[&str] = &["eab_hmac_key"];
+/// Option names that hold secrets (never echoed): the EAB key, and the proxy URL, which may
+/// carry credentials.
+pub const SECRET_KEYS: &[&str] = &["eab_hmac_key", "proxy"];
 
 /// A configuration error, naming the option, cert and name at fault.
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +174,8 @@ pub struct CertSpec {
     /// Canonical names in the order given (the first names the directory).
     pub names: Vec<Identifier>,
     pub key_type: KeyType,
+    /// The ACME profile to ask for (None: the CA's default).
+    pub profile: Option<String>,
     /// `<cert_root>/<dir>`: the first name without `*.`.
     pub dir: String,
 }
@@ -189,9 +206,14 @@ pub struct Config {
     pub renew_days: Option<u64>,
     pub force: Force,
     pub timeout: Duration,
+    /// Deadline of each HTTP request to the CA (the HTTP client has none of its own).
+    pub request_timeout: Duration,
     pub log_file: Option<PathBuf>,
     pub jitter_seed: String,
     pub eab: Option<(String, Vec<u8>)>,
+    /// `http://host:port` CONNECT proxy for every ACME request (None: `https_proxy` /
+    /// `no_proxy` from the environment).
+    pub proxy: Option<String>,
     /// Normalisations worth telling the user (e.g. `WWW.Example.org.` -> `www.example.org`).
     pub notes: Vec<String>,
 }
@@ -275,6 +297,10 @@ pub fn validate(o: CommonOptions, default_timeout: u64) -> Result<Config, Config
         Some(k) => k.parse::<KeyType>().map_err(|e| invalid("key_type", e))?,
         None => KeyType::default(),
     };
+    let default_profile = match &o.profile {
+        Some(p) => check_profile("profile", p)?,
+        None => None,
+    };
     let mut notes = Vec::new();
     let mut certs = Vec::new();
     let mut dirs: BTreeMap<String, String> = BTreeMap::new();
@@ -283,8 +309,8 @@ pub fn validate(o: CommonOptions, default_timeout: u64) -> Result<Config, Config
         if cert.eq_ignore_ascii_case(RESERVED) {
             return Err(ConfigError::Reserved { cert: cert.clone() });
         }
-        let (raw_names, key_type) = match entry {
-            CertEntry::Names(n) => (n.clone(), default_key_type),
+        let (raw_names, key_type, profile) = match entry {
+            CertEntry::Names(n) => (n.clone(), default_key_type, default_profile.clone()),
             CertEntry::Detailed(d) => (
                 d.names.clone(),
                 match &d.key_type {
@@ -292,6 +318,10 @@ pub fn validate(o: CommonOptions, default_timeout: u64) -> Result<Config, Config
                         .parse::<KeyType>()
                         .map_err(|e| invalid(&format!("certs.{cert}.key_type"), e))?,
                     None => default_key_type,
+                },
+                match &d.profile {
+                    Some(p) => check_profile(&format!("certs.{cert}.profile"), p)?,
+                    None => default_profile.clone(),
                 },
             ),
         };
@@ -342,6 +372,7 @@ pub fn validate(o: CommonOptions, default_timeout: u64) -> Result<Config, Config
             name,
             names,
             key_type,
+            profile,
             dir,
         });
     }
@@ -408,6 +439,10 @@ pub fn validate(o: CommonOptions, default_timeout: u64) -> Result<Config, Config
     if timeout == 0 {
         return Err(invalid("timeout", "must be at least 1 second"));
     }
+    let request_timeout = o.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT);
+    if request_timeout == 0 {
+        return Err(invalid("request_timeout", "must be at least 1 second"));
+    }
     let eab = match (&o.eab_kid, &o.eab_hmac_key) {
         (None, None) => None,
         (Some(kid), Some(key)) => {
@@ -438,11 +473,31 @@ pub fn validate(o: CommonOptions, default_timeout: u64) -> Result<Config, Config
         renew_days: o.renew_days,
         force: o.force.clone(),
         timeout: Duration::from_secs(timeout),
+        request_timeout: Duration::from_secs(request_timeout),
         log_file,
         jitter_seed: o.jitter_seed.clone().unwrap_or_else(host_name),
         eab,
+        proxy: o.proxy.clone().filter(|p| !p.trim().is_empty()),
         notes,
     })
+}
+
+/// A profile name as CAs spell them (`tlsserver`, `shortlived`); empty means the default.
+fn check_profile(option: &str, p: &str) -> Result<Option<String>, ConfigError> {
+    let p = p.trim();
+    if p.is_empty() {
+        return Ok(None);
+    }
+    let ok = p.len() <= 64
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !ok {
+        return Err(invalid(
+            option,
+            format!("`{p}` is not a profile name (letters, digits, `-`, `_`, `.`)"),
+        ));
+    }
+    Ok(Some(p.to_owned()))
 }
 
 #[cfg(test)]
@@ -553,6 +608,14 @@ mod tests {
                 json!({"certs": {"a": ["a.example.test"]}, "account_email": "nobody"}),
                 "account_email",
             ),
+            (
+                json!({"certs": {"a": ["a.example.test"]}, "profile": "no spaces"}),
+                "profile: `no spaces`",
+            ),
+            (
+                json!({"certs": {"a": {"names": ["a.example.test"], "profile": "x/y"}}}),
+                "certs.a.profile",
+            ),
         ];
         for (input, want) in cases {
             let err = check(input.clone()).expect_err(&input.to_string());
@@ -563,6 +626,20 @@ mod tests {
         assert!(err.contains("certs.big: 101 names"), "{err}");
         let err = check(json!({"certs": {"a": ["a.example.test"]}, "eab_kid": "k", "eab_hmac_key": "c2VjcmV0!!"})).unwrap_err();
         assert!(!err.contains("c2VjcmV0"), "{err}");
+    }
+
+    #[test]
+    fn profile_per_cert_overrides_the_default_and_proxy_is_kept() {
+        let c = check(json!({"certs": {
+            "a": ["a.example.test"],
+            "b": {"names": ["b.example.test"], "profile": "shortlived"}},
+            "profile": "tlsserver", "proxy": "http://127.0.0.1:3128"}))
+        .unwrap();
+        assert_eq!(c.cert("a").unwrap().profile.as_deref(), Some("tlsserver"));
+        assert_eq!(c.cert("b").unwrap().profile.as_deref(), Some("shortlived"));
+        assert_eq!(c.proxy.as_deref(), Some("http://127.0.0.1:3128"));
+        let c = check(json!({"certs": {"a": ["a.example.test"]}, "profile": ""})).unwrap();
+        assert_eq!(c.cert("a").unwrap().profile, None);
     }
 
     #[test]

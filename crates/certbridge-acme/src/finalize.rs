@@ -374,6 +374,9 @@ fn finish(
             m.staging = pending.staging;
             m.self_signed = pending.self_sign;
             m.account_url = pending.account_url.clone();
+            m.profile = pending.profile.clone();
+            // Renewal information was about the replaced certificate.
+            m.ari = None;
             m.serial = Some(set.leaf.serial.clone());
             m.not_after = Some(set.leaf.not_after);
             m.issuer = Some(set.leaf.issuer.clone());

@@ -3,9 +3,8 @@
 
 use crate::certinfo::{KeyType, LeafInfo};
 use crate::selfsign;
-use crate::store::{Layout, Meta, OnDisk};
+use crate::store::{AriState, Layout, Meta, OnDisk};
 use serde::Serialize;
-use std::collections::BTreeSet;
 
 /// Let's Encrypt's production directory (the default).
 pub const LE_PRODUCTION: &str = "https://acme-v02.api.letsencrypt.org/directory";
@@ -15,6 +14,16 @@ pub const LE_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/direc
 pub const SELF_SIGN_DIRECTORY: &str = "self-sign";
 
 const DAY: i64 = 86_400;
+
+/// Default of `ari_interval`: how often the CA's renewal information is fetched (seconds)
+/// when it gives no Retry-After.
+pub const DEFAULT_ARI_INTERVAL: i64 = 6 * 3600;
+/// Bounds on the CA's Retry-After for renewal information: at least a minute apart, and at
+/// least once a day (a CA may move a window when it plans a revocation).
+const ARI_RETRY_MIN: i64 = 60;
+const ARI_RETRY_MAX: i64 = DAY;
+/// After a failed check, try again within the hour (the lifetime rule applies meanwhile).
+const ARI_FAILURE_RETRY: i64 = 3600;
 
 /// What to do with one cert this pulse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -42,6 +51,8 @@ pub enum Reason {
     Forced,
     Backoff,
     Adopted,
+    ProfileChanged,
+    AriWindow,
 }
 
 impl Reason {
@@ -59,6 +70,8 @@ impl Reason {
             Reason::Forced => "forced",
             Reason::Backoff => "backoff",
             Reason::Adopted => "adopted",
+            Reason::ProfileChanged => "profile_changed",
+            Reason::AriWindow => "ari_window",
         }
     }
 }
@@ -74,13 +87,15 @@ pub struct Decision {
     pub retry_not_before: Option<i64>,
     /// Something the user should know (e.g. an ignored `renew_days`).
     pub warning: Option<String>,
+    /// `renew_at` comes from the CA's renewal information (RFC 9773).
+    pub by_ari: bool,
 }
 
 /// What the user asks for one cert.
 #[derive(Debug, Clone)]
 pub struct Wanted<'a> {
     pub cert: &'a str,
-    /// Canonical (lower-case, no trailing dot) names.
+    /// Canonical (lower-case, no trailing dot), distinct names.
     pub names: &'a [String],
     pub key_type: KeyType,
     /// The directory URL to use, or [`SELF_SIGN_DIRECTORY`].
@@ -92,6 +107,8 @@ pub struct Wanted<'a> {
     pub forced: bool,
     /// Seed of the per-host jitter (the host name, or the `jitter_seed` option).
     pub jitter_seed: &'a str,
+    /// The ACME profile asked for (None: the CA's default).
+    pub profile: Option<&'a str>,
 }
 
 /// True for a directory whose certificates are not publicly trusted.
@@ -101,7 +118,11 @@ pub fn is_staging(directory: &str, staging_option: bool) -> bool {
 
 /// A number in [0, 1) fixed per host and cert: spreads a fleet's renewals.
 pub fn jitter_fraction(seed: &str, cert: &str) -> f64 {
-    let digest = ring::digest::digest(&ring::digest::SHA256, format!("{seed}\0{cert}").as_bytes());
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(seed.as_bytes());
+    ctx.update(b"\0");
+    ctx.update(cert.as_bytes());
+    let digest = ctx.finish();
     let mut b = [0u8; 8];
     b.copy_from_slice(&digest.as_ref()[..8]);
     (u64::from_be_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
@@ -151,6 +172,7 @@ pub fn decide(want: &Wanted<'_>, meta: Option<&Meta>, on_disk: &OnDisk, now: i64
         renew_at: None,
         retry_not_before: None,
         warning: None,
+        by_ari: false,
     };
     let reissue = why_reissue(want, meta, on_disk, now, &mut d);
     if want.forced {
@@ -210,12 +232,13 @@ fn why_reissue(
     if !want.self_sign && self_signed {
         return Some(Reason::SelfSigned);
     }
-    let wanted: BTreeSet<String> = want.names.iter().cloned().collect();
+    // `want.names` are distinct (validated), so covering them with as many names is equality.
+    let covered = want.names.iter().all(|n| leaf.names.contains(n));
     let names_ok = if managed {
-        leaf.names == wanted
+        covered && leaf.names.len() == want.names.len()
     } else {
         // An adopted acme.sh certificate may carry more names than asked for.
-        wanted.is_subset(&leaf.names)
+        covered
     };
     if !names_ok {
         return Some(Reason::NamesChanged);
@@ -227,7 +250,8 @@ fn why_reissue(
     if !on_disk.key_matches {
         return Some(Reason::KeyMismatch);
     }
-    if let Some(old_dir) = meta.and_then(|m| m.directory.as_deref()) {
+    let issued_here = meta.and_then(|m| m.directory.as_deref());
+    if let Some(old_dir) = issued_here {
         if old_dir != want.directory {
             let old_trusted = meta.is_some_and(|m| !m.staging && !m.self_signed);
             let still_valid = leaf.not_after > now && !due;
@@ -236,11 +260,153 @@ fn why_reissue(
             }
             return Some(Reason::DirectoryChanged);
         }
+        // Profiles are a CA matter: the local test CA has none.
+        let old_profile = meta.and_then(|m| m.profile.as_deref());
+        if !want.self_sign && !self_signed && old_profile != want.profile {
+            return Some(Reason::ProfileChanged);
+        }
+    }
+    // The CA's renewal information takes precedence over the lifetime rule (RFC 9773).
+    if let Some(ari_at) = meta.and_then(|m| ari_renew_at(m.ari.as_ref(), leaf)) {
+        let ari = meta.and_then(|m| m.ari.as_ref());
+        let failed = ari.is_some_and(|a| a.last_error.is_some());
+        // After a failed check the CA's last window still counts, but so does the lifetime rule.
+        let lifetime_at = if failed { at } else { i64::MAX };
+        let fixed_at = match want.renew_days {
+            Some(days) if d.warning.is_none() => leaf.not_after - (days as i64) * DAY,
+            _ => i64::MAX,
+        };
+        let other_at = lifetime_at.min(fixed_at);
+        d.renew_at = Some(ari_at.min(other_at));
+        d.by_ari = ari_at <= other_at;
+        if now >= ari_at && ari_at <= other_at {
+            return Some(Reason::AriWindow);
+        }
+        if now >= other_at {
+            return Some(Reason::Due);
+        }
+        return None;
     }
     if due {
         return Some(Reason::Due);
     }
     None
+}
+
+/// The point inside the CA's window at which `leaf` is renewed, when a successful (or, after
+/// a failure, the last successful) renewal-information check about this very certificate
+/// gave one. A window ending after the certificate expires (a CA error) is capped at 95% of
+/// its lifetime, so no certificate is ever left to expire.
+pub fn ari_renew_at(ari: Option<&AriState>, leaf: &LeafInfo) -> Option<i64> {
+    let ari = ari.filter(|a| a.serial == leaf.serial && a.supported)?;
+    let at = ari.renew_at?;
+    Some(at.min(leaf.not_after - leaf.lifetime() / 20))
+}
+
+/// Whether the renewal information of `leaf` should be fetched at `now`: when the stored
+/// check's `next_check` has passed, or, before any check of this certificate, `interval`
+/// after it was issued (a new certificate's window is far ahead).
+pub fn ari_check_due(ari: Option<&AriState>, leaf: &LeafInfo, interval: i64, now: i64) -> bool {
+    match ari.filter(|a| a.serial == leaf.serial) {
+        Some(a) => now >= ari_next_check(a, interval),
+        None => now >= leaf.not_before + interval,
+    }
+}
+
+/// When the stored check falls due: the CA's Retry-After, else `interval` after it (within
+/// the hour after a failure).
+pub fn ari_next_check(a: &AriState, interval: i64) -> i64 {
+    let interval = interval.max(0);
+    a.next_check.unwrap_or_else(|| match a.last_error {
+        Some(_) => a.checked_at + interval.min(ARI_FAILURE_RETRY),
+        None => a.checked_at.saturating_add(interval),
+    })
+}
+
+/// What one renewal-information check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AriAnswer {
+    /// The directory offers no `renewalInfo`.
+    Unsupported,
+    /// The suggested window (unix seconds) and the CA's Retry-After.
+    Window {
+        start: i64,
+        end: i64,
+        retry_after: Option<i64>,
+        explanation_url: Option<String>,
+    },
+    /// The CA did not answer usefully.
+    Failed {
+        message: String,
+        retry_after: Option<i64>,
+    },
+}
+
+/// The new stored state after a check at `now`. `random` picks the point inside a window
+/// (RFC 9773 section 4.2: uniformly at random); an unchanged window keeps the point chosen
+/// before, so frequent pulses do not re-roll it.
+pub fn ari_update(
+    prev: Option<&AriState>,
+    serial: &str,
+    cert_id: Option<String>,
+    answer: AriAnswer,
+    interval: i64,
+    now: i64,
+    random: u64,
+) -> AriState {
+    let prev = prev.filter(|a| a.serial == serial);
+    let _ = interval;
+    let retry = |t: Option<i64>| t.map(|t| t.clamp(now + ARI_RETRY_MIN, now + ARI_RETRY_MAX));
+    let base = AriState {
+        serial: serial.to_owned(),
+        cert_id,
+        checked_at: now,
+        ..Default::default()
+    };
+    match answer {
+        AriAnswer::Unsupported => base,
+        AriAnswer::Window {
+            start,
+            end,
+            retry_after,
+            explanation_url,
+        } => {
+            let end = end.max(start);
+            let kept = prev.and_then(|p| {
+                (p.window_start == Some(start) && p.window_end == Some(end))
+                    .then_some(p.renew_at)
+                    .flatten()
+            });
+            let chosen =
+                kept.unwrap_or_else(|| start + (random % ((end - start) as u64 + 1)) as i64);
+            AriState {
+                supported: true,
+                next_check: retry(retry_after),
+                window_start: Some(start),
+                window_end: Some(end),
+                renew_at: Some(chosen),
+                explanation_url,
+                ..base
+            }
+        }
+        AriAnswer::Failed {
+            message,
+            retry_after,
+        } => {
+            let keep = prev.cloned().unwrap_or_default();
+            AriState {
+                supported: keep.supported,
+                next_check: retry(retry_after),
+                window_start: keep.window_start,
+                window_end: keep.window_end,
+                renew_at: keep.renew_at,
+                explanation_url: keep.explanation_url,
+                last_error: Some(message),
+                cert_id: base.cert_id.or(keep.cert_id),
+                ..base
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -300,6 +466,7 @@ mod tests {
             renew_days: None,
             forced: false,
             jitter_seed: "host1",
+            profile: None,
         }
     }
 
@@ -593,6 +760,250 @@ mod tests {
         assert_eq!(
             decide_at(&want(&f), None, &mismatch, NOW),
             (Action::Issue, Reason::KeyMismatch)
+        );
+    }
+
+    fn window(l: &LeafInfo, start: i64, end: i64, random: u64) -> AriState {
+        let answer = AriAnswer::Window {
+            start,
+            end,
+            retry_after: None,
+            explanation_url: None,
+        };
+        ari_update(
+            None,
+            &l.serial,
+            None,
+            answer,
+            DEFAULT_ARI_INTERVAL,
+            NOW,
+            random,
+        )
+    }
+
+    #[test]
+    fn ari_window_takes_precedence_over_the_lifetime_rule() {
+        let f = fixture();
+        let l = leaf(&f.key, &f.names, NOW - DAY, 90 * DAY);
+        let disk = managed(l.clone());
+        let (lifetime_at, _) = renew_at(&l, None, jitter_fraction("host1", "main"));
+        // A window after the lifetime rule's point: ARI wins, the cert is kept past it.
+        let later = Meta {
+            ari: Some(window(&l, lifetime_at + DAY, lifetime_at + 2 * DAY, 0)),
+            ..meta(&f.names)
+        };
+        let d = decide(&want(&f), Some(&later), &disk, lifetime_at + 1);
+        assert_eq!((d.action, d.reason), (Action::Ok, Reason::Valid));
+        assert_eq!(d.renew_at, Some(lifetime_at + DAY));
+        assert!(d.by_ari);
+        assert_eq!(
+            decide_at(&want(&f), Some(&later), &disk, lifetime_at + DAY),
+            (Action::Issue, Reason::AriWindow)
+        );
+        // A window earlier than the lifetime rule: renewed inside it.
+        let earlier = Meta {
+            ari: Some(window(&l, NOW + 10 * DAY, NOW + 12 * DAY, 7)),
+            ..meta(&f.names)
+        };
+        assert_eq!(
+            decide_at(&want(&f), Some(&earlier), &disk, NOW + 10 * DAY + 6),
+            (Action::Ok, Reason::Valid)
+        );
+        assert_eq!(
+            decide_at(&want(&f), Some(&earlier), &disk, NOW + 10 * DAY + 7),
+            (Action::Issue, Reason::AriWindow)
+        );
+        // A window in the past (a revocation is coming): renew now.
+        let past = Meta {
+            ari: Some(window(&l, NOW - 2 * DAY, NOW - DAY, 12345)),
+            ..meta(&f.names)
+        };
+        assert_eq!(
+            decide_at(&want(&f), Some(&past), &disk, NOW),
+            (Action::Issue, Reason::AriWindow)
+        );
+        // State about another certificate (the previous serial) is ignored.
+        let mut stale = later.clone();
+        if let Some(a) = stale.ari.as_mut() {
+            a.serial = "00:01".into();
+        }
+        assert_eq!(
+            decide_at(&want(&f), Some(&stale), &disk, lifetime_at + 1),
+            (Action::Issue, Reason::Due)
+        );
+        // A window past the expiry (a CA error) is capped at 95% of the lifetime.
+        let broken = Meta {
+            ari: Some(window(&l, l.not_after + DAY, l.not_after + 2 * DAY, 0)),
+            ..meta(&f.names)
+        };
+        let d = decide(&want(&f), Some(&broken), &disk, NOW);
+        assert_eq!(d.renew_at, Some(l.not_after - l.lifetime() / 20));
+    }
+
+    #[test]
+    fn a_failed_check_brings_the_lifetime_rule_back() {
+        let f = fixture();
+        let l = leaf(&f.key, &f.names, NOW - DAY, 90 * DAY);
+        let disk = managed(l.clone());
+        let (lifetime_at, _) = renew_at(&l, None, jitter_fraction("host1", "main"));
+        let ok = window(&l, lifetime_at + DAY, lifetime_at + 2 * DAY, 0);
+        let failed = ari_update(
+            Some(&ok),
+            &l.serial,
+            None,
+            AriAnswer::Failed {
+                message: "HTTP 503".into(),
+                retry_after: None,
+            },
+            DEFAULT_ARI_INTERVAL,
+            NOW + 60,
+            99,
+        );
+        assert_eq!(failed.renew_at, ok.renew_at, "the last window is kept");
+        assert_eq!(failed.next_check, None);
+        assert_eq!(
+            ari_next_check(&failed, DEFAULT_ARI_INTERVAL),
+            NOW + 60 + 3600
+        );
+        assert_eq!(ari_next_check(&failed, 600), NOW + 60 + 600);
+        let m = Meta {
+            ari: Some(failed),
+            ..meta(&f.names)
+        };
+        assert_eq!(
+            decide_at(&want(&f), Some(&m), &disk, lifetime_at),
+            (Action::Issue, Reason::Due)
+        );
+    }
+
+    #[test]
+    fn ari_point_is_chosen_once_per_window_and_checks_follow_retry_after() {
+        let f = fixture();
+        let l = leaf(&f.key, &f.names, NOW - DAY, 90 * DAY);
+        let answer = |start: i64, retry_after: Option<i64>| AriAnswer::Window {
+            start,
+            end: start + DAY,
+            retry_after,
+            explanation_url: None,
+        };
+        let first = ari_update(
+            None,
+            &l.serial,
+            None,
+            answer(NOW + 50 * DAY, Some(NOW + 7200)),
+            21600,
+            NOW,
+            1000,
+        );
+        assert_eq!(first.renew_at, Some(NOW + 50 * DAY + 1000));
+        assert_eq!(first.next_check, Some(NOW + 7200));
+        // Same window, new random number: the point stays.
+        let again = ari_update(
+            Some(&first),
+            &l.serial,
+            None,
+            answer(NOW + 50 * DAY, None),
+            21600,
+            NOW + 7200,
+            5,
+        );
+        assert_eq!(again.renew_at, first.renew_at);
+        assert_eq!(ari_next_check(&again, 21600), NOW + 7200 + 21600);
+        // A moved window: a new point inside it.
+        let moved = ari_update(
+            Some(&again),
+            &l.serial,
+            None,
+            answer(NOW + 40 * DAY, None),
+            21600,
+            NOW + 9000,
+            5,
+        );
+        assert_eq!(moved.renew_at, Some(NOW + 40 * DAY + 5));
+        // Retry-After is bounded: at least a minute, at most a day.
+        let soon = ari_update(
+            None,
+            &l.serial,
+            None,
+            answer(NOW, Some(NOW + 1)),
+            21600,
+            NOW,
+            0,
+        );
+        assert_eq!(soon.next_check, Some(NOW + 60));
+        let late = ari_update(
+            None,
+            &l.serial,
+            None,
+            answer(NOW, Some(NOW + 30 * DAY)),
+            21600,
+            NOW,
+            0,
+        );
+        assert_eq!(late.next_check, Some(NOW + DAY));
+        // Every point lands inside the window.
+        for r in [0u64, 1, 86_400, 86_401, u64::MAX] {
+            let s = ari_update(None, &l.serial, None, answer(NOW, None), 21600, NOW, r);
+            let at = s.renew_at.unwrap();
+            assert!((NOW..=NOW + DAY).contains(&at), "{r}: {at}");
+        }
+        let none = ari_update(None, &l.serial, None, AriAnswer::Unsupported, 21600, NOW, 0);
+        assert!(!none.supported);
+        assert_eq!(ari_next_check(&none, 21600), NOW + 21600);
+        assert_eq!(ari_next_check(&none, 600), NOW + 600);
+        // No check before `interval` after issuance, then at `next_check`.
+        assert!(!ari_check_due(None, &l, 2 * DAY, NOW));
+        assert!(ari_check_due(None, &l, DAY, NOW));
+        assert!(!ari_check_due(Some(&first), &l, 0, NOW + 7199));
+        assert!(ari_check_due(Some(&first), &l, 0, NOW + 7200));
+        let mut other = first.clone();
+        other.serial = "00:02".into();
+        assert!(ari_check_due(Some(&other), &l, DAY, NOW));
+        // Unsupported: the lifetime rule decides.
+        let m = Meta {
+            ari: Some(none),
+            ..meta(&f.names)
+        };
+        let d = decide(&want(&f), Some(&m), &managed(l), NOW);
+        assert!(!d.by_ari);
+    }
+
+    #[test]
+    fn a_changed_profile_reissues() {
+        let f = fixture();
+        let disk = managed(leaf(&f.key, &f.names, NOW - DAY, 90 * DAY));
+        let m = Meta {
+            profile: Some("classic".into()),
+            ..meta(&f.names)
+        };
+        let w = Wanted {
+            profile: Some("classic"),
+            ..want(&f)
+        };
+        assert_eq!(
+            decide_at(&w, Some(&m), &disk, NOW),
+            (Action::Ok, Reason::Valid)
+        );
+        let other = Wanted {
+            profile: Some("tlsserver"),
+            ..want(&f)
+        };
+        assert_eq!(
+            decide_at(&other, Some(&m), &disk, NOW),
+            (Action::Issue, Reason::ProfileChanged)
+        );
+        // Back to the CA's default is a change too; an adopted cert has no profile to change.
+        assert_eq!(
+            decide_at(&want(&f), Some(&m), &disk, NOW),
+            (Action::Issue, Reason::ProfileChanged)
+        );
+        let adopted = OnDisk {
+            layout: Layout::AcmeSh,
+            ..disk
+        };
+        assert_eq!(
+            decide_at(&other, None, &adopted, NOW),
+            (Action::Ok, Reason::Adopted)
         );
     }
 }

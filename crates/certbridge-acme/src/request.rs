@@ -1,12 +1,17 @@
 //! `acme_request` (play 1, on each host): decide per cert; for certs to issue, ensure the
 //! account and an order (reusing a live one), and return the dns-01 values to publish.
-//! A pulse with nothing to do makes no network call and writes nothing.
+//! A pulse with nothing to do makes no network call and writes nothing. When the CA offers
+//! renewal information (RFC 9773), each certificate's window is fetched at most every
+//! `ari_interval` (or the CA's Retry-After), without an account, and the point chosen in it is
+//! stored; renewals name the certificate they replace.
 
 use crate::ca::{CaAccount, CaConnector, CaFailure, OrderStatus};
 use crate::config::{self, CertSpec, Config};
 use crate::eventlog::EventLog;
 use crate::metrics::{self, CertMetrics};
 use crate::policy::{self, Action, Decision, Wanted};
+use crate::policy::{AriAnswer, Reason};
+use crate::store::{AriState, OnDisk};
 use crate::store::{Meta, PendingOrder};
 use certbridge_core::protocol::{coerce, Failure, Invocation, Reply};
 use serde::{Deserialize, Serialize};
@@ -28,9 +33,39 @@ pub struct RequestOptions {
     pub pending_max_age: Option<u64>,
     #[serde(default)]
     pub metrics_file: Option<String>,
+    /// Seconds between renewal-information checks when the CA sends no Retry-After.
+    #[serde(default, deserialize_with = "coerce::opt_uint")]
+    pub ari_interval: Option<u64>,
 }
 
-pub const OWN_KEYS: &[&str] = &["pending_max_age", "metrics_file"];
+pub const OWN_KEYS: &[&str] = &["pending_max_age", "metrics_file", "ari_interval"];
+
+/// What the reply says about a certificate's renewal information.
+#[derive(Debug, Clone, Serialize)]
+pub struct AriReport {
+    pub window_start: Option<i64>,
+    pub window_end: Option<i64>,
+    /// The point chosen inside the window.
+    pub renew_at: Option<i64>,
+    pub next_check: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explanation_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl AriReport {
+    fn of(a: &AriState, interval: i64) -> Option<AriReport> {
+        a.supported.then(|| AriReport {
+            window_start: a.window_start,
+            window_end: a.window_end,
+            renew_at: a.renew_at,
+            next_check: policy::ari_next_check(a, interval),
+            explanation_url: a.explanation_url.clone(),
+            error: a.last_error.clone(),
+        })
+    }
+}
 
 /// Per cert, in the reply.
 #[derive(Debug, Clone, Serialize)]
@@ -43,6 +78,11 @@ pub struct CertResult {
     pub retry_not_before: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub renew_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// The CA's renewal information about the installed certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ari: Option<AriReport>,
 }
 
 /// One value to publish.
@@ -106,6 +146,9 @@ pub fn module<C: CaConnector>(
     let cfg = config::validate(common, DEFAULT_TIMEOUT).map_err(|e| Failure::new(e.to_string()))?;
     crate::acme::preflight(&cfg).map_err(Failure::new)?;
     let pending_max_age = own.pending_max_age.unwrap_or(DEFAULT_PENDING_MAX_AGE) as i64;
+    let ari_interval = own.ari_interval.map_or(policy::DEFAULT_ARI_INTERVAL, |s| {
+        s.min(i64::MAX as u64) as i64
+    });
     let metrics_file = own
         .metrics_file
         .filter(|s| !s.is_empty())
@@ -123,6 +166,7 @@ pub fn module<C: CaConnector>(
         &cfg,
         inv.check_mode,
         pending_max_age,
+        ari_interval,
         metrics_file,
         connector,
         &log,
@@ -140,13 +184,152 @@ struct CertState<'a> {
     had_meta: bool,
     decision: Decision,
     not_after: Option<i64>,
+    on_disk: OnDisk,
+}
+
+/// The decision for one cert, as the policy sees it.
+fn decide_one(
+    cfg: &Config,
+    spec: &CertSpec,
+    meta: Option<&Meta>,
+    on_disk: &OnDisk,
+    now: i64,
+) -> Decision {
+    let names = spec.sorted_names();
+    let want = Wanted {
+        cert: spec.name.as_str(),
+        names: &names,
+        key_type: spec.key_type,
+        directory: &cfg.directory,
+        untrusted_target: cfg.untrusted_target(),
+        self_sign: cfg.self_sign,
+        renew_days: cfg.renew_days,
+        forced: cfg.forced(spec.name.as_str()),
+        jitter_seed: &cfg.jitter_seed,
+        profile: spec.profile.as_deref().filter(|_| !cfg.self_sign),
+    };
+    policy::decide(&want, meta, on_disk, now)
+}
+
+/// A random number for the point inside a renewal window (RFC 9773 asks for a random one).
+fn random_u64() -> u64 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 8];
+    // The system RNG failing is not a reason to fail a pulse: the window start is still valid.
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    u64::from_be_bytes(b)
+}
+
+/// The installed certificate's ARI id, when it was issued through this directory (ARI ids
+/// only mean something to the CA that issued the certificate).
+fn replaced_cert_id(cfg: &Config, st: &CertState<'_>) -> Option<String> {
+    st.on_disk.leaf.as_ref()?;
+    if st.meta.directory.as_deref() != Some(cfg.directory.as_str()) || st.meta.self_signed {
+        return None;
+    }
+    let der = cfg.store.installed_leaf_der(&st.spec.dir)?;
+    crate::client::ari_cert_id(&der).ok()
+}
+
+/// Fetches the renewal information of every cert whose check is due, stores what it says and
+/// decides those certs again. Only certs that are otherwise kept (or due by time alone) are
+/// checked; a failure is a warning, and the lifetime rule applies.
+#[allow(clippy::too_many_arguments)]
+async fn check_renewal_info<C: CaConnector>(
+    cfg: &Config,
+    states: &mut [CertState<'_>],
+    connector: &C,
+    log: &EventLog,
+    deadline: Instant,
+    interval: i64,
+    now: i64,
+    out: &mut Outcome,
+) {
+    let mut due: Vec<(usize, String, String)> = Vec::new();
+    for (i, st) in states.iter().enumerate() {
+        if !matches!(
+            st.decision.reason,
+            Reason::Valid | Reason::Due | Reason::AriWindow
+        ) {
+            continue;
+        }
+        let Some(leaf) = st.on_disk.leaf.as_ref() else {
+            continue;
+        };
+        if !policy::ari_check_due(st.meta.ari.as_ref(), leaf, interval, now) {
+            continue;
+        }
+        if let Some(id) = replaced_cert_id(cfg, st) {
+            due.push((i, id, leaf.serial.clone()));
+        }
+    }
+    if due.is_empty() {
+        return;
+    }
+    // Renewal information must not eat the time orders need.
+    let ari_deadline = deadline.min(Instant::now() + cfg.timeout / 3);
+    let ids: Vec<String> = due.iter().map(|(_, id, _)| id.clone()).collect();
+    let answers: Vec<AriAnswer> = match connector.renewal_info(cfg, ari_deadline, &ids).await {
+        Ok(None) => vec![AriAnswer::Unsupported; due.len()],
+        Ok(Some(list)) => list
+            .into_iter()
+            .map(|r| match r {
+                Ok(w) => AriAnswer::Window {
+                    start: w.start,
+                    end: w.end,
+                    retry_after: w.retry_after,
+                    explanation_url: w.explanation_url,
+                },
+                Err(f) => AriAnswer::Failed {
+                    message: f.message,
+                    retry_after: f.retry_after,
+                },
+            })
+            .collect(),
+        Err(f) => vec![
+            AriAnswer::Failed {
+                message: f.message,
+                retry_after: f.retry_after,
+            };
+            due.len()
+        ],
+    };
+    for ((i, id, serial), answer) in due.into_iter().zip(answers) {
+        let st = &mut states[i];
+        let name = st.spec.name.as_str();
+        if let AriAnswer::Failed { message, .. } = &answer {
+            out.warnings.push(format!(
+                "cert {name}: no renewal information from the CA ({message}); the lifetime rule applies"
+            ));
+        }
+        let state = policy::ari_update(
+            st.meta.ari.as_ref(),
+            &serial,
+            Some(id),
+            answer,
+            interval,
+            now,
+            random_u64(),
+        );
+        log.event(
+            "renewal_info",
+            json!({"cert": name, "supported": state.supported, "window_start": state.window_start,
+                   "window_end": state.window_end, "renew_at": state.renew_at,
+                   "next_check": policy::ari_next_check(&state, interval), "explanation_url": state.explanation_url,
+                   "error": state.last_error}),
+        );
+        st.meta.ari = Some(state);
+        st.decision = decide_one(cfg, st.spec, Some(&st.meta), &st.on_disk, now);
+    }
 }
 
 /// Decides and orders. `now` is injected for tests.
+#[allow(clippy::too_many_arguments)]
 pub async fn run<C: CaConnector>(
     cfg: &Config,
     check_mode: bool,
     pending_max_age: i64,
+    ari_interval: i64,
     metrics_file: Option<PathBuf>,
     connector: &C,
     log: &EventLog,
@@ -171,34 +354,40 @@ pub async fn run<C: CaConnector>(
             .load_meta(spec.name.as_str())
             .map_err(|e| Failure::new(e.to_string()))?;
         let on_disk = store.read_installed(&spec.dir);
-        let names = spec.sorted_names();
-        let want = Wanted {
-            cert: spec.name.as_str(),
-            names: &names,
-            key_type: spec.key_type,
-            directory: &cfg.directory,
-            untrusted_target: cfg.untrusted_target(),
-            self_sign: cfg.self_sign,
-            renew_days: cfg.renew_days,
-            forced: cfg.forced(spec.name.as_str()),
-            jitter_seed: &cfg.jitter_seed,
-        };
-        let decision = policy::decide(&want, loaded.as_ref(), &on_disk, now);
-        if let Some(w) = &decision.warning {
-            out.warnings.push(format!("cert {}: {w}", spec.name));
-        }
-        log.event(
-            "decision",
-            json!({"cert": spec.name.as_str(), "action": decision.action, "reason": decision.reason.as_str(),
-                   "not_after": on_disk.leaf.as_ref().map(|l| l.not_after), "renew_at": decision.renew_at}),
-        );
+        let decision = decide_one(cfg, spec, loaded.as_ref(), &on_disk, now);
         states.push(CertState {
             spec,
             had_meta: loaded.is_some(),
             meta: loaded.unwrap_or_default(),
             decision,
             not_after: on_disk.leaf.as_ref().map(|l| l.not_after),
+            on_disk,
         });
+    }
+    // Check mode reads no directory: it decides on the stored renewal information.
+    if !check_mode && !cfg.self_sign {
+        check_renewal_info(
+            cfg,
+            &mut states,
+            connector,
+            log,
+            deadline,
+            ari_interval,
+            now,
+            &mut out,
+        )
+        .await;
+    }
+    for st in &states {
+        let decision = &st.decision;
+        if let Some(w) = &decision.warning {
+            out.warnings.push(format!("cert {}: {w}", st.spec.name));
+        }
+        log.event(
+            "decision",
+            json!({"cert": st.spec.name.as_str(), "action": decision.action, "reason": decision.reason.as_str(),
+                   "not_after": st.not_after, "renew_at": decision.renew_at, "by_ari": decision.by_ari}),
+        );
     }
 
     let to_issue: Vec<usize> = (0..states.len())
@@ -214,7 +403,8 @@ pub async fn run<C: CaConnector>(
                     .as_ref()
                     .is_none_or(|p| !same_request(p, st.spec, cfg));
                 if fresh {
-                    st.meta.pending = Some(new_pending(cfg, st.spec, None, None, Vec::new(), now));
+                    st.meta.pending =
+                        Some(new_pending(cfg, st.spec, None, None, Vec::new(), None, now));
                     out.orders_created += 1;
                 }
             }
@@ -256,6 +446,18 @@ pub async fn run<C: CaConnector>(
                 dir: cfg.store.cert_dir(&st.spec.dir).display().to_string(),
                 retry_not_before: st.decision.retry_not_before,
                 renew_at: st.decision.renew_at,
+                profile: st.meta.profile.clone(),
+                ari: st
+                    .meta
+                    .ari
+                    .as_ref()
+                    .filter(|a| {
+                        st.on_disk
+                            .leaf
+                            .as_ref()
+                            .is_some_and(|l| l.serial == a.serial)
+                    })
+                    .and_then(|a| AriReport::of(a, ari_interval)),
             },
         );
     }
@@ -298,6 +500,7 @@ fn same_request(p: &PendingOrder, spec: &CertSpec, cfg: &Config) -> bool {
         && p.names == spec.sorted_names()
         && p.key_type == spec.key_type
         && p.self_sign == cfg.self_sign
+        && (cfg.self_sign || p.profile == spec.profile)
 }
 
 fn new_pending(
@@ -306,6 +509,7 @@ fn new_pending(
     url: Option<String>,
     account_url: Option<String>,
     challenges: Vec<crate::store::ChallengeRecord>,
+    replaces: Option<String>,
     now: i64,
 ) -> PendingOrder {
     PendingOrder {
@@ -318,6 +522,8 @@ fn new_pending(
         staging: cfg.untrusted_target(),
         self_sign: cfg.self_sign,
         challenges,
+        profile: spec.profile.clone().filter(|_| !cfg.self_sign),
+        replaces,
     }
 }
 
@@ -363,12 +569,46 @@ async fn order_all<C: CaConnector>(
         }
     };
     let account_url = account.account_url();
+    // A profile the CA does not offer is a configuration error: no order, and no backoff (the
+    // next run with a fixed `profile` should not wait).
+    let mut offered = account.profiles();
+    offered.sort();
+    let mut to_issue = to_issue.to_vec();
+    to_issue.retain(|i| {
+        let spec = states[*i].spec;
+        let Some(wanted) = spec.profile.as_deref() else {
+            return true;
+        };
+        if offered.iter().any(|p| p == wanted) {
+            return true;
+        }
+        let offers = if offered.is_empty() {
+            "it offers no profiles".to_owned()
+        } else {
+            format!("it offers: {}", offered.join(", "))
+        };
+        let f = CaFailure {
+            message: format!(
+                "profile `{wanted}` is not offered by the CA at {}; {offers}",
+                cfg.directory
+            ),
+            problem: None,
+            retry_after: None,
+        };
+        log.event(
+            "order_failed",
+            json!({"cert": spec.name.as_str(), "message": f.message}),
+        );
+        out.failures.push((spec.name.as_str().to_owned(), f));
+        false
+    });
     let jobs = to_issue.iter().map(|i| {
         let st = &states[*i];
         order_one(
             cfg,
             st.spec,
             st.meta.pending.clone(),
+            replaced_cert_id(cfg, st),
             &account,
             &account_url,
             pending_max_age,
@@ -381,11 +621,18 @@ async fn order_all<C: CaConnector>(
         let st = &mut states[*i];
         let name = st.spec.name.as_str().to_owned();
         match result {
-            Ok((pending, created)) => {
+            Ok((pending, created, replaces_dropped)) => {
                 log.event(
                     if created { "order_created" } else { "order_reused" },
-                    json!({"cert": name, "order_url": pending.url, "values": pending.challenges.len()}),
+                    json!({"cert": name, "order_url": pending.url, "values": pending.challenges.len(),
+                           "replaces": pending.replaces, "profile": pending.profile,
+                           "replaces_dropped": replaces_dropped}),
                 );
+                if let Some(why) = replaces_dropped {
+                    out.warnings.push(format!(
+                        "cert {name}: the CA refused `replaces` ({why}); ordered without it"
+                    ));
+                }
                 if created {
                     out.orders_created += 1;
                     // A new order gets a new key.
@@ -419,12 +666,13 @@ async fn order_one<A: CaAccount>(
     cfg: &Config,
     spec: &CertSpec,
     stored: Option<PendingOrder>,
+    replaces: Option<String>,
     account: &A,
     account_url: &str,
     pending_max_age: i64,
     now: i64,
     deadline: Instant,
-) -> Result<(PendingOrder, bool), CaFailure> {
+) -> Result<(PendingOrder, bool, Option<String>), CaFailure> {
     let timeout = |what: &str| CaFailure {
         message: format!(
             "{what}: no answer from the CA before the deadline ({}s)",
@@ -460,7 +708,7 @@ async fn order_one<A: CaAccount>(
                     if live && ids == p.names {
                         let mut reused = p.clone();
                         reused.challenges = view.challenges;
-                        return Ok((reused, false));
+                        return Ok((reused, false, None));
                     }
                 }
             }
@@ -468,9 +716,12 @@ async fn order_one<A: CaAccount>(
             let _ = tokio::time::timeout(left(), account.deactivate_pending(&url)).await;
         }
     }
-    let created = tokio::time::timeout(left(), account.new_order(&spec.names))
-        .await
-        .map_err(|_| timeout("creating the order"))??;
+    let created = tokio::time::timeout(
+        left(),
+        account.new_order(&spec.names, replaces.as_deref(), spec.profile.as_deref()),
+    )
+    .await
+    .map_err(|_| timeout("creating the order"))??;
     Ok((
         new_pending(
             cfg,
@@ -478,8 +729,10 @@ async fn order_one<A: CaAccount>(
             Some(created.url),
             Some(account_url.to_owned()),
             created.challenges,
+            created.replaces,
             now,
         ),
         true,
+        created.replaces_dropped,
     ))
 }

@@ -93,7 +93,10 @@ impl TestCa {
             }
             return Ok(TestCa { key, cert_pem });
         }
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        // Owner only, whatever the umask (like the rest of `.certbridge/`).
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(dir)
+            .map_err(io(dir))?;
         let key = KeyType::EcP256.generate()?;
         let mut params = ca_params();
         let now = OffsetDateTime::now_utc();

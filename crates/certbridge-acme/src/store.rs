@@ -68,6 +68,12 @@ pub struct PendingOrder {
     /// The dns-01 values this order needs (empty when every authorization was valid).
     #[serde(default)]
     pub challenges: Vec<ChallengeRecord>,
+    /// The profile asked for (None: the CA's default).
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// The ARI id of the certificate this order replaces, when the CA accepted `replaces`.
+    #[serde(default)]
+    pub replaces: Option<String>,
 }
 
 /// One dns-01 value to publish.
@@ -105,6 +111,33 @@ pub struct Meta {
     /// Files changed and the handler has not acknowledged it yet.
     #[serde(default)]
     pub handler_owed: bool,
+    /// The CA's renewal information (RFC 9773) about the installed certificate.
+    #[serde(default)]
+    pub ari: Option<AriState>,
+}
+
+/// What the last renewal-information check found for one installed certificate, and when to
+/// check again. Kept so that pulses between checks need no network call, and so that the
+/// random point chosen inside a window is chosen once, not at every pulse.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AriState {
+    /// Serial of the certificate this is about (a new certificate starts afresh).
+    pub serial: String,
+    /// Its ARI id, `base64url(AKI).base64url(serial)`.
+    pub cert_id: Option<String>,
+    /// The directory offered `renewalInfo` at the last check.
+    pub supported: bool,
+    pub checked_at: i64,
+    /// No check before this: the CA's Retry-After. None: `ari_interval` after `checked_at`
+    /// (within the hour after a failure), with the interval of the run that looks.
+    pub next_check: Option<i64>,
+    /// The suggested window (unix seconds) and the point chosen inside it.
+    pub window_start: Option<i64>,
+    pub window_end: Option<i64>,
+    pub renew_at: Option<i64>,
+    pub explanation_url: Option<String>,
+    /// Set when the last check failed (the lifetime rule then applies).
+    pub last_error: Option<String>,
 }
 
 /// The service-facing file names, given the directory's name (`<dir>.key`, `<dir>.cer`).
@@ -277,6 +310,21 @@ impl Store {
             ..Default::default()
         };
         fsutil::atomic_write(&path, &text, &attrs, None).map_err(io_err("cannot write", &path))
+    }
+
+    /// The DER of the installed leaf (for its ARI id), if any.
+    pub fn installed_leaf_der(&self, dir_name: &str) -> Option<Vec<u8>> {
+        let dir = self.cert_dir(dir_name);
+        let path = if dir.join("current").is_symlink() {
+            dir.join("current/cert.pem")
+        } else {
+            dir.join(format!("{dir_name}.cer"))
+        };
+        let pem = fs::read_to_string(path).ok()?;
+        certinfo::pem_certs(&pem, "the installed certificate")
+            .ok()?
+            .into_iter()
+            .next()
     }
 
     /// Reads what is installed in `<root>/<dir_name>/`: our layout, or acme.sh's real files.
