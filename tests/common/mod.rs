@@ -65,8 +65,9 @@ pub fn run_module_env(name: &str, args: &Value, env: &[(&str, &str)]) -> ModuleR
     let elapsed = start.elapsed();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let json: Value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("{name} did not print one JSON object ({e}): stdout={stdout:?} stderr={stderr:?}"));
+    let json: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!("{name} did not print one JSON object ({e}): stdout={stdout:?} stderr={stderr:?}")
+    });
     assert!(json.is_object(), "{name} printed {json}");
     ModuleRun {
         json,

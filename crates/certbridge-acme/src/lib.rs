@@ -10,9 +10,9 @@
 pub mod acme;
 pub mod ca;
 pub mod certinfo;
+pub mod client;
 pub mod config;
 pub mod eventlog;
-pub mod client;
 pub mod finalize;
 pub mod http;
 pub mod metrics;

@@ -19,7 +19,9 @@ pub enum NameError {
     EmptyLabel { name: String },
     #[error("`{name}` is not ASCII: give internationalized names as punycode (xn--...)")]
     NotAscii { name: String },
-    #[error("`{name}` has the character {ch:?}; only letters, digits and `-` are allowed in a label")]
+    #[error(
+        "`{name}` has the character {ch:?}; only letters, digits and `-` are allowed in a label"
+    )]
     BadChar { name: String, ch: char },
     #[error("`{name}` has a label that starts or ends with `-`")]
     Hyphen { name: String },
@@ -31,7 +33,9 @@ pub enum NameError {
     Underscore { name: String },
     #[error("cert name `{0}` is not a safe directory name: use letters, digits, `-`, `_` and `.`, not starting with `.`, at most 128 characters")]
     BadCertName(String),
-    #[error("`{0}` is not a dns-01 value: expected exactly 43 base64url characters (a SHA-256 digest)")]
+    #[error(
+        "`{0}` is not a dns-01 value: expected exactly 43 base64url characters (a SHA-256 digest)"
+    )]
     BadTxtDigest(String),
     #[error("`{0}` is not an address:port (an IP address, `[v6]:port`, or an address alone for port {1})")]
     BadAddress(String, u16),
@@ -122,7 +126,10 @@ impl Identifier {
     pub fn parse(input: &str) -> Result<(Self, bool), NameError> {
         let (name, same) = canonical(input.trim());
         check_labels(input, &name, false)?;
-        if !name.contains('.') || name == "*" || name.matches('.').count() == 1 && name.starts_with("*.") {
+        if !name.contains('.')
+            || name == "*"
+            || name.matches('.').count() == 1 && name.starts_with("*.")
+        {
             return Err(NameError::SingleLabel { name: input.into() });
         }
         Ok((Identifier(name), !same))
@@ -201,7 +208,11 @@ impl DomainName {
             return None;
         }
         Some(DomainName(
-            self.0.split_once('.').map(|(_, p)| p).unwrap_or("").to_owned(),
+            self.0
+                .split_once('.')
+                .map(|(_, p)| p)
+                .unwrap_or("")
+                .to_owned(),
         ))
     }
 }
@@ -287,7 +298,11 @@ impl ServerAddr {
         if let Ok(sa) = s.parse::<SocketAddr>() {
             return Ok(ServerAddr(sa));
         }
-        if let Ok(ip) = s.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        if let Ok(ip) = s
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
             return Ok(ServerAddr(SocketAddr::new(ip, default_port)));
         }
         Err(NameError::BadAddress(input.into(), default_port))
@@ -333,17 +348,36 @@ mod tests {
         let (w, _) = Identifier::parse("*.s3.example.org").unwrap();
         assert!(w.is_wildcard());
         assert_eq!(w.base(), "s3.example.org");
-        assert_eq!(w.challenge_record().as_str(), "_acme-challenge.s3.example.org");
+        assert_eq!(
+            w.challenge_record().as_str(),
+            "_acme-challenge.s3.example.org"
+        );
         for bad in [
-            "", "localhost", "*.org", "*.*.x.org", "a..b.org", "_x.example.org", "a b.org",
-            "a;b.org", "-a.example.org", "bü.example.org", "a.*.example.org", "x*.example.org",
+            "",
+            "localhost",
+            "*.org",
+            "*.*.x.org",
+            "a..b.org",
+            "_x.example.org",
+            "a b.org",
+            "a;b.org",
+            "-a.example.org",
+            "bü.example.org",
+            "a.*.example.org",
+            "x*.example.org",
         ] {
             assert!(Identifier::parse(bad).is_err(), "{bad} should be refused");
         }
         let long_label = format!("{}.org", "a".repeat(64));
-        assert!(matches!(Identifier::parse(&long_label), Err(NameError::LabelTooLong { .. })));
+        assert!(matches!(
+            Identifier::parse(&long_label),
+            Err(NameError::LabelTooLong { .. })
+        ));
         let long = format!("{}.org", vec!["a".repeat(60); 5].join("."));
-        assert!(matches!(Identifier::parse(&long), Err(NameError::TooLong { .. })));
+        assert!(matches!(
+            Identifier::parse(&long),
+            Err(NameError::TooLong { .. })
+        ));
     }
 
     #[test]
@@ -364,7 +398,17 @@ mod tests {
         for ok in ["web01-main", "wildcard", "a.b_c"] {
             CertName::parse(ok).unwrap();
         }
-        for bad in ["", ".", "..", "../x", "/abs", ".certbridge", "a/b", "a b", "a\nb"] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "/abs",
+            ".certbridge",
+            "a/b",
+            "a b",
+            "a\nb",
+        ] {
             assert!(CertName::parse(bad).is_err(), "{bad:?}");
         }
     }
@@ -372,7 +416,12 @@ mod tests {
     #[test]
     fn txt_digests_are_43_base64url() {
         TxtDigest::parse("DRwHgzN8aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-").unwrap();
-        for bad in ["", "short", "DRwHgzN8aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa=", "DRwHgzN8aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa;"] {
+        for bad in [
+            "",
+            "short",
+            "DRwHgzN8aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa=",
+            "DRwHgzN8aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa;",
+        ] {
             assert!(TxtDigest::parse(bad).is_err(), "{bad}");
         }
     }
@@ -380,7 +429,10 @@ mod tests {
     #[test]
     fn server_addresses() {
         assert_eq!(ServerAddr::parse("127.0.0.1", 53).unwrap().0.port(), 53);
-        assert_eq!(ServerAddr::parse("127.0.0.1:5353", 53).unwrap().0.port(), 5353);
+        assert_eq!(
+            ServerAddr::parse("127.0.0.1:5353", 53).unwrap().0.port(),
+            5353
+        );
         assert_eq!(ServerAddr::parse("[::1]:54", 53).unwrap().0.port(), 54);
         assert_eq!(ServerAddr::parse("::1", 53).unwrap().0.port(), 53);
         assert!(ServerAddr::parse("ns1.example.org", 53).is_err());

@@ -258,7 +258,9 @@ fn scrub_value(v: Value) -> Value {
     match v {
         Value::String(s) => Value::String(scrub(&s)),
         Value::Array(items) => Value::Array(items.into_iter().map(scrub_value).collect()),
-        Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, scrub_value(v))).collect()),
+        Value::Object(map) => {
+            Value::Object(map.into_iter().map(|(k, v)| (k, scrub_value(v))).collect())
+        }
         other => other,
     }
 }
@@ -314,8 +316,9 @@ fn describe_option_error(path: &str, inner: &str) -> String {
 fn emit(mut obj: Map<String, Value>) -> i32 {
     let failed = obj.get("failed").and_then(Value::as_bool).unwrap_or(false);
     obj.entry("changed").or_insert(Value::Bool(false));
-    let text = serde_json::to_string(&scrub_value(Value::Object(obj)))
-        .unwrap_or_else(|_| r#"{"failed":true,"changed":false,"msg":"could not encode the module result"}"#.into());
+    let text = serde_json::to_string(&scrub_value(Value::Object(obj))).unwrap_or_else(|_| {
+        r#"{"failed":true,"changed":false,"msg":"could not encode the module result"}"#.into()
+    });
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{text}");
     let _ = out.flush();
@@ -381,7 +384,11 @@ where
     let argv: Vec<String> = std::env::args().collect();
     let path = match argv.as_slice() {
         [_, path] => path.clone(),
-        _ => return Err(failure_object(Failure::new(ArgsError::Usage(module.into()).to_string()))),
+        _ => {
+            return Err(failure_object(Failure::new(
+                ArgsError::Usage(module.into()).to_string(),
+            )))
+        }
     };
     let args = read_args_file(&path).map_err(|e| failure_object(Failure::new(e.to_string())))?;
     let options_value = Value::Object(args.options.clone());
@@ -409,7 +416,8 @@ where
 /// With `panic = "abort"` the hook is our last chance to print the one JSON object.
 fn install_panic_hook(module: &'static str) {
     std::panic::set_hook(Box::new(move |info| {
-        let msg = format!("{module}: internal error (a bug in certbridge, please report it): {info}");
+        let msg =
+            format!("{module}: internal error (a bug in certbridge, please report it): {info}");
         let _ = emit(failure_object(Failure::new(msg)));
     }));
 }
@@ -426,12 +434,17 @@ pub mod coerce {
             Value::String(s) => match s.to_ascii_lowercase().as_str() {
                 "yes" | "true" | "on" | "1" | "y" | "t" => Ok(true),
                 "no" | "false" | "off" | "0" | "n" | "f" => Ok(false),
-                _ => Err(de::Error::custom(format!("expected a boolean, found \"{s}\""))),
+                _ => Err(de::Error::custom(format!(
+                    "expected a boolean, found \"{s}\""
+                ))),
             },
             Value::Number(n) if n.as_u64() == Some(0) || n.as_u64() == Some(1) => {
                 Ok(n.as_u64() == Some(1))
             }
-            other => Err(de::Error::custom(format!("expected a boolean, found {}", super::kind_of(&other)))),
+            other => Err(de::Error::custom(format!(
+                "expected a boolean, found {}",
+                super::kind_of(&other)
+            ))),
         }
     }
 
@@ -441,13 +454,12 @@ pub mod coerce {
 
     pub fn uint<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         match Value::deserialize(d)? {
-            Value::Number(n) => n
-                .as_u64()
-                .ok_or_else(|| de::Error::custom(format!("expected a non-negative integer, found {n}"))),
-            Value::String(s) => s
-                .trim()
-                .parse::<u64>()
-                .map_err(|_| de::Error::custom(format!("expected a non-negative integer, found \"{s}\""))),
+            Value::Number(n) => n.as_u64().ok_or_else(|| {
+                de::Error::custom(format!("expected a non-negative integer, found {n}"))
+            }),
+            Value::String(s) => s.trim().parse::<u64>().map_err(|_| {
+                de::Error::custom(format!("expected a non-negative integer, found \"{s}\""))
+            }),
             other => Err(de::Error::custom(format!(
                 "expected a non-negative integer, found {}",
                 super::kind_of(&other)
@@ -513,7 +525,10 @@ mod tests {
         assert!(e.starts_with("option `ttl`:"), "{e}");
         assert!(e.contains("non-negative integer"), "{e}");
         let e = parse(json!({"path": ["x"]})).unwrap_err();
-        assert!(e.starts_with("option `path`:") && e.contains("expected a string"), "{e}");
+        assert!(
+            e.starts_with("option `path`:") && e.contains("expected a string"),
+            "{e}"
+        );
     }
 
     #[test]
