@@ -33,7 +33,7 @@ fn module_binaries_link_no_nss_lookups() {
         let bin = std::path::Path::new(bin);
         let out = Command::new("nm")
             .arg("--defined-only")
-            .arg(&bin)
+            .arg(bin)
             .output()
             .expect("run nm (binutils)");
         assert!(
