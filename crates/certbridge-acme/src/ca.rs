@@ -110,3 +110,25 @@ pub trait CaConnector {
         cert_ids: &[String],
     ) -> Result<Option<Vec<Result<RenewalWindow, CaFailure>>>, CaFailure>;
 }
+
+/// The module's reply, or a failure naming each failed cert with its message, carrying the
+/// partial results and `problems.<cert>` (the CA's problem documents).
+pub fn reply_or_failure(
+    mut reply: certbridge_core::protocol::Reply,
+    failures: &[(String, CaFailure)],
+) -> Result<certbridge_core::protocol::Reply, certbridge_core::protocol::Failure> {
+    if failures.is_empty() {
+        return Ok(reply);
+    }
+    let problems: serde_json::Map<String, Value> = failures
+        .iter()
+        .map(|(c, f)| (c.clone(), f.problem.clone().unwrap_or(Value::Null)))
+        .collect();
+    reply.set("problems", problems);
+    let msg = failures
+        .iter()
+        .map(|(c, f)| format!("cert {c}: {}", f.message))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err(certbridge_core::protocol::Failure::from_reply(msg, reply))
+}

@@ -87,22 +87,7 @@ impl Outcome {
         for w in self.warnings {
             reply.warn(w);
         }
-        if self.failures.is_empty() {
-            return Ok(reply);
-        }
-        let problems: Map<String, Value> = self
-            .failures
-            .iter()
-            .map(|(c, f)| (c.clone(), f.problem.clone().unwrap_or(Value::Null)))
-            .collect();
-        reply.set("problems", problems);
-        let msg = self
-            .failures
-            .iter()
-            .map(|(c, f)| format!("cert {c}: {}", f.message))
-            .collect::<Vec<_>>()
-            .join("; ");
-        Err(Failure::from_reply(msg, reply))
+        crate::ca::reply_or_failure(reply, &self.failures)
     }
 }
 
