@@ -252,8 +252,10 @@ fn why_reissue(
     }
     let issued_here = meta.and_then(|m| m.directory.as_deref());
     if let Some(old_dir) = issued_here {
-        if old_dir != want.directory {
-            let old_trusted = meta.is_some_and(|m| !m.staging && !m.self_signed);
+        // One URL can serve both (a private CA): the recorded staging flag counts too.
+        let old_untrusted = meta.is_some_and(|m| m.staging || m.self_signed);
+        if old_dir != want.directory || old_untrusted != want.untrusted_target {
+            let old_trusted = !old_untrusted;
             let still_valid = leaf.not_after > now && !due;
             if want.untrusted_target && old_trusted && still_valid {
                 return Some(Reason::ProductionKept);
@@ -568,6 +570,25 @@ mod tests {
         assert_eq!(
             decide_at(&want(&f), Some(&staged), &disk, NOW),
             (Action::Issue, Reason::DirectoryChanged)
+        );
+        // One URL for both (a private CA): staging -> production still reissues, the
+        // other way keeps the production certificate.
+        let same_url_staged = Meta {
+            staging: true,
+            directory: Some(want(&f).directory.into()),
+            ..m.clone()
+        };
+        assert_eq!(
+            decide_at(&want(&f), Some(&same_url_staged), &disk, NOW),
+            (Action::Issue, Reason::DirectoryChanged)
+        );
+        let same_url_staging = Wanted {
+            untrusted_target: true,
+            ..want(&f)
+        };
+        assert_eq!(
+            decide_at(&same_url_staging, Some(&m), &disk, NOW),
+            (Action::Ok, Reason::ProductionKept)
         );
         // A kept production certificate is still renewed when it becomes due.
         let late = NOW + 80 * DAY;
