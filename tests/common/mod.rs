@@ -52,11 +52,21 @@ pub fn run_module(name: &str, args: &Value) -> ModuleRun {
 }
 
 pub fn run_module_env(name: &str, args: &Value, env: &[(&str, &str)]) -> ModuleRun {
+    run_binary_env(&module_bin(name), args, env)
+}
+
+/// As [`run_module`], for the module binary at `bin` (e.g. an installed copy).
+pub fn run_module_at(bin: &Path, args: &Value) -> ModuleRun {
+    run_binary_env(bin, args, &[])
+}
+
+fn run_binary_env(bin: &Path, args: &Value, env: &[(&str, &str)]) -> ModuleRun {
+    let name = bin.display();
     let dir = tempfile::tempdir().expect("tempdir");
     let args_path = dir.path().join("args");
     std::fs::write(&args_path, serde_json::to_vec(args).unwrap()).unwrap();
     let start = std::time::Instant::now();
-    let mut cmd = Command::new(module_bin(name));
+    let mut cmd = Command::new(bin);
     cmd.arg(&args_path);
     for (k, v) in env {
         cmd.env(k, v);
