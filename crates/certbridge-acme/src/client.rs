@@ -1286,14 +1286,14 @@ impl AcmeAccount {
     }
 }
 
-/// Polling: start at 50 ms (a CA that validates within a few round trips is not kept
-/// waiting), grow by 60% each time (1 s after 7 polls, 10 s after 12), stop at the deadline.
+/// Polling: start at 20 ms (a CA that validates or issues within a few round trips is not
+/// kept waiting), double each time (about 2.5 s after 7 polls, capped by the deadline).
 /// A CA's Retry-After takes precedence; one past the deadline makes instant-acme fail at once,
 /// with the time.
 fn poll_policy(deadline: Instant) -> RetryPolicy {
     RetryPolicy::new()
-        .initial_delay(Duration::from_millis(50))
-        .backoff(1.6)
+        .initial_delay(Duration::from_millis(20))
+        .backoff(2.0)
         .timeout(deadline.saturating_duration_since(Instant::now()))
 }
 

@@ -29,44 +29,106 @@ import yaml
 
 from ansible.errors import AnsibleActionFail
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from ansible.module_utils.parsing.convert_bool import BOOLEANS, boolean
 from ansible.plugins.action import ActionBase
 
 DOCUMENTATION = r"""
 short_description: Run one step of the certbridge pulse on one host
 description:
   - Used by the letsencrypt-request-certs and letsencrypt-create-certs roles; not meant for
-    playbooks of their own. Every option not listed here is passed to the module unchanged.
+    playbooks of their own. The module's options are built from the role's variables
+    (letsencrypt_*); any other option given to the task is passed to the module as it is.
+  - finalize and acknowledge read the pulse round of play 1 (hostvars of localhost,
+    letsencrypt_round), the DNS host's letsencrypt_publish and this host's
+    letsencrypt_request and letsencrypt_finalize.
 options:
   step:
     description: request (acme_request), finalize or acknowledge (acme_finalize).
     type: str
     choices: [request, finalize, acknowledge]
     required: true
-  stop:
-    description: finalize - when not empty, fail the host with this message before anything runs.
-    type: str
-  handlers_for:
-    description: finalize - cert names that need a "letsencrypt updated <cert>" handler.
-    type: list
-    elements: str
-  problems:
-    description: acknowledge - messages that fail the host after the acknowledgement.
-    type: list
-    elements: str
-  prune:
-    description: acknowledge - remove certificate directories that are not in declared_dirs.
-    type: bool
-  declared_dirs:
-    description: acknowledge - the directory names of the declared certificates.
-    type: list
-    elements: str
 """
 
 HANDLER_PREFIX = "letsencrypt updated "
 MODULE_MODES = ("transfer", "installed")
 DEFAULT_MODULE_DIR = "/usr/local/lib/certbridge"
-CONTROL_ARGS = frozenset(("step", "stop", "handlers_for", "problems", "prune", "declared_dirs"))
+CONTROL_ARGS = frozenset(("step",))
 STEP_MODULES = {"request": "acme_request", "finalize": "acme_finalize", "acknowledge": "acme_finalize"}
+LE_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
+LE_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
+# Module option <- role variable, sent only when the variable is set (not empty, not null).
+OPTIONAL_ARGS = {
+    "ca_file": "letsencrypt_ca_file",
+    "account_email": "letsencrypt_account_email",
+    "eab_kid": "letsencrypt_eab_kid",
+    "eab_hmac_key": "letsencrypt_eab_hmac_key",
+    "proxy": "letsencrypt_proxy",
+    "profile": "letsencrypt_profile",
+    "group": "letsencrypt_key_group",
+}
+
+
+_UNSET = object()
+
+
+def _force(value):
+    """letsencrypt_force: true/false, or cert names; -e gives strings ("true", "a,b")."""
+    if isinstance(value, str):
+        if value.strip().lower() in BOOLEANS:
+            return boolean(value.strip().lower(), strict=False)
+        return [name.strip() for name in value.split(",") if name.strip()]
+    return value
+
+
+def _plain(value):
+    """A registered result or fact as a plain dict (or the value itself)."""
+    return dict(value) if hasattr(value, "keys") else value
+
+
+def _host_round(task_vars):
+    """This host's part of the pulse round (built once in play 1 by the letsencrypt_round
+    filter): what to finalize, what was rejected, and why the round cannot go on here."""
+    me = task_vars.get("inventory_hostname")
+    hostvars = task_vars.get("hostvars") or {}
+    try:
+        round_ = _plain(hostvars["localhost"]["letsencrypt_round"]) or {}
+    except Exception:  # not set: play 1 did not run in this playbook
+        round_ = {}
+    request = _plain(task_vars.get("letsencrypt_request")) or {}
+    dns_hosts = list(round_.get("dns_hosts") or [])
+    publish = {}
+    if dns_hosts:
+        try:
+            publish = _plain(hostvars[dns_hosts[0]]["letsencrypt_publish"]) or {}
+        except Exception:  # not set: play 2 did not run on it (--limit)
+            publish = {}
+    rejected = [dict(r) for r in publish.get("rejected") or [] if r.get("host") == me]
+    rejected_certs = {str(r.get("cert")) for r in rejected}
+    pending = [str(c) for c in request.get("pending") or []]
+    stop = str(round_.get("problem") or "") if round_ else (
+        "the pulse round of play 1 is missing: run playbooks/service-letsencrypt.yaml as a whole")
+    has_records = any(r.get("host") == me for r in round_.get("records") or [])
+    if not stop and has_records and "published" not in publish:
+        stop = ("the dns-01 values of this host were not published: the publishing host %s did "
+                "not run (was it left out by --limit?)" % ", ".join(dns_hosts))
+    return {
+        "stop": stop,
+        "finalize": [c for c in pending if c not in rejected_certs],
+        "unacked": [str(c) for c in request.get("unacked") or []],
+        "rejected": rejected,
+        "request_failure": str(request.get("msg") or "acme_request failed") if request.get("failed") else "",
+    }
+
+
+def _cert_dirs(certs):
+    """Directory names of the declared certs: the first name, without "*." and ":port"."""
+    dirs = []
+    for spec in (certs or {}).values():
+        names = spec.get("names", []) if isinstance(spec, dict) else (spec or [])
+        if names:
+            name = str(names[0]).split(":")[0].strip().lower().rstrip(".")
+            dirs.append(name[2:] if name.startswith("*.") else name)
+    return dirs
 
 
 def _role_spec(role_path):
@@ -123,12 +185,14 @@ class ActionModule(ActionBase):
         step = args.get("step")
         if step not in STEP_MODULES:
             raise AnsibleActionFail("step must be one of request, finalize, acknowledge; got %r" % step)
-        module_args = {k: v for k, v in args.items() if k not in CONTROL_ARGS}
-
-        invalid = self._validate_role_vars(task_vars)
+        role_vars = self._role_var = self._role_vars(task_vars)
+        invalid = self._validate_role_vars(role_vars)
         if invalid:
             result.update(failed=True, msg=invalid)
             return result
+        # Options given to the task win over those built from the role's variables.
+        module_args = self._module_args(step, role_vars)
+        module_args.update((k, v) for k, v in args.items() if k not in CONTROL_ARGS)
 
         if step == "request":
             result.update(self._run_module("acme_request", module_args, task_vars))
@@ -141,10 +205,13 @@ class ActionModule(ActionBase):
 
     def _finalize(self, result, args, module_args, task_vars):
         """Stop or check handlers, run acme_finalize, notify one handler per updated cert."""
-        if args.get("stop"):
-            result.update(failed=True, msg=str(args["stop"]))
+        view = _host_round(task_vars)
+        if view["stop"]:
+            result.update(failed=True, msg=view["stop"])
             return result
-        wanted = [HANDLER_PREFIX + str(cert) for cert in args.get("handlers_for") or []]
+        only = view["finalize"]
+        handlers_for = only + [c for c in view["unacked"] if c not in only]
+        wanted = [HANDLER_PREFIX + cert for cert in handlers_for]
         if not wanted:
             result.update(changed=False, updated=[], msg="nothing to finalize")
             return result
@@ -161,6 +228,7 @@ class ActionModule(ActionBase):
             )
             return result
 
+        module_args.setdefault("only", only)
         module_result = self._run_module("acme_finalize", module_args, task_vars)
         updated = [str(c) for c in module_result.get("updated") or []]
         result.update(module_result)
@@ -171,8 +239,7 @@ class ActionModule(ActionBase):
             result["finalize_failure"] = str(module_result.get("msg") or "acme_finalize failed")
         result["updated"] = updated
         if self._task.check_mode:
-            only = [str(c) for c in module_args.get("only") or []]
-            renotify = [str(c) for c in args.get("handlers_for") or [] if str(c) not in only]
+            renotify = [c for c in handlers_for if c not in only]
             result["msg"] = "would finalize %s; would notify %s" % (
                 ", ".join(only) or "nothing", ", ".join(renotify) or "nothing more")
         elif updated:
@@ -185,39 +252,94 @@ class ActionModule(ActionBase):
     def _acknowledge(self, result, args, module_args, task_vars):
         """Acknowledge the updates whose handlers ran, prune, then fail for what is unfinished."""
         result["changed"] = False
-        if module_args.get("ack") and not self._task.check_mode:
-            acked = self._run_module("acme_finalize", dict(module_args, only=[]), task_vars)
+        finalized = _plain(task_vars.get("letsencrypt_finalize")) or {}
+        ack = module_args.get("ack", [str(c) for c in finalized.get("updated") or []])
+        if ack and not self._task.check_mode:
+            acked = self._run_module("acme_finalize", dict(module_args, only=[], ack=ack), task_vars)
             if acked.get("failed"):
                 result.update(failed=True, msg="acme_finalize (acknowledge): %s" % acked.get("msg"))
                 return result
-            result["acknowledged"] = list(module_args["ack"])
-        if args.get("prune"):
-            removed = self._prune(module_args.get("cert_root"), args.get("declared_dirs") or [], task_vars)
+            result["acknowledged"] = ack
+        if boolean(self._role_var("letsencrypt_prune", False), strict=False):
+            declared = _cert_dirs(module_args.get("certs"))
+            removed = self._prune(module_args.get("cert_root"), declared, task_vars)
             if isinstance(removed, str):
                 result.update(failed=True, msg=removed)
                 return result
             result["pruned"] = removed
             result["changed"] = bool(removed)
-        problems = [str(p) for p in args.get("problems") or [] if p]
+        view = _host_round(task_vars)
+        problems = ["%s (%s) not published: %s; fix: %s" % (r.get("cert"), r.get("name"), r.get("reason"), r.get("fix"))
+                    for r in view["rejected"]]
+        if view["request_failure"]:
+            problems.append("acme_request: " + view["request_failure"])
+        if finalized.get("finalize_failure"):
+            problems.append("acme_finalize: " + str(finalized["finalize_failure"]))
         if problems:
             result.update(failed=True, msg="; ".join(problems))
         return result
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _validate_role_vars(self, task_vars):
+    def _role_vars(self, task_vars):
+        """The role's variables (those of its argument spec), templated once, as a lookup."""
+        role = getattr(self._task, "_role", None)
+        self._spec = _role_spec(role._role_path) if role is not None else {}
+        cache = {}
+
+        def var(name, default=None):
+            if name not in cache:
+                cache[name] = self._templar.template(task_vars[name]) if name in task_vars else default
+            return cache[name]
+
+        return var
+
+    def _validate_role_vars(self, var):
         """The role's argument spec, checked against the variables as validate_argument_spec
         would; returns the error message, or "" when they are valid."""
-        role = getattr(self._task, "_role", None)
-        spec = _role_spec(role._role_path) if role is not None else {}
-        if not spec:
+        if not self._spec:
             return ""
-        provided = self._templar.template({k: task_vars[k] for k in spec if k in task_vars})
-        checked = ArgumentSpecValidator(spec).validate(provided, validate_role_argument_spec=True)
+        provided = {name: var(name) for name in self._spec if var(name, _UNSET) is not _UNSET}
+        checked = ArgumentSpecValidator(self._spec).validate(provided, validate_role_argument_spec=True)
         if checked.error_messages:
             return "Validation of the %s role's variables failed:\n%s" % (
-                role.get_name(), "\n".join(checked.error_messages))
+                self._task._role.get_name(), "\n".join(checked.error_messages))
         return ""
+
+    @staticmethod
+    def _module_args(step, var):
+        """The module's options from the role's variables (the same for every step, plus the
+        step's own): one place instead of a Jinja expression per option and host."""
+        staging = boolean(var("letsencrypt_use_staging", False), strict=False)
+        args = {
+            "certs": var("letsencrypt_certs", {}),
+            "directory": var("letsencrypt_directory")
+            or (var("letsencrypt_staging_directory", LE_STAGING) if staging
+                else var("letsencrypt_production_directory", LE_PRODUCTION)),
+            "staging": staging,
+            "cert_root": var("letsencrypt_cert_root"),
+            "key_type": var("letsencrypt_key_type"),
+            "self_sign": boolean(var("letsencrypt_self_sign_only", False), strict=False)
+            or boolean(var("letsencrypt_self_generate_tokens", False), strict=False),
+            "log_file": posixpath.join(str(var("letsencrypt_log_dir")), "certbridge.log"),
+            "request_timeout": var("letsencrypt_http_timeout"),
+        }
+        for option, name in OPTIONAL_ARGS.items():
+            if var(name) not in (None, ""):
+                args[option] = var(name)
+        if step == "request":
+            args["timeout"] = var("letsencrypt_request_timeout")
+            args["ari_interval"] = var("letsencrypt_ari_interval")
+            args["force"] = _force(var("letsencrypt_force", False))
+            if var("letsencrypt_renew_days") is not None:
+                args["renew_days"] = var("letsencrypt_renew_days")
+            if var("letsencrypt_metrics_file"):
+                args["metrics_file"] = var("letsencrypt_metrics_file")
+        else:
+            args["timeout"] = var("letsencrypt_finalize_timeout")
+            if step == "finalize" and var("letsencrypt_dns_check"):
+                args["dns_check"] = var("letsencrypt_dns_check")
+        return {k: v for k, v in args.items() if v is not None}
 
     def _run_module(self, name, module_args, task_vars):
         """Runs a certbridge module the way letsencrypt_module_mode says."""
