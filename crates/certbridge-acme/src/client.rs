@@ -1194,10 +1194,13 @@ impl AcmeAccount {
                 OrderStatus::Valid => {
                     let what = format!("download the certificate of order {order_url}");
                     return attempt(&self.stats, &what, deadline, async || {
-                        order.certificate().await?.ok_or(OpError::from(AcmeError::Protocol {
-                            what: what.clone(),
-                            reason: "the valid order has no certificate URL".into(),
-                        }))
+                        order
+                            .certificate()
+                            .await?
+                            .ok_or(OpError::from(AcmeError::Protocol {
+                                what: what.clone(),
+                                reason: "the valid order has no certificate URL".into(),
+                            }))
                     })
                     .await;
                 }
