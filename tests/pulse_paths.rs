@@ -186,6 +186,16 @@ impl<'a> Site<'a> {
     /// Runs the pulse playbook with the site's handlers and `extra_vars` (typed JSON, so
     /// booleans stay booleans).
     fn pulse(&self, extra_vars: Value) -> PulseRun {
+        let library = format!(
+            "{}:{}",
+            modules_dir().display(),
+            repo_root().join("modules").display()
+        );
+        self.pulse_with_library(extra_vars, &library)
+    }
+
+    /// [`Site::pulse`] with Ansible's module path set to `library`.
+    fn pulse_with_library(&self, extra_vars: Value, library: &str) -> PulseRun {
         let mut vars = json!({"letsencrypt_handlers_file": self.path("handlers.yml")});
         if let (Some(all), Value::Object(extra)) = (vars.as_object_mut(), extra_vars) {
             all.extend(extra);
@@ -204,7 +214,7 @@ impl<'a> Site<'a> {
             .current_dir(self.dir.path())
             .env("PATH", path)
             .env("ANSIBLE_CONFIG", repo_root().join("ansible.cfg"))
-            .env("ANSIBLE_LIBRARY", modules_dir())
+            .env("ANSIBLE_LIBRARY", library)
             .env("ANSIBLE_ROLES_PATH", repo_root().join("roles"))
             .env("ANSIBLE_STDOUT_CALLBACK", "ansible.builtin.default")
             // One JSON object per result, so messages are parsed, not scraped from YAML.
@@ -628,4 +638,75 @@ fn staging_certificate_is_replaced_by_production() {
         meta["serial"]
     );
     assert_eq!(site.handler_runs("epsilon-main"), 2, "nothing fired");
+}
+
+/// letsencrypt_module_mode: installed, end to end: the pulse runs the binaries installed on the
+/// host through certbridge_exec. The module path holds no acme_request/acme_finalize at all, so
+/// a task that tried to send them as binary modules would fail; play 2 still sends
+/// acme_txt_publish. (tests/module_mode.rs proves the setup role's install itself.)
+#[test]
+fn installed_mode_pulse_issues_then_is_a_no_op() {
+    let bed = start_bed();
+    let hosts = [HostSpec {
+        name: "zeta",
+        certs: json!({"zeta-main": ["host5.example.test"]}),
+    }];
+    let site = Site::new(&bed, &hosts, Some(bed.get("TESTBED_ACME_DIRECTORY")));
+    site.set_handlers(&[site.counting_handler("zeta-main", None)]);
+
+    // What letsencrypt-setup installs on the host (here: a temp dir).
+    let installed = site.path("installed");
+    std::fs::create_dir_all(&installed).unwrap();
+    for module in ["acme_request", "acme_finalize"] {
+        std::fs::copy(modules_dir().join(module), installed.join(module)).unwrap();
+    }
+    // The controller's module path: the shim and play 2's module only.
+    let library = site.path("library");
+    std::fs::create_dir_all(&library).unwrap();
+    std::os::unix::fs::symlink(
+        repo_root().join("modules/certbridge_exec.py"),
+        library.join("certbridge_exec.py"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        modules_dir().join("acme_txt_publish"),
+        library.join("acme_txt_publish"),
+    )
+    .unwrap();
+    let library = library.display().to_string();
+    let vars = json!({
+        "letsencrypt_module_mode": "installed",
+        "letsencrypt_module_dir": installed,
+    });
+
+    let first = site.pulse_with_library(vars.clone(), &library);
+    assert!(first.exit_ok, "installed-mode pulse:\n{}", first.output);
+    site.assert_certificate("zeta", "host5.example.test");
+    assert_eq!(site.handler_runs("zeta-main"), 1, "{}", first.output);
+    assert_eq!(first.count("zeta", "failed"), 0);
+
+    let second = site.pulse_with_library(vars, &library);
+    assert!(second.exit_ok, "installed-mode no-op:\n{}", second.output);
+    assert_eq!(second.count("zeta", "changed"), 0, "{}", second.output);
+    assert_eq!(site.handler_runs("zeta-main"), 1, "nothing fired");
+
+    // Without the installed binaries the task fails naming the path and the fix.
+    std::fs::remove_file(installed.join("acme_request")).unwrap();
+    let third = site.pulse_with_library(
+        json!({"letsencrypt_module_mode": "installed", "letsencrypt_module_dir": installed}),
+        &library,
+    );
+    assert!(
+        !third.exit_ok,
+        "must fail without the binary:\n{}",
+        third.output
+    );
+    let text = third.failure_text("zeta");
+    assert_contains(
+        &text,
+        &installed.join("acme_request").display().to_string(),
+        "the missing binary",
+        &third.output,
+    );
+    assert_contains(&text, "letsencrypt-setup", "the fix", &third.output);
 }
