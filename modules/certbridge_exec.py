@@ -185,9 +185,15 @@ def main():
     binary = module.params["binary"]
 
     def fail(msg, **extra):
-        # Our own messages may quote the binary's output: scrub the values of `args` from them.
-        msg = remove_values("certbridge_exec: " + msg, module.no_log_values)
-        emit(dict(extra, failed=True, changed=False, msg=msg))
+        emit(dict(extra, failed=True, changed=False, msg="certbridge_exec: " + msg))
+
+    # What the binary printed may be quoted in a message: scrub the values of `args` from it.
+    # Only values of 6 characters or more: a secret is longer, and masking every short value
+    # ("A", "60") would mangle unrelated text such as the binary's path.
+    secrets = {v for v in module.no_log_values if len(str(v)) >= 6}
+
+    def quoted(text):
+        return remove_values(text, secrets)
 
     problem = check_binary(binary)
     if problem:
@@ -220,11 +226,11 @@ def main():
             binary, name, " (out of memory?)" if -rc == signal.SIGKILL else ""), rc=rc)
     out = stdout.decode("utf-8", errors="replace").strip()
     err = stderr.decode("utf-8", errors="replace").strip()
-    err_tail = "; stderr: " + err[-SNIPPET:] if err else ""
+    err_tail = "; stderr: " + quoted(err[-SNIPPET:]) if err else ""
     if not out:
         fail("%s printed nothing (exit status %d)%s" % (binary, rc, err_tail), rc=rc)
     fail("%s printed no JSON object (exit status %d; is it a certbridge module binary?): %s%s" % (
-        binary, rc, out[:SNIPPET], err_tail), rc=rc)
+        binary, rc, quoted(out[:SNIPPET]), err_tail), rc=rc)
 
 
 if __name__ == "__main__":

@@ -262,6 +262,10 @@ fn restart_pebble(bed: &Testbed) -> RestartedPebble {
         })
         .collect();
     let cwd = fs::read_link(proc_dir.join("cwd")).expect("pebble cwd");
+    // No bed of a parallel test may pick Pebble's ports until it listens again.
+    let _ports = common::PORTS_IN_FLUX
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     run(Command::new("kill").arg(pid));
     let deadline = Instant::now() + Duration::from_secs(10);
     while fs::read_to_string(proc_dir.join("stat")).is_ok_and(|s| !s.contains(") Z ")) {
@@ -288,9 +292,14 @@ fn restart_pebble(bed: &Testbed) -> RestartedPebble {
         .and_then(|p| p.split('/').next())
         .unwrap()
         .to_owned();
+    let log_path = Path::new(bed.get("TESTBED_STATE_DIR")).join("pebble-restarted.log");
     let deadline = Instant::now() + Duration::from_secs(60);
     while TcpStream::connect(format!("127.0.0.1:{port}")).is_err() {
-        assert!(Instant::now() < deadline, "restarted pebble never listened");
+        assert!(
+            Instant::now() < deadline,
+            "restarted pebble never listened: {}",
+            fs::read_to_string(&log_path).unwrap_or_default()
+        );
         thread::sleep(Duration::from_millis(100));
     }
     guard

@@ -93,6 +93,11 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Held while ports are being chosen or handed back: by every bed start in this test binary,
+/// and by a test that stops a daemon and starts it again on the same port, so a bed starting
+/// in a parallel test cannot take the port in between.
+pub static PORTS_IN_FLUX: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A running test bed; stopped (exactly what it started) when dropped, also on panic.
 pub struct Testbed {
     pub state: tempfile::TempDir,
@@ -107,6 +112,11 @@ impl Testbed {
 
     /// As [`Testbed::start`], with environment for Pebble's knobs (`PEBBLE_AUTHZREUSE`, ...).
     pub fn start_env(opts: &[&str], env: &[(&str, &str)]) -> Testbed {
+        // A bed picks free ports when it starts: not while a test restarts a daemon on a port
+        // it just freed (see [`PORTS_IN_FLUX`]).
+        let _ports = PORTS_IN_FLUX
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let state = tempfile::Builder::new()
             .prefix("certbridge-bed-")
             .tempdir()
