@@ -29,7 +29,7 @@ lint:
 
 # Rust unit and integration tests (dev-profile binaries), then the release binaries' checks.
 test-rust:
-	$(CARGO) test --locked --workspace --no-fail-fast
+	scripts/test-rust
 
 test-ansible: modules
 	scripts/test-ansible
