@@ -1,5 +1,5 @@
-//! Self-tests of the fault-injecting ACME proxy (tests/support/ca_proxy.rs) against a real
-//! test bed, driven by instant-acme: URL rewriting, recording, injected faults, renewal
+//! Self-tests of the fault-injecting ACME proxy (certbridge-testsupport's `ca_proxy`) against
+//! a real test bed, driven by instant-acme: URL rewriting, recording, injected faults, renewal
 //! information and profiles.
 
 use certbridge_testsupport as support;
