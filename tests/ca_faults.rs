@@ -47,7 +47,7 @@ fn pebble_stopped_between_request_and_finalize_changes_nothing_and_the_next_puls
     let pebble = PebbleCommand::of(&bed);
     let before = host.cert_files("dyn1.example.test");
     stop_pebble(&bed);
-    let down = host.finalize(&json!({"certs": certs["certs"], "timeout": 20}));
+    let down = host.finalize(json!({"certs": certs["certs"], "timeout": 20}));
     assert!(down.failed(), "{}", down.json);
     let msg = down.msg();
     assert!(
@@ -112,7 +112,7 @@ fn retry_after_inside_the_deadline_is_waited_out_and_beyond_it_backs_off() {
     assert_eq!(answered(Endpoint::Finalize), vec![Some(503), Some(200)]);
     host.assert_complete("dyn1.example.test", &["dyn1.example.test"]);
     let installed = host.cert_files("dyn1.example.test");
-    let _ = host.finalize(&json!({"certs": certs["certs"], "ack": ["main"]}));
+    let _ = host.finalize(json!({"certs": certs["certs"], "ack": ["main"]}));
 
     // The names change, and newOrder is rate-limited for an hour: a clear failure saying when,
     // and a stored backoff the next pulse reports.
@@ -272,7 +272,7 @@ fn a_hanging_connection_fails_at_the_per_request_deadline() {
     );
     assert_eq!(fin["updated"], json!(["main"]));
     let installed = host.cert_files("dyn1.example.test");
-    let req = host.request(&json!({"certs": certs["certs"], "force": true}));
+    let req = host.request(json!({"certs": certs["certs"], "force": true}));
     publish(&bed, &ok(&req)["acme_txt_required"]);
     proxy.inject(Fault::hang(Endpoint::Finalize, 1));
     let stuck = host.finalize(&quick);
@@ -294,7 +294,7 @@ fn a_hanging_connection_fails_at_the_per_request_deadline() {
     host.assert_complete("dyn1.example.test", &["dyn1.example.test"]);
 
     // A bad value is refused before any network access.
-    let bad = host.request(&json!({"certs": certs["certs"], "request_timeout": 0}));
+    let bad = host.request(json!({"certs": certs["certs"], "request_timeout": 0}));
     assert!(
         bad.failed() && bad.msg().contains("request_timeout"),
         "{}",

@@ -391,10 +391,10 @@ fn every_request_goes_through_the_configured_proxy() {
 
     // From the environment, as `https_proxy`, for both modules.
     let env = [("https_proxy", proxy_url.as_str())];
-    let args = host.args(&json!({"force": true}));
+    let args = host.args(json!({"force": true}));
     let req = run_module_env("acme_request", &args, &env);
     assert_eq!(ok(&req)["pending"], json!(["main"]));
-    let fin = run_module_env("acme_finalize", &host.args(&json!({})), &env);
+    let fin = run_module_env("acme_finalize", &host.args(json!({})), &env);
     assert_eq!(ok(&fin)["updated"], json!(["main"]));
     assert!(proxy.tunnels.load(Ordering::SeqCst) > via_option);
 
@@ -404,7 +404,7 @@ fn every_request_goes_through_the_configured_proxy() {
         ("https_proxy", proxy_url.as_str()),
         ("no_proxy", "127.0.0.1"),
     ];
-    let args = host.args(&json!({"force": true, "timeout": 20}));
+    let args = host.args(json!({"force": true, "timeout": 20}));
     let bypass = run_module_env("acme_request", &args, &env);
     assert!(bypass.failed(), "{}", bypass.json);
     assert_eq!(proxy.tunnels.load(Ordering::SeqCst), before);
