@@ -2,24 +2,23 @@
 //! and their dns-01 values, resuming in a new "process", finalizing, CA restarts, flaky nonces,
 //! the CA's problem documents, and the HTTP layer's failures (unreachable, timeout, TLS, proxy).
 
-mod common;
+use certbridge_testsupport as support;
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::io::Read;
+use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::process::Command;
+use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use certbridge_acme::client::{
-    decode_eab_key, runtime, AccountStore, AcmeError, ClientConfig, OrderStatus, PendingChallenge,
+    decode_eab_key, runtime, AccountStore, AcmeError, ClientConfig, OrderStatus,
 };
 use certbridge_core::names::Identifier;
-use common::Testbed;
+use support::{publish, restart_pebble, ConnectProxy, Testbed};
 
 fn ids(names: &[&str]) -> Vec<Identifier> {
     names
@@ -43,78 +42,6 @@ fn run(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn dig(bed: &Testbed, name: &str, rtype: &str) -> Vec<String> {
-    let out = run(Command::new("dig").arg(format!("@{}", "127.0.0.1")).args([
-        "-p",
-        bed.get("TESTBED_DNS_PORT"),
-        "+short",
-        name,
-        rtype,
-    ]));
-    out.lines()
-        .map(|l| l.trim().trim_matches('"').to_owned())
-        .filter(|l| !l.is_empty())
-        .collect()
-}
-
-/// Publishes the values in the bed's dynamic signing zone (RFC 2136, TSIG), at the target of
-/// each record's CNAME, and waits until the primary answers all of them.
-fn publish(bed: &Testbed, challenges: &[PendingChallenge]) {
-    let mut script = format!(
-        "server 127.0.0.1 {}\nzone {}\n",
-        bed.get("TESTBED_DNS_PORT"),
-        bed.get("TESTBED_DYNAMIC_ZONE")
-    );
-    let mut expected = Vec::new();
-    for c in challenges {
-        let targets = dig(bed, c.record.as_str(), "CNAME");
-        let target = targets
-            .first()
-            .unwrap_or_else(|| panic!("{} has no CNAME in the bed", c.record));
-        script.push_str(&format!("update add {target} 60 TXT \"{}\"\n", c.value));
-        expected.push((target.clone(), c.value.to_string()));
-    }
-    script.push_str("send\n");
-    let key = format!(
-        "{}:{}:{}",
-        bed.get("TESTBED_TSIG_ALGORITHM"),
-        bed.get("TESTBED_TSIG_NAME"),
-        bed.get("TESTBED_TSIG_SECRET")
-    );
-    let mut child = Command::new("nsupdate")
-        .args(["-y", &key])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("nsupdate");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(script.as_bytes())
-        .expect("write nsupdate script");
-    let out = child.wait_with_output().expect("nsupdate");
-    assert!(
-        out.status.success(),
-        "nsupdate failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for (target, value) in expected {
-        loop {
-            if dig(bed, &target, "TXT").contains(&value) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{value} never visible at {target}"
-            );
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
 }
 
 /// A CSR (DER) for the names, with a fresh P-256 key made by openssl.
@@ -171,138 +98,6 @@ fn verify_chain(bed: &Testbed, dir: &Path, chain_pem: &str, names: &[&str]) {
 
 fn mode(path: &Path) -> u32 {
     fs::metadata(path).unwrap().permissions().mode() & 0o777
-}
-
-/// A minimal HTTP CONNECT proxy that counts its tunnels and refuses targets not allowed.
-struct ConnectProxy {
-    port: u16,
-    tunnels: Arc<AtomicUsize>,
-}
-
-fn start_proxy(allowed_port: u16) -> ConnectProxy {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let tunnels = Arc::new(AtomicUsize::new(0));
-    let count = tunnels.clone();
-    thread::spawn(move || {
-        for client in listener.incoming().flatten() {
-            let count = count.clone();
-            thread::spawn(move || serve_tunnel(client, allowed_port, &count));
-        }
-    });
-    ConnectProxy { port, tunnels }
-}
-
-fn serve_tunnel(client: TcpStream, allowed_port: u16, count: &AtomicUsize) {
-    let mut reader = BufReader::new(client.try_clone().unwrap());
-    let mut line = String::new();
-    if reader.read_line(&mut line).is_err() {
-        return;
-    }
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h).is_err() || h == "\r\n" || h.is_empty() {
-            break;
-        }
-    }
-    let target = line
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or_default()
-        .to_owned();
-    let mut client = client;
-    if !line.starts_with("CONNECT ") || !target.ends_with(&format!(":{allowed_port}")) {
-        let _ = client.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n");
-        return;
-    }
-    let Ok(upstream) = TcpStream::connect(&target) else {
-        let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n");
-        return;
-    };
-    count.fetch_add(1, Ordering::SeqCst);
-    let _ = client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n");
-    let (mut c2, mut u2) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
-    let mut upstream = upstream;
-    let up = thread::spawn(move || {
-        let _ = std::io::copy(&mut reader, &mut upstream);
-        let _ = upstream.shutdown(Shutdown::Write);
-    });
-    let _ = std::io::copy(&mut u2, &mut c2);
-    let _ = c2.shutdown(Shutdown::Write);
-    let _ = up.join();
-}
-
-/// Pebble restarted with the same command line (same ports, TLS cert), forgetting every
-/// account and order; killed (by its pid) on drop.
-struct RestartedPebble(Child);
-
-impl Drop for RestartedPebble {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn restart_pebble(bed: &Testbed) -> RestartedPebble {
-    let pid = bed.get("TESTBED_PEBBLE_PID");
-    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-    let cmdline = fs::read(proc_dir.join("cmdline")).expect("pebble cmdline");
-    let args: Vec<String> = cmdline
-        .split(|b| *b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    let environ = fs::read(proc_dir.join("environ")).expect("pebble environ");
-    let env: Vec<(String, String)> = environ
-        .split(|b| *b == 0)
-        .filter_map(|kv| {
-            let kv = String::from_utf8_lossy(kv).into_owned();
-            kv.split_once('=')
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        })
-        .collect();
-    let cwd = fs::read_link(proc_dir.join("cwd")).expect("pebble cwd");
-    // No bed of a parallel test may pick Pebble's ports until it listens again.
-    let _ports = common::PORTS_IN_FLUX
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    run(Command::new("kill").arg(pid));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while fs::read_to_string(proc_dir.join("stat")).is_ok_and(|s| !s.contains(") Z ")) {
-        assert!(Instant::now() < deadline, "pebble {pid} did not stop");
-        thread::sleep(Duration::from_millis(50));
-    }
-    let log =
-        fs::File::create(Path::new(bed.get("TESTBED_STATE_DIR")).join("pebble-restarted.log"))
-            .unwrap();
-    let child = Command::new(&args[0])
-        .args(&args[1..])
-        .env_clear()
-        .envs(env)
-        .current_dir(cwd)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("restart pebble");
-    let guard = RestartedPebble(child);
-    let port = bed
-        .get("TESTBED_ACME_DIRECTORY")
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.split('/').next())
-        .unwrap()
-        .to_owned();
-    let log_path = Path::new(bed.get("TESTBED_STATE_DIR")).join("pebble-restarted.log");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while TcpStream::connect(format!("127.0.0.1:{port}")).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "restarted pebble never listened: {}",
-            fs::read_to_string(&log_path).unwrap_or_default()
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
-    guard
 }
 
 /// The whole client against one bed: account creation and reuse, an order with a wildcard and
@@ -491,7 +286,7 @@ fn client_against_the_test_bed() {
         .and_then(|p| p.split('/').next())
         .and_then(|p| p.parse().ok())
         .unwrap();
-    let proxy = start_proxy(acme_port);
+    let proxy = ConnectProxy::allowing(acme_port);
     let mut proxied = bed_config(&bed, budget);
     proxied.proxy = Some(format!("http://127.0.0.1:{}", proxy.port));
     let via_proxy = rt
@@ -503,7 +298,7 @@ fn client_against_the_test_bed() {
         .expect("order through the proxy");
     assert_eq!(order.challenges.len(), 1);
     assert!(proxy.tunnels.load(Ordering::SeqCst) >= 1);
-    let refusing = start_proxy(1);
+    let refusing = ConnectProxy::allowing(1);
     let mut refused = bed_config(&bed, Duration::from_secs(20));
     refused.proxy = Some(format!("http://127.0.0.1:{}", refusing.port));
     let err = rt

@@ -1,12 +1,12 @@
 //! acme_finalize without a CA (`self_sign`): the layout services read, modes, `updated` until
 //! `ack`, `force`, `only`, `rollback`, per-cert key types, and bad input.
-mod common;
+use certbridge_testsupport as support;
 
-use common::run_module;
 use serde_json::{json, Value};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
+use support::run_module;
 
 fn args(root: &Path, extra: Value) -> Value {
     let mut v = json!({

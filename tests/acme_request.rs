@@ -1,47 +1,16 @@
 //! acme_request without a CA: bad input is refused before any disk or network access, check
 //! mode touches nothing, decisions and reasons, `self_sign` pending, and a no-op pulse with
 //! nothing listening at the directory URL.
-mod common;
+use certbridge_testsupport as support;
 
-use common::run_module;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
+use support::{run_module, tree};
 
 /// A directory URL nothing listens on: any network access would fail (or hang) visibly.
 const DEAD_DIRECTORY: &str = "https://127.0.0.1:9/dir";
-
-fn tree_hash(root: &Path) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            let rel = p.strip_prefix(root).unwrap().display().to_string();
-            let meta = std::fs::symlink_metadata(&p).unwrap();
-            if meta.is_symlink() {
-                out.insert(
-                    rel,
-                    format!("-> {}", std::fs::read_link(&p).unwrap().display()),
-                );
-            } else if meta.is_dir() {
-                out.insert(rel.clone(), "dir".into());
-                walk(root, &p, out);
-            } else {
-                let data = std::fs::read(&p).unwrap();
-                out.insert(
-                    rel,
-                    format!("{:?} {}", meta.modified().unwrap(), data.len()),
-                );
-            }
-        }
-    }
-    walk(root, root, &mut out);
-    out
-}
 
 fn base(root: &Path) -> Value {
     json!({
@@ -66,7 +35,7 @@ fn bad_input_fails_fast_naming_the_culprit_and_touches_nothing() {
     let root = tmp.path();
     std::fs::create_dir_all(root.join("certs/keep")).unwrap();
     std::fs::write(root.join("certs/keep/file"), "x").unwrap();
-    let before = tree_hash(root);
+    let before = tree::written(root);
     let many: Vec<String> = (0..101).map(|i| format!("n{i}.example.test")).collect();
     let cases: Vec<(Value, &str)> = vec![
         (json!({}), "missing required option `certs`"),
@@ -168,7 +137,7 @@ fn bad_input_fails_fast_naming_the_culprit_and_touches_nothing() {
             run.stdout
         );
     }
-    assert_eq!(tree_hash(root), before, "bad input changed files");
+    assert_eq!(tree::written(root), before, "bad input changed files");
     println!("bad-input cases exercised: {}", cases.len());
 }
 
@@ -219,7 +188,7 @@ fn check_mode_and_self_sign_pending_and_noop_without_network() {
     // Finalize, then the next pulse is a no-op: nothing listens at the directory URL.
     let fin = run_module("acme_finalize", &args);
     assert!(!fin.failed(), "{}", fin.json);
-    let before = tree_hash(&root.join("certs"));
+    let before = tree::written(&root.join("certs"));
     let noop = run_module(
         "acme_request",
         &with(args.clone(), json!({"self_sign": false, "force": false})),
@@ -241,9 +210,9 @@ fn check_mode_and_self_sign_pending_and_noop_without_network() {
         .lines()
         .all(|l| serde_json::from_str::<Value>(l).is_ok()));
     assert!(!log.contains("PRIVATE KEY"));
-    let after = tree_hash(&root.join("certs"));
+    let after = tree::written(&root.join("certs"));
     // Only bookkeeping may change on the failed attempt (backoff); cert files never.
-    let files = |t: &BTreeMap<String, String>| -> BTreeMap<String, String> {
+    let files = |t: &BTreeMap<String, tree::Written>| -> BTreeMap<String, tree::Written> {
         t.iter()
             .filter(|(k, _)| !k.starts_with(".certbridge"))
             .map(|(k, v)| (k.clone(), v.clone()))

@@ -2,14 +2,14 @@
 //! layouts, both methods, idempotence, rejected records, faults, keep_seconds, and a paused
 //! secondary. Each test starts its own bed (about 2 s) so they can run in parallel.
 
-mod common;
+use certbridge_testsupport as support;
 
-use common::{run_module, ModuleRun, Testbed};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
+use support::{run_module, ModuleRun, Testbed};
 
 /// A deterministic dns-01-shaped value (43 base64url characters) from a short tag.
 fn digest(tag: &str) -> String {

@@ -4,63 +4,20 @@
 //! no traffic) and before any disk change (the cert root, zone and state trees are hashed
 //! before and after every row). Prints how many rows each module exercised.
 
-mod common;
+use certbridge_testsupport as support;
 
-use common::module_bin;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
 use std::net::{TcpListener, UdpSocket};
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
+use support::{module_bin, tree};
 
 const ORIGIN: &str = "acme.example.test";
 const TSIG_GOOD: &str = "c2VjcmV0LXRzaWcta2V5LWZvci10aGUtdGFibGUtdGVzdA==";
 /// A shape-valid dns-01 value (43 base64url characters).
 const DIGEST: &str = "DRwHgzN8aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-";
-
-/// Every file, directory and link under `root`: kind, size, mode, owner, mtime and a content
-/// hash. Any change (new, removed, rewritten or re-moded entry) changes the map.
-fn tree_hash(root: &Path) -> BTreeMap<String, String> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let rel = path.strip_prefix(root).unwrap().display().to_string();
-            let meta = std::fs::symlink_metadata(&path).unwrap();
-            let common = format!(
-                "mode {:o} uid {} gid {} mtime {}.{}",
-                meta.mode(),
-                meta.uid(),
-                meta.gid(),
-                meta.mtime(),
-                meta.mtime_nsec()
-            );
-            if meta.is_symlink() {
-                let target = std::fs::read_link(&path).unwrap();
-                out.insert(rel, format!("link -> {} {common}", target.display()));
-            } else if meta.is_dir() {
-                out.insert(rel.clone(), format!("dir {common}"));
-                walk(root, &path, out);
-            } else {
-                let data = std::fs::read(&path).unwrap();
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                data.hash(&mut h);
-                out.insert(
-                    rel,
-                    format!("file {} bytes {:016x} {common}", data.len(), h.finish()),
-                );
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
-    out
-}
 
 /// Sockets on loopback that stand in for the ACME CA and every DNS server: a module that
 /// reached the network would connect to (or send to) one of them.
@@ -175,7 +132,7 @@ impl Fixture {
             sentinels: Sentinels::start(),
         };
         // A real zone file, rendered by the module itself, that a faulty row would rewrite.
-        let made = common::run_module("zone_render", &fx.zone_render());
+        let made = support::run_module("zone_render", &fx.zone_render());
         assert!(!made.failed() && made.changed(), "{}", made.json);
         fx
     }
@@ -728,7 +685,7 @@ fn malformed_inputs_fail_fast_naming_the_culprit_and_touch_nothing() {
     let mut per_module: BTreeMap<&str, usize> = BTreeMap::new();
     let mut slowest = (Duration::ZERO, String::new());
     for r in &rows {
-        let before = tree_hash(&fx.root);
+        let before = tree::snapshot(&fx.root);
         let out = call(r.module, &r.input);
         let label = format!("{} / {}", r.module, r.what);
         *per_module.entry(r.module).or_default() += 1;
@@ -754,7 +711,7 @@ fn malformed_inputs_fail_fast_naming_the_culprit_and_touch_nothing() {
         if !traffic.is_empty() {
             problems.push(format!("{label}: reached the network: {traffic:?}"));
         }
-        let after = tree_hash(&fx.root);
+        let after = tree::snapshot(&fx.root);
         if after != before {
             let changed: Vec<_> = after
                 .iter()

@@ -1,198 +1,14 @@
 //! CA faults against the real module binaries: Pebble stopped between acme_request and
 //! acme_finalize, rate limits and outages with Retry-After inside and beyond the deadline, a
 //! rate-limited newAccount on one of two hosts, and connections that hang. Faults come from
-//! the fault-injecting proxy in front of Pebble (tests/support/ca_proxy.rs); values are published
-//! by TSIG-signed nsupdate into the bed's dynamic signing zone.
-#[path = "support/ca_proxy.rs"]
-mod ca_proxy;
-#[path = "support/certset.rs"]
-mod certset;
-mod common;
+//! the fault-injecting proxy in front of Pebble (certbridge-testsupport's `ca_proxy`); values
+//! are published by TSIG-signed nsupdate into the bed's dynamic signing zone.
+use certbridge_testsupport as support;
 
-use ca_proxy::{CaProxy, Endpoint, Fault, ProxyConfig};
-use common::{run_module, ModuleRun, Testbed};
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-/// One managed host: its own cert root, log and ACME endpoint (Pebble or the proxy).
-struct Host {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    base: Value,
-}
-
-impl Host {
-    fn new(directory: &str, ca_file: &Path, seed: &str) -> Host {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().to_path_buf();
-        let base = json!({
-            "directory": directory,
-            "ca_file": ca_file,
-            "cert_root": root.join("certs"),
-            "log_file": root.join("certbridge.log"),
-            "jitter_seed": seed,
-        });
-        Host {
-            _tmp: tmp,
-            root,
-            base,
-        }
-    }
-
-    fn on_bed(bed: &Testbed) -> Host {
-        Host::new(
-            bed.get("TESTBED_ACME_DIRECTORY"),
-            Path::new(bed.get("TESTBED_ACME_CA_FILE")),
-            "fault-host",
-        )
-    }
-
-    fn via(proxy: &CaProxy, seed: &str) -> Host {
-        Host::new(&proxy.directory_url(), proxy.ca_file(), seed)
-    }
-
-    fn args(&self, extra: &Value) -> Value {
-        let mut v = self.base.clone();
-        let (Value::Object(a), Value::Object(b)) = (&mut v, extra.clone()) else {
-            panic!()
-        };
-        a.extend(b);
-        v
-    }
-
-    fn request(&self, extra: &Value) -> ModuleRun {
-        run_module("acme_request", &self.args(extra))
-    }
-
-    fn finalize(&self, extra: &Value) -> ModuleRun {
-        run_module("acme_finalize", &self.args(extra))
-    }
-
-    /// Every file under the cert dir `dir` with its bytes (links as their targets): what
-    /// services could read. Bookkeeping under `.certbridge/` is not part of it.
-    fn cert_files(&self, dir: &str) -> BTreeMap<String, Vec<u8>> {
-        let mut out = BTreeMap::new();
-        fn walk(dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-                let p = e.path();
-                let m = std::fs::symlink_metadata(&p).unwrap();
-                let v = if m.is_symlink() {
-                    std::fs::read_link(&p)
-                        .unwrap()
-                        .display()
-                        .to_string()
-                        .into_bytes()
-                } else if m.is_dir() {
-                    walk(&p, out);
-                    b"dir".to_vec()
-                } else {
-                    std::fs::read(&p).unwrap()
-                };
-                out.insert(p.display().to_string(), v);
-            }
-        }
-        walk(&self.root.join("certs").join(dir), &mut out);
-        out
-    }
-
-    fn serial(&self, dir: &str) -> String {
-        let pem =
-            std::fs::read_to_string(self.root.join("certs").join(dir).join("cert.pem")).unwrap();
-        certbridge_acme::certinfo::leaf_info_pem(&pem, "cert.pem")
-            .unwrap()
-            .serial
-    }
-
-    /// The installed set of `dir` is complete and covers `names`.
-    fn assert_complete(&self, dir: &str, names: &[&str]) {
-        let seen = certset::read_set(&self.root.join("certs").join(dir), dir, names)
-            .unwrap_or_else(|e| panic!("{dir}: {e}"));
-        assert!(
-            matches!(seen, certset::Seen::Complete(_)),
-            "{dir}: nothing installed"
-        );
-    }
-}
-
-fn ok(run: &ModuleRun) -> &Value {
-    assert!(!run.failed(), "module failed: {}", run.json);
-    &run.json
-}
-
-fn dig(bed: &Testbed, rtype: &str, name: &str) -> Vec<String> {
-    let out = Command::new("dig")
-        .args([
-            "+short",
-            "-p",
-            bed.get("TESTBED_DNS_PORT"),
-            "@127.0.0.1",
-            rtype,
-            name,
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.trim().trim_matches('"').trim_end_matches('.').to_owned())
-        .filter(|l| !l.is_empty())
-        .collect()
-}
-
-/// Publishes `acme_txt_required` into the dynamic signing zone through each record's CNAME
-/// (TSIG-signed nsupdate), then waits until the bed's resolver answers every value.
-fn publish(bed: &Testbed, txt: &Value) {
-    let mut script = format!(
-        "server 127.0.0.1 {}\nzone dyn-signing.test\n",
-        bed.get("TESTBED_DNS_PORT")
-    );
-    let mut wanted = Vec::new();
-    for t in txt.as_array().expect("acme_txt_required") {
-        let record = t["record"].as_str().unwrap();
-        let value = t["value"].as_str().unwrap();
-        let target = dig(bed, "CNAME", record)
-            .pop()
-            .unwrap_or_else(|| panic!("{record} has no CNAME in the bed"));
-        assert!(
-            target.ends_with(".dyn-signing.test"),
-            "{record} -> {target}"
-        );
-        script.push_str(&format!("update add {target}. 60 TXT \"{value}\"\n"));
-        wanted.push((record.to_owned(), value.to_owned()));
-    }
-    if wanted.is_empty() {
-        return;
-    }
-    script.push_str("send\n");
-    let key = format!(
-        "{}:{}:{}",
-        bed.get("TESTBED_TSIG_ALGORITHM"),
-        bed.get("TESTBED_TSIG_NAME"),
-        bed.get("TESTBED_TSIG_SECRET")
-    );
-    let mut child = Command::new("nsupdate")
-        .args(["-y", &key])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "nsupdate failed");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for (record, value) in wanted {
-        while !dig(bed, "TXT", &record).contains(&value) {
-            assert!(Instant::now() < deadline, "{record} {value} not visible");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
+use std::time::Duration;
+use support::ca_proxy::{CaProxy, Endpoint, Fault, ProxyConfig};
+use support::{ok, publish, stop_pebble, Host, PebbleCommand, Testbed};
 
 /// acme_request (must succeed), publish, acme_finalize (must succeed).
 fn pulse(bed: &Testbed, host: &Host, extra: &Value) -> (Value, Value) {
@@ -201,90 +17,6 @@ fn pulse(bed: &Testbed, host: &Host, extra: &Value) -> (Value, Value) {
     publish(bed, &req["acme_txt_required"]);
     let fin = host.finalize(extra);
     (req, ok(&fin).clone())
-}
-
-/// How to start the bed's Pebble again (same argv, environment and ports): a new CA that has
-/// forgotten every account and order.
-struct PebbleCommand {
-    argv: Vec<String>,
-    environ: Vec<(String, String)>,
-    cwd: PathBuf,
-    port: u16,
-}
-
-fn proc_list(pid: &str, what: &str) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/{what}"))
-        .unwrap()
-        .split(|b| *b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect()
-}
-
-impl PebbleCommand {
-    fn of(bed: &Testbed) -> PebbleCommand {
-        let pid = bed.get("TESTBED_PEBBLE_PID");
-        let port = bed
-            .get("TESTBED_ACME_DIRECTORY")
-            .rsplit_once(':')
-            .and_then(|(_, rest)| rest.split('/').next())
-            .and_then(|p| p.parse().ok())
-            .unwrap();
-        PebbleCommand {
-            argv: proc_list(pid, "cmdline"),
-            environ: proc_list(pid, "environ")
-                .into_iter()
-                .filter_map(|kv| {
-                    kv.split_once('=')
-                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                })
-                .collect(),
-            cwd: std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(),
-            port,
-        }
-    }
-
-    fn start(&self) -> RunningPebble {
-        let child = Command::new(&self.argv[0])
-            .args(&self.argv[1..])
-            .env_clear()
-            .envs(self.environ.clone())
-            .current_dir(&self.cwd)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "restarted pebble does not listen"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        RunningPebble(child)
-    }
-}
-
-/// Stops the bed's Pebble by pid and waits until it is gone.
-fn stop_pebble(bed: &Testbed) {
-    let pid = bed.get("TESTBED_PEBBLE_PID");
-    assert!(Command::new("kill").arg(pid).status().unwrap().success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z ")) {
-        assert!(Instant::now() < deadline, "pebble {pid} did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A Pebble the test started; killed on drop.
-struct RunningPebble(std::process::Child);
-
-impl Drop for RunningPebble {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn proxy_for(bed: &Testbed) -> CaProxy {
@@ -296,17 +28,13 @@ fn proxy_for(bed: &Testbed) -> CaProxy {
 }
 
 fn retry_not_before(host: &Host, cert: &str) -> Option<i64> {
-    let path = host
-        .root
-        .join(format!("certs/.certbridge/certs/{cert}.json"));
-    let meta: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    meta["retry_not_before"].as_i64()
+    host.cert_meta(cert)["retry_not_before"].as_i64()
 }
 
 #[test]
 fn pebble_stopped_between_request_and_finalize_changes_nothing_and_the_next_pulse_completes() {
     let bed = Testbed::start(&["--hosts", "4"]);
-    let host = Host::on_bed(&bed);
+    let host = Host::on_bed(&bed).with(json!({"jitter_seed": "fault-host"}));
     let certs = json!({"certs": {"main": ["dyn1.example.test", "dyn2.example.test"]}});
     let (_, fin) = pulse(&bed, &host, &certs);
     assert_eq!(fin["updated"], json!(["main"]));
@@ -319,7 +47,7 @@ fn pebble_stopped_between_request_and_finalize_changes_nothing_and_the_next_puls
     let pebble = PebbleCommand::of(&bed);
     let before = host.cert_files("dyn1.example.test");
     stop_pebble(&bed);
-    let down = host.finalize(&json!({"certs": certs["certs"], "timeout": 20}));
+    let down = host.finalize(json!({"certs": certs["certs"], "timeout": 20}));
     assert!(down.failed(), "{}", down.json);
     let msg = down.msg();
     assert!(
@@ -384,7 +112,7 @@ fn retry_after_inside_the_deadline_is_waited_out_and_beyond_it_backs_off() {
     assert_eq!(answered(Endpoint::Finalize), vec![Some(503), Some(200)]);
     host.assert_complete("dyn1.example.test", &["dyn1.example.test"]);
     let installed = host.cert_files("dyn1.example.test");
-    let _ = host.finalize(&json!({"certs": certs["certs"], "ack": ["main"]}));
+    let _ = host.finalize(json!({"certs": certs["certs"], "ack": ["main"]}));
 
     // The names change, and newOrder is rate-limited for an hour: a clear failure saying when,
     // and a stored backoff the next pulse reports.
@@ -544,7 +272,7 @@ fn a_hanging_connection_fails_at_the_per_request_deadline() {
     );
     assert_eq!(fin["updated"], json!(["main"]));
     let installed = host.cert_files("dyn1.example.test");
-    let req = host.request(&json!({"certs": certs["certs"], "force": true}));
+    let req = host.request(json!({"certs": certs["certs"], "force": true}));
     publish(&bed, &ok(&req)["acme_txt_required"]);
     proxy.inject(Fault::hang(Endpoint::Finalize, 1));
     let stuck = host.finalize(&quick);
@@ -566,7 +294,7 @@ fn a_hanging_connection_fails_at_the_per_request_deadline() {
     host.assert_complete("dyn1.example.test", &["dyn1.example.test"]);
 
     // A bad value is refused before any network access.
-    let bad = host.request(&json!({"certs": certs["certs"], "request_timeout": 0}));
+    let bad = host.request(json!({"certs": certs["certs"], "request_timeout": 0}));
     assert!(
         bad.failed() && bad.msg().contains("request_timeout"),
         "{}",

@@ -1,13 +1,9 @@
-//! Self-tests of the fault-injecting ACME proxy (tests/support/ca_proxy.rs) against a real
-//! test bed, driven by instant-acme: URL rewriting, recording, injected faults, renewal
+//! Self-tests of the fault-injecting ACME proxy (certbridge-testsupport's `ca_proxy`) against
+//! a real test bed, driven by instant-acme: URL rewriting, recording, injected faults, renewal
 //! information and profiles.
 
-#[path = "support/ca_proxy.rs"]
-mod ca_proxy;
-mod common;
+use certbridge_testsupport as support;
 
-use ca_proxy::{CaProxy, Endpoint, Fault, ProxyConfig, Window};
-use common::Testbed;
 use instant_acme::{
     Account, AccountCredentials, AuthorizationStatus, CertificateIdentifier, ChallengeType, Error,
     Identifier, NewAccount, NewOrder, Order, OrderStatus, RetryPolicy,
@@ -16,6 +12,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use std::future::Future;
 use std::time::Duration;
+use support::ca_proxy::{CaProxy, Endpoint, Fault, ProxyConfig, Window};
+use support::Testbed;
 
 /// Every ACME exchange here must finish well within this, else the test fails (never hangs).
 const STEP: Duration = Duration::from_secs(60);

@@ -2,16 +2,14 @@
 //! directories 2750 with a group, whatever the caller's umask (000 or 077); two acme_finalize
 //! runs at once on one cert root; a run that waits for the lock held by another process, or
 //! gives up after its timeout naming the lock file and the holder's pid.
-#[path = "support/certset.rs"]
-mod certset;
-mod common;
+use certbridge_testsupport as support;
 
-use common::{module_bin, run_module};
 use serde_json::{json, Value};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+use support::{module_bin, run_module, tree};
 
 const CERTS: [(&str, &[&str]); 2] = [
     ("main", &["web.root.test", "www.root.test"]),
@@ -157,7 +155,7 @@ fn check_modes(root: &Path, gid: Option<u32>, when: &str) -> usize {
             }
         }
         // Through the stable names, as a service opens them.
-        for f in certset::service_files(&first) {
+        for f in support::certset::service_files(&first) {
             let private = f == "privkey.pem" || f == "combined.pem" || f.ends_with(".key");
             assert_eq!(
                 mode(&dir.join(&f)),
@@ -165,22 +163,16 @@ fn check_modes(root: &Path, gid: Option<u32>, when: &str) -> usize {
                 "{when}: {f}"
             );
         }
-        certset::read_set(&dir, &first, names).unwrap_or_else(|e| panic!("{when}: {e}"));
+        support::certset::read_set(&dir, &first, names).unwrap_or_else(|e| panic!("{when}: {e}"));
     }
     // Bookkeeping: nobody but the owner reads any of it (accounts, metadata, order keys, the
     // self-sign CA's key).
     assert_eq!(mode(&certs.join(".certbridge")), 0o700, "{when}");
-    fn walk(p: &Path, out: &mut Vec<PathBuf>) {
-        for e in std::fs::read_dir(p).unwrap().flatten() {
-            let m = std::fs::symlink_metadata(e.path()).unwrap();
-            if m.is_dir() {
-                walk(&e.path(), out);
-            }
-            out.push(e.path());
-        }
-    }
-    let mut reserved = Vec::new();
-    walk(&certs.join(".certbridge"), &mut reserved);
+    let bookkeeping = certs.join(".certbridge");
+    let reserved: Vec<PathBuf> = tree::snapshot(&bookkeeping)
+        .into_keys()
+        .map(|p| bookkeeping.join(p))
+        .collect();
     for p in &reserved {
         let m = mode(p);
         let public_cert = p.extension().is_some_and(|e| e == "pem")
@@ -254,7 +246,7 @@ fn two_finalize_runs_at_once_both_succeed_and_one_installs() {
         installs += 1;
         for (_, names) in CERTS {
             let dir = root.join("certs").join(dir_of(names));
-            certset::read_set(&dir, &dir_of(names), names).unwrap();
+            support::certset::read_set(&dir, &dir_of(names), names).unwrap();
             // Exactly one generation was installed.
             assert_eq!(
                 std::fs::read_link(dir.join("current")).unwrap(),
@@ -308,7 +300,7 @@ fn a_run_waits_for_the_holder_or_gives_up_naming_the_lock_and_its_pid() {
         assert!(Instant::now() < deadline, "the holder never took the lock");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let before = certset::read_set(
+    let before = support::certset::read_set(
         &root.join("certs").join(dir_of(CERTS[0].1)),
         &dir_of(CERTS[0].1),
         CERTS[0].1,
@@ -327,7 +319,7 @@ fn a_run_waits_for_the_holder_or_gives_up_naming_the_lock_and_its_pid() {
         gave_up.elapsed
     );
     assert_eq!(
-        certset::read_set(
+        support::certset::read_set(
             &root.join("certs").join(dir_of(CERTS[0].1)),
             &dir_of(CERTS[0].1),
             CERTS[0].1
@@ -358,8 +350,8 @@ fn a_run_waits_for_the_holder_or_gives_up_naming_the_lock_and_its_pid() {
     for (_, names) in CERTS {
         let dir = root.join("certs").join(dir_of(names));
         assert!(matches!(
-            certset::read_set(&dir, &dir_of(names), names).unwrap(),
-            certset::Seen::Complete(_)
+            support::certset::read_set(&dir, &dir_of(names), names).unwrap(),
+            support::certset::Seen::Complete(_)
         ));
     }
     drop(silent);

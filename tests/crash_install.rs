@@ -3,18 +3,16 @@
 //! moments of its install phase (`self_sign`, no CA needed). After each death the files services
 //! read form one complete matching set, old or new, never mixed or partial; the next run
 //! completes and ends in the new set.
-#[path = "support/certset.rs"]
-mod certset;
-mod common;
+use certbridge_testsupport as support;
 
-use certset::{read_set, CertSet, Seen};
-use common::run_module;
 use serde_json::{json, Value};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+use support::certset::{read_set, CertSet, Seen};
+use support::run_module;
 
 /// The crash points on acme_finalize's install path (`crash_point!` in certbridge-acme's store
 /// and certbridge-core's atomic writes), in the order a run reaches them.
@@ -75,7 +73,7 @@ fn crash_finalize() -> &'static Path {
                 "build.build-dir={:?}",
                 build_dir.display().to_string()
             ))
-            .current_dir(common::repo_root())
+            .current_dir(support::repo_root())
             .stderr(Stdio::inherit())
             .output()
             .expect("run cargo build");

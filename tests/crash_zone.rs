@@ -9,16 +9,16 @@
 //! zone_render_crash` (the module's main over certbridge-core alone) into `<target>/crash-points`:
 //! a few seconds once built, about a minute from cold.
 
-mod common;
+use certbridge_testsupport as support;
 
 use certbridge_core::zone::{parse_rendered, RenderedZone};
-use common::{module_bin, run_module};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::{module_bin, run_module};
 
 const ORIGIN: &str = "acme.example.test";
 
@@ -208,7 +208,7 @@ fn killed_at_every_crash_point_the_zone_is_old_or_new_and_the_next_run_completes
         old = new;
     }
     // The ordinary test build carries no crash points: the same variable does nothing there.
-    let run = common::run_module_env(
+    let run = support::run_module_env(
         "zone_render",
         &zone_args(&path, "plain", n),
         &[("CERTBRIDGE_CRASH_AT", "before_rename")],

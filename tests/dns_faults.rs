@@ -4,79 +4,19 @@
 //! host's missing `_acme-challenge` CNAME -> only that host's cert fails (with the fix), the
 //! other host's cert is issued in the same pulse.
 
-mod common;
+use certbridge_testsupport as support;
 
-use common::{run_module, ModuleRun, Testbed};
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
+use support::{run_module, Host, ModuleRun, Testbed};
 
-struct Host {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    base: Value,
-}
-
-impl Host {
-    fn new(bed: &Testbed, certs: Value) -> Host {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().to_path_buf();
-        let base = json!({
-            "directory": bed.get("TESTBED_ACME_DIRECTORY"),
-            "ca_file": bed.get("TESTBED_ACME_CA_FILE"),
-            "cert_root": root.join("certs"),
-            "log_file": root.join("certbridge.log"),
-            "jitter_seed": "dns-faults",
-            "dns_check": bed.get("TESTBED_DNS"),
-            "dns_check_timeout": 2,
-            "timeout": 60,
-            "certs": certs,
-        });
-        Host {
-            _tmp: tmp,
-            root,
-            base,
-        }
-    }
-    fn request(&self) -> ModuleRun {
-        let mut args = self.base.clone();
-        let o = args.as_object_mut().unwrap();
-        o.remove("dns_check");
-        o.remove("dns_check_timeout");
-        run_module("acme_request", &args)
-    }
-    fn finalize(&self) -> ModuleRun {
-        run_module("acme_finalize", &self.base)
-    }
-    /// Path -> content of every regular file and link under the cert root.
-    fn files(&self) -> BTreeMap<String, String> {
-        fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-                let p = e.path();
-                let rel = p.strip_prefix(root).unwrap().display().to_string();
-                let m = std::fs::symlink_metadata(&p).unwrap();
-                if m.is_symlink() {
-                    out.insert(
-                        rel,
-                        format!("-> {}", std::fs::read_link(&p).unwrap().display()),
-                    );
-                } else if m.is_dir() {
-                    walk(root, &p, out);
-                } else if !rel.contains(".certbridge/") {
-                    out.insert(
-                        rel,
-                        String::from_utf8_lossy(&std::fs::read(&p).unwrap()).into_owned(),
-                    );
-                }
-            }
-        }
-        let mut out = BTreeMap::new();
-        let root = self.root.join("certs");
-        walk(&root, &root, &mut out);
-        out
-    }
+/// A host ordering `certs` from the bed's Pebble; acme_finalize checks the published values.
+fn dns_host(bed: &Testbed, certs: Value) -> Host {
+    Host::on_bed(bed)
+        .with(json!({"jitter_seed": "dns-faults", "timeout": 60, "certs": certs}))
+        .with_finalize(json!({"dns_check": bed.get("TESTBED_DNS"), "dns_check_timeout": 2}))
 }
 
 fn publish_args(bed: &Testbed, state: &Path, records: &[Value], timeout: u64) -> Value {
@@ -136,11 +76,11 @@ fn updated(run: &ModuleRun) -> Vec<String> {
 fn nameserver_down_fails_within_the_deadline_and_finalizes_nothing() {
     let bed = Testbed::start(&["--hosts", "6"]);
     let state = tempfile::tempdir().unwrap();
-    let host = Host::new(
+    let host = dns_host(
         &bed,
         json!({"web": ["host5.example.test"], "dyn": ["dyn1.example.test"]}),
     );
-    let records = records_of("h1", &host.request());
+    let records = records_of("h1", &host.request(json!({})));
     assert_eq!(records.len(), 2);
     let before = host.files();
 
@@ -151,7 +91,7 @@ fn nameserver_down_fails_within_the_deadline_and_finalizes_nothing() {
         "acme_txt_publish",
         &publish_args(&bed, state.path(), &records, 4),
     );
-    let fin = host.finalize();
+    let fin = host.finalize(json!({}));
     signal(&named, "CONT");
     assert!(run.failed(), "{}", run.json);
     assert!(
@@ -174,13 +114,13 @@ fn nameserver_down_fails_within_the_deadline_and_finalizes_nothing() {
     let (publish_took, finalize_took) = (run.elapsed, fin.elapsed);
 
     // named back: the next pulse completes.
-    let records = records_of("h1", &host.request());
+    let records = records_of("h1", &host.request(json!({})));
     let run = run_module(
         "acme_txt_publish",
         &publish_args(&bed, state.path(), &records, 20),
     );
     assert!(!run.failed(), "{}", run.json);
-    let fin = host.finalize();
+    let fin = host.finalize(json!({}));
     assert!(!fin.failed(), "{}", fin.json);
     let mut got = updated(&fin);
     got.sort();
@@ -196,10 +136,10 @@ fn nameserver_down_fails_within_the_deadline_and_finalizes_nothing() {
 fn a_missing_cname_fails_only_that_host() {
     let bed = Testbed::start(&["--hosts", "6"]);
     let state = tempfile::tempdir().unwrap();
-    let good = Host::new(&bed, json!({"main": ["host6.example.test"]}));
-    let bad = Host::new(&bed, json!({"main": ["nocname.example.test"]}));
-    let mut records = records_of("good-host", &good.request());
-    records.extend(records_of("bad-host", &bad.request()));
+    let good = dns_host(&bed, json!({"main": ["host6.example.test"]}));
+    let bad = dns_host(&bed, json!({"main": ["nocname.example.test"]}));
+    let mut records = records_of("good-host", &good.request(json!({})));
+    records.extend(records_of("bad-host", &bad.request(json!({}))));
     let run = run_module(
         "acme_txt_publish",
         &publish_args(&bed, state.path(), &records, 20),
@@ -216,10 +156,10 @@ fn a_missing_cname_fails_only_that_host() {
         rejected[0]
     );
     let before_bad = bad.files();
-    let fin_good = good.finalize();
+    let fin_good = good.finalize(json!({}));
     assert!(!fin_good.failed(), "{}", fin_good.json);
     assert_eq!(updated(&fin_good), ["main"]);
-    let fin_bad = bad.finalize();
+    let fin_bad = bad.finalize(json!({}));
     assert!(fin_bad.failed(), "{}", fin_bad.json);
     assert!(fin_bad.msg().contains("main"), "{}", fin_bad.msg());
     assert!(updated(&fin_bad).is_empty());

@@ -1,205 +1,14 @@
 //! Split-phase issuance end to end against the test bed (Pebble + BIND): acme_request, the
 //! values published by the bed's own means (TSIG-signed nsupdate into the dynamic signing zone,
 //! or the static signing zone file + `rndc reload`), then acme_finalize in another process.
-mod common;
+use certbridge_testsupport as support;
 
-use common::{run_module, run_module_env, ModuleRun, Testbed};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
-
-struct Host {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    base: Value,
-}
-
-impl Host {
-    fn new(bed: &Testbed) -> Host {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().to_path_buf();
-        let base = json!({
-            "directory": bed.get("TESTBED_ACME_DIRECTORY"),
-            "ca_file": bed.get("TESTBED_ACME_CA_FILE"),
-            "cert_root": root.join("certs"),
-            "log_file": root.join("certbridge.log"),
-            "jitter_seed": "test-host",
-        });
-        Host {
-            _tmp: tmp,
-            root,
-            base,
-        }
-    }
-
-    fn args(&self, extra: Value) -> Value {
-        let mut v = self.base.clone();
-        let (Value::Object(a), Value::Object(b)) = (&mut v, extra) else {
-            panic!()
-        };
-        a.extend(b);
-        v
-    }
-
-    fn request(&self, extra: Value) -> ModuleRun {
-        run_module("acme_request", &self.args(extra))
-    }
-
-    fn finalize(&self, extra: Value) -> ModuleRun {
-        run_module("acme_finalize", &self.args(extra))
-    }
-
-    fn cert_file(&self, dir: &str, file: &str) -> String {
-        std::fs::read_to_string(self.root.join("certs").join(dir).join(file)).unwrap()
-    }
-
-    /// Everything the host wrote that could leak a key: the log must not.
-    fn assert_log_clean(&self) {
-        let log = std::fs::read_to_string(self.root.join("certbridge.log")).unwrap_or_default();
-        assert!(!log.contains("PRIVATE KEY"), "key material in the log");
-        assert!(log
-            .lines()
-            .all(|l| serde_json::from_str::<Value>(l).is_ok()));
-    }
-}
-
-fn ok(run: &ModuleRun) -> &Value {
-    assert!(!run.failed(), "module failed: {}", run.json);
-    &run.json
-}
-
-/// The CNAME target of `_acme-challenge.<name>` as the bed's resolver sees it.
-fn cname_target(bed: &Testbed, record: &str) -> String {
-    let out = Command::new("dig")
-        .args([
-            "+short",
-            "-p",
-            bed.get("TESTBED_DNS_PORT"),
-            "@127.0.0.1",
-            "CNAME",
-            record,
-        ])
-        .output()
-        .unwrap();
-    let t = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .trim_end_matches('.')
-        .to_owned();
-    assert!(!t.is_empty(), "{record} has no CNAME in the bed");
-    t
-}
-
-fn txt_values(bed: &Testbed, record: &str) -> Vec<String> {
-    let out = Command::new("dig")
-        .args([
-            "+short",
-            "-p",
-            bed.get("TESTBED_DNS_PORT"),
-            "@127.0.0.1",
-            "TXT",
-            record,
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.starts_with('"'))
-        .map(|l| l.trim_matches('"').to_owned())
-        .collect()
-}
-
-/// Publishes `acme_txt_required` through each record's CNAME, then waits until the bed's
-/// resolver answers every value.
-fn publish(bed: &Testbed, txt: &Value) {
-    let mut dynamic = String::new();
-    let mut static_lines = String::new();
-    let mut wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for t in txt.as_array().unwrap() {
-        let record = t["record"].as_str().unwrap();
-        let value = t["value"].as_str().unwrap();
-        wanted
-            .entry(record.to_owned())
-            .or_default()
-            .push(value.to_owned());
-        let target = cname_target(bed, record);
-        if target.ends_with(".dyn-signing.test") {
-            dynamic.push_str(&format!("update add {target}. 60 TXT \"{value}\"\n"));
-        } else if target.ends_with(".signing.test") {
-            static_lines.push_str(&format!("{target}. 60 IN TXT \"{value}\"\n"));
-        } else {
-            panic!("{record} -> {target} is outside the signing zones");
-        }
-    }
-    if !dynamic.is_empty() {
-        let script = format!(
-            "server 127.0.0.1 {}\nzone dyn-signing.test\n{dynamic}send\n",
-            bed.get("TESTBED_DNS_PORT")
-        );
-        let key = format!(
-            "{}:{}:{}",
-            bed.get("TESTBED_TSIG_ALGORITHM"),
-            bed.get("TESTBED_TSIG_NAME"),
-            bed.get("TESTBED_TSIG_SECRET")
-        );
-        let mut child = Command::new("nsupdate")
-            .args(["-y", &key])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-        assert!(child.wait().unwrap().success(), "nsupdate failed");
-    }
-    if !static_lines.is_empty() {
-        let path = bed.get("TESTBED_SIGNING_ZONE_FILE");
-        let zone = std::fs::read_to_string(path).unwrap();
-        // Bump the SOA serial (the third field after SOA) so named reloads the file.
-        let mut out = String::new();
-        for line in zone.lines() {
-            if line.contains(" SOA ") {
-                let mut f: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
-                let i = f.iter().position(|x| x == "SOA").unwrap() + 3;
-                f[i] = (f[i].parse::<u64>().unwrap() + 1).to_string();
-                out.push_str(&f.join(" "));
-            } else {
-                out.push_str(line);
-            }
-            out.push('\n');
-        }
-        out.push_str(&static_lines);
-        std::fs::write(path, out).unwrap();
-        let st = Command::new("rndc")
-            .args(["-c", bed.get("TESTBED_RNDC_CONF"), "reload", "signing.test"])
-            .output()
-            .unwrap();
-        assert!(
-            st.status.success(),
-            "rndc reload: {}",
-            String::from_utf8_lossy(&st.stderr)
-        );
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for (record, values) in wanted {
-        loop {
-            let seen = txt_values(bed, &record);
-            if values.iter().all(|v| seen.contains(v)) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{record}: {values:?} not visible, saw {seen:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
+use std::time::Duration;
+use support::tree;
+use support::{ok, publish, restart_pebble, run_module, run_module_env, Host, Testbed};
 
 /// Verifies `fullchain.pem` of a cert dir against Pebble's issuing root with openssl.
 fn verify_chain(bed: &Testbed, host: &Host, dir: &str) {
@@ -230,99 +39,6 @@ fn names_of(pem: &str) -> Vec<String> {
         .collect()
 }
 
-fn tree_hash(root: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    fn walk(dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            let m = std::fs::symlink_metadata(&p).unwrap();
-            let v = if m.is_symlink() {
-                std::fs::read_link(&p)
-                    .unwrap()
-                    .display()
-                    .to_string()
-                    .into_bytes()
-            } else if m.is_dir() {
-                walk(&p, out);
-                b"dir".to_vec()
-            } else {
-                let mut v = std::fs::read(&p).unwrap();
-                v.extend(format!("{:?}", m.modified().unwrap()).bytes());
-                v
-            };
-            out.insert(p.display().to_string(), v);
-        }
-    }
-    walk(root, &mut out);
-    out
-}
-
-/// A Pebble started again by the test after killing the bed's (same argv and environment, so
-/// the same ports): a restarted CA that has forgotten every account and order. Killed on drop.
-struct RestartedPebble(std::process::Child);
-
-impl RestartedPebble {
-    fn restart(bed: &Testbed) -> RestartedPebble {
-        let pid = bed.get("TESTBED_PEBBLE_PID");
-        let argv: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
-            .unwrap()
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        let environ: Vec<(String, String)> = std::fs::read(format!("/proc/{pid}/environ"))
-            .unwrap()
-            .split(|b| *b == 0)
-            .filter_map(|kv| {
-                let kv = String::from_utf8_lossy(kv).into_owned();
-                kv.split_once('=')
-                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            })
-            .collect();
-        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
-        assert!(Command::new("kill").arg(pid).status().unwrap().success());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Path::new(&format!("/proc/{pid}")).exists() {
-            assert!(Instant::now() < deadline, "pebble {pid} did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let child = Command::new(&argv[0])
-            .args(&argv[1..])
-            .env_clear()
-            .envs(environ)
-            .current_dir(cwd)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let port: u16 = bed
-            .get("TESTBED_ACME_DIRECTORY")
-            .rsplit_once(':')
-            .and_then(|(_, rest)| rest.split('/').next())
-            .and_then(|p| p.parse().ok())
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "restarted pebble does not listen"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        RestartedPebble(child)
-    }
-}
-
-impl Drop for RestartedPebble {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// One full pulse for `certs`: request, publish, finalize; returns both replies.
 fn issue(bed: &Testbed, host: &Host, extra: Value) -> (Value, Value) {
     let req = host.request(extra.clone());
@@ -335,7 +51,7 @@ fn issue(bed: &Testbed, host: &Host, extra: Value) -> (Value, Value) {
 #[test]
 fn several_certs_at_once_then_a_noop_with_pebble_stopped() {
     let bed = Testbed::start(&["--hosts", "6"]);
-    let host = Host::new(&bed);
+    let host = Host::on_bed(&bed);
     let certs = json!({"certs": {
         "one": ["dyn1.example.test"],
         "multi": ["dyn2.example.test", "dyn3.example.test", "dynshared.example.test"],
@@ -375,7 +91,7 @@ fn several_certs_at_once_then_a_noop_with_pebble_stopped() {
     // Stop the CA: a pulse over valid certificates needs no network.
     let pid = bed.get("TESTBED_PEBBLE_PID");
     assert!(Command::new("kill").arg(pid).status().unwrap().success());
-    let before = tree_hash(&host.root.join("certs"));
+    let before = tree::written(&host.root.join("certs"));
     let noop = host.request(certs.clone());
     let j = ok(&noop);
     assert_eq!(j["changed"], false);
@@ -383,9 +99,10 @@ fn several_certs_at_once_then_a_noop_with_pebble_stopped() {
     assert_eq!(j["pending"], json!([]));
     assert_eq!(j["unacked"], json!([]));
     assert_eq!(j["certs"]["wild"]["action"], "ok");
-    let after = tree_hash(&host.root.join("certs"));
-    let files =
-        |t: &BTreeMap<String, Vec<u8>>| t.iter().filter(|(k, _)| !k.ends_with("/lock")).count();
+    let after = tree::written(&host.root.join("certs"));
+    let files = |t: &BTreeMap<String, tree::Written>| {
+        t.iter().filter(|(k, _)| !k.ends_with("/lock")).count()
+    };
     assert_eq!(files(&before), files(&after));
     assert_eq!(
         before
@@ -403,7 +120,7 @@ fn several_certs_at_once_then_a_noop_with_pebble_stopped() {
 #[test]
 fn names_change_force_check_mode_and_staging_rules() {
     let bed = Testbed::start(&["--hosts", "6"]);
-    let host = Host::new(&bed);
+    let host = Host::on_bed(&bed);
     let (_, fin) = issue(
         &bed,
         &host,
@@ -414,14 +131,18 @@ fn names_change_force_check_mode_and_staging_rules() {
 
     // Check mode: reports the decision, touches nothing, contacts nobody.
     let changed_names = json!({"certs": {"main": ["dyn1.example.test", "dyn2.example.test"]}});
-    let before = tree_hash(&host.root);
+    let before = tree::written(&host.root);
     let check = run_module(
         "acme_request",
         &host.args(json!({"certs": changed_names["certs"], "_ansible_check_mode": true})),
     );
     assert_eq!(ok(&check)["certs"]["main"]["reason"], "names_changed");
     assert_eq!(check.json["acme_txt_required"], json!([]));
-    assert_eq!(tree_hash(&host.root), before, "check mode changed files");
+    assert_eq!(
+        tree::written(&host.root),
+        before,
+        "check mode changed files"
+    );
 
     let (req, _) = issue(&bed, &host, changed_names.clone());
     assert_eq!(req["certs"]["main"]["reason"], "names_changed");
@@ -478,7 +199,7 @@ fn names_change_force_check_mode_and_staging_rules() {
 #[test]
 fn interrupted_runs_resume_and_a_forgotten_order_means_a_new_one() {
     let bed = Testbed::start(&["--hosts", "6"]);
-    let host = Host::new(&bed);
+    let host = Host::on_bed(&bed);
     let certs = json!({"certs": {"main": ["dyn4.example.test"]}});
     let req1 = host.request(certs.clone());
     let req1 = ok(&req1).clone();
@@ -542,7 +263,7 @@ fn interrupted_runs_resume_and_a_forgotten_order_means_a_new_one() {
             serde_json::from_str(&std::fs::read_to_string(&meta_path).unwrap()).unwrap();
         meta["pending"]["url"].as_str().unwrap().to_owned()
     };
-    let _pebble = RestartedPebble::restart(&bed);
+    let _pebble = restart_pebble(&bed);
     let after = host.request(forced.clone());
     assert!(ok(&after)["changed"].as_bool().unwrap(), "{}", after.json);
     let meta: Value = serde_json::from_str(&std::fs::read_to_string(&meta_path).unwrap()).unwrap();
@@ -555,7 +276,7 @@ fn interrupted_runs_resume_and_a_forgotten_order_means_a_new_one() {
 #[test]
 fn a_blocklisted_name_fails_alone_with_the_problem_and_backs_off() {
     let bed = Testbed::start(&["--hosts", "6", "--blocklist", "dyn5.example.test"]);
-    let host = Host::new(&bed);
+    let host = Host::on_bed(&bed);
     let certs = json!({"certs": {"good": ["dyn1.example.test"], "bad": ["dyn5.example.test"]}});
     let req = host.request(certs.clone());
     assert!(req.failed());
@@ -597,7 +318,7 @@ fn nonce_rejections_are_retried_and_reused_authorizations_need_no_value() {
             ("PEBBLE_AUTHZREUSE", "100"),
         ],
     );
-    let host = Host::new(&bed);
+    let host = Host::on_bed(&bed);
     let certs = json!({"certs": {"a": ["dyn1.example.test"], "b": {"names": ["dyn2.example.test"], "key_type": "rsa-2048"}}});
     let (_, fin) = issue(&bed, &host, certs.clone());
     assert_eq!(fin["updated"], json!(["a", "b"]));
@@ -622,7 +343,7 @@ fn nonce_rejections_are_retried_and_reused_authorizations_need_no_value() {
 #[test]
 fn a_short_lifetime_is_kept_right_after_issuance_and_renewed_when_due() {
     let bed = Testbed::start(&["--hosts", "6", "--validity", "40"]);
-    let host = Host::new(&bed);
+    let host = Host::on_bed(&bed);
     let certs = json!({"certs": {"short": ["dyn6.example.test"]}});
     let (_, fin) = issue(&bed, &host, certs.clone());
     let not_after = fin["certs"]["short"]["not_after"].as_i64().unwrap();

@@ -2,14 +2,14 @@
 //! `certbridge_exec` module runs an installed binary and returns exactly what the binary
 //! returns, and the setup role installs the binaries once (checksum-compared). Real
 //! `ansible-playbook` from `.venv`, local connection, pipelining on; the release binaries.
-mod common;
+use certbridge_testsupport as support;
 
-use common::{repo_root, run_module_at};
 use serde_json::{json, Value};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use support::{repo_root, run_module_at};
 
 /// A TSIG secret in `args`: it must never appear in any output, even at -vvv.
 const SECRET: &str = "c2hpbS10ZXN0LXRzaWctc2VjcmV0LTRmOWIyYzE3";
@@ -118,7 +118,7 @@ fn module_result(results: &Value, key: &str) -> Value {
 
 /// What the binary itself printed, as Ansible registers it: without `invocation` (shown at
 /// -vvv, but dropped from registered results, of plain binary modules alike).
-fn registered(run: &common::ModuleRun) -> Value {
+fn registered(run: &support::ModuleRun) -> Value {
     let mut r = run.json.clone();
     r.as_object_mut().unwrap().remove("invocation");
     r

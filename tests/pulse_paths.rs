@@ -1,12 +1,12 @@
 //! The pulse playbook's failure paths, run with the real `ansible-playbook` against a real
 //! test bed: a missing handler, a failed handler, a rejected cert, staging -> production.
-mod common;
+use certbridge_testsupport as support;
 
-use common::{repo_root, Testbed};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use support::{repo_root, Testbed};
 
 const MODULES: [&str; 4] = [
     "acme_request",

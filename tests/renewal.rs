@@ -3,65 +3,36 @@
 //! neither), profiles, external account binding (the bed's `--eab`), and an HTTP CONNECT
 //! proxy. Pebble validates every challenge here (`PEBBLE_VA_ALWAYS_VALID`): DNS publication is
 //! proven by the issuance tests; these tests are about what is ordered, when and how.
-#[path = "support/ca_proxy.rs"]
-mod ca_proxy;
-mod common;
+use certbridge_testsupport as support;
 
-use ca_proxy::{CaProxy, Endpoint, Fault, ProxyConfig, Window};
-use common::{run_module, run_module_env, ModuleRun, Testbed};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::thread;
+use std::sync::atomic::Ordering;
+use support::ca_proxy::{CaProxy, Endpoint, Fault, ProxyConfig, Window};
+use support::{ok, run_module_env, ConnectProxy, Host, ModuleRun, Testbed};
 
 fn bed(opts: &[&str]) -> Testbed {
     Testbed::start_env(opts, &[("PEBBLE_VA_ALWAYS_VALID", "1")])
 }
 
-struct Host {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-    base: Value,
+/// A host ordering the one cert `main` (dyn1.example.test) from `directory`.
+fn main_host(directory: &str, ca_file: &str) -> Host {
+    Host::new(directory, ca_file, "test-host")
+        .with(json!({"certs": {"main": ["dyn1.example.test"]}}))
 }
 
-impl Host {
-    fn new(directory: &str, ca_file: &str) -> Host {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().to_path_buf();
-        let base = json!({
-            "directory": directory,
-            "ca_file": ca_file,
-            "cert_root": root.join("certs"),
-            "log_file": root.join("certbridge.log"),
-            "jitter_seed": "test-host",
-            "certs": {"main": ["dyn1.example.test"]},
-        });
-        Host {
-            _tmp: tmp,
-            root,
-            base,
-        }
-    }
+/// What these tests do with a host's one cert `main`.
+trait MainCert {
+    fn issue(&self, extra: Value, reason: &str) -> Value;
+    fn leaf_der(&self) -> Vec<u8>;
+    fn cert_id(&self) -> String;
+    fn meta_path(&self) -> PathBuf;
+    fn meta(&self) -> Value;
+    fn expire_ari_check(&self);
+}
 
-    fn args(&self, extra: &Value) -> Value {
-        let mut v = self.base.clone();
-        if let (Value::Object(a), Value::Object(b)) = (&mut v, extra.clone()) {
-            a.extend(b);
-        }
-        v
-    }
-
-    fn request(&self, extra: Value) -> ModuleRun {
-        run_module("acme_request", &self.args(&extra))
-    }
-
-    fn finalize(&self, extra: Value) -> ModuleRun {
-        run_module("acme_finalize", &self.args(&extra))
-    }
-
+impl MainCert for Host {
     /// Orders (asserting the reason) and installs a certificate for `main`.
     fn issue(&self, extra: Value, reason: &str) -> Value {
         let req = self.request(extra.clone());
@@ -106,11 +77,6 @@ impl Host {
     }
 }
 
-fn ok(run: &ModuleRun) -> &Value {
-    assert!(!run.failed(), "module failed: {}", run.json);
-    &run.json
-}
-
 fn now() -> i64 {
     certbridge_acme::now()
 }
@@ -132,7 +98,7 @@ fn proxied(bed: &Testbed, config: ProxyConfig) -> (CaProxy, Host) {
         bed.get("TESTBED_ACME_CA_FILE"),
         config,
     );
-    let host = Host::new(
+    let host = main_host(
         &proxy.directory_url(),
         &proxy.ca_file().display().to_string(),
     );
@@ -360,7 +326,7 @@ fn a_ca_without_renewal_information_behaves_as_before() {
 #[test]
 fn external_account_binding_through_the_modules() {
     let bed = bed(&["--hosts", "2", "--eab"]);
-    let host = Host::new(
+    let host = main_host(
         bed.get("TESTBED_ACME_DIRECTORY"),
         bed.get("TESTBED_ACME_CA_FILE"),
     );
@@ -391,76 +357,12 @@ fn external_account_binding_through_the_modules() {
     assert!(!log.contains(&hmac));
 }
 
-/// A minimal HTTP CONNECT proxy that tunnels `127.0.0.1:<public port>` to the CA's real port
-/// and counts its tunnels. Nothing listens on the public port, so a request that does not go
-/// through this proxy cannot reach the CA at all.
-struct ConnectProxy {
-    port: u16,
-    tunnels: Arc<AtomicUsize>,
-}
-
-fn start_connect_proxy(public_port: u16, ca_port: u16) -> ConnectProxy {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let tunnels = Arc::new(AtomicUsize::new(0));
-    let count = tunnels.clone();
-    thread::spawn(move || {
-        for client in listener.incoming().flatten() {
-            let count = count.clone();
-            thread::spawn(move || tunnel(client, public_port, ca_port, &count));
-        }
-    });
-    ConnectProxy { port, tunnels }
-}
-
-fn tunnel(client: TcpStream, public_port: u16, ca_port: u16, count: &AtomicUsize) {
-    let mut reader = BufReader::new(client.try_clone().unwrap());
-    let mut line = String::new();
-    if reader.read_line(&mut line).is_err() {
-        return;
-    }
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h).is_err() || h == "\r\n" || h.is_empty() {
-            break;
-        }
-    }
-    let mut client = client;
-    if line.split_whitespace().take(2).collect::<Vec<_>>()
-        != ["CONNECT", &format!("127.0.0.1:{public_port}")]
-    {
-        let _ = client.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n");
-        return;
-    }
-    let Ok(upstream) = TcpStream::connect(("127.0.0.1", ca_port)) else {
-        let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n");
-        return;
-    };
-    count.fetch_add(1, Ordering::SeqCst);
-    let _ = client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n");
-    let (mut c2, mut u2) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
-    let mut upstream = upstream;
-    let up = thread::spawn(move || {
-        let _ = std::io::copy(&mut reader, &mut upstream);
-        let _ = upstream.shutdown(Shutdown::Write);
-    });
-    let _ = std::io::copy(&mut u2, &mut c2);
-    let _ = c2.shutdown(Shutdown::Write);
-    let _ = up.join();
-}
-
 /// `proxy` and `https_proxy` carry every request of both modules (the CA is reachable only
 /// through the proxy); `no_proxy` sends requests past it.
 #[test]
 fn every_request_goes_through_the_configured_proxy() {
     let bed = bed(&["--hosts", "2"]);
-    let ca_port: u16 = bed
-        .get("TESTBED_ACME_DIRECTORY")
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.split('/').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap();
+    let ca_port = bed.acme_port();
     // A port nothing listens on: Pebble builds its URLs from the Host header, so every URL it
     // returns points there too.
     let public_port = TcpListener::bind("127.0.0.1:0")
@@ -469,9 +371,9 @@ fn every_request_goes_through_the_configured_proxy() {
         .unwrap()
         .port();
     let directory = format!("https://127.0.0.1:{public_port}/dir");
-    let proxy = start_connect_proxy(public_port, ca_port);
+    let proxy = ConnectProxy::rewriting(public_port, ca_port);
     let proxy_url = format!("http://127.0.0.1:{}", proxy.port);
-    let host = Host::new(&directory, bed.get("TESTBED_ACME_CA_FILE"));
+    let host = main_host(&directory, bed.get("TESTBED_ACME_CA_FILE"));
 
     let direct = host.request(json!({"timeout": 20}));
     assert!(direct.failed(), "{}", direct.json);
@@ -489,10 +391,10 @@ fn every_request_goes_through_the_configured_proxy() {
 
     // From the environment, as `https_proxy`, for both modules.
     let env = [("https_proxy", proxy_url.as_str())];
-    let args = host.args(&json!({"force": true}));
+    let args = host.args(json!({"force": true}));
     let req = run_module_env("acme_request", &args, &env);
     assert_eq!(ok(&req)["pending"], json!(["main"]));
-    let fin = run_module_env("acme_finalize", &host.args(&json!({})), &env);
+    let fin = run_module_env("acme_finalize", &host.args(json!({})), &env);
     assert_eq!(ok(&fin)["updated"], json!(["main"]));
     assert!(proxy.tunnels.load(Ordering::SeqCst) > via_option);
 
@@ -502,7 +404,7 @@ fn every_request_goes_through_the_configured_proxy() {
         ("https_proxy", proxy_url.as_str()),
         ("no_proxy", "127.0.0.1"),
     ];
-    let args = host.args(&json!({"force": true, "timeout": 20}));
+    let args = host.args(json!({"force": true, "timeout": 20}));
     let bypass = run_module_env("acme_request", &args, &env);
     assert!(bypass.failed(), "{}", bypass.json);
     assert_eq!(proxy.tunnels.load(Ordering::SeqCst), before);

@@ -5,13 +5,13 @@
 //! options come back as VALUE_SPECIFIED_IN_NO_LOG_PARAMETER. Key files are 0600 (no group) or
 //! 0640 (group) in 2750 directories, zone files keep their `mode`, under umask 000 and 077.
 
-mod common;
+use certbridge_testsupport as support;
 
-use common::{module_bin, Testbed};
 use serde_json::{json, Value};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use support::{module_bin, Testbed};
 
 const REDACTED: &str = "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER";
 

@@ -1,50 +1,14 @@
 //! The test bed itself (scripts/testbed): zone updates reach both CNAME layouts and the
 //! secondary, the dynamic zone takes TSIG-signed updates only, Pebble answers over HTTPS,
 //! beds run side by side, and `down` leaves no process behind.
-mod common;
+use certbridge_testsupport as support;
 
-use common::{repo_root, Testbed};
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+use support::{dig, dig_status, nsupdate_signed, repo_root, Testbed};
 
 const DEADLINE: Duration = Duration::from_secs(15);
-
-/// `dig +short` lines for `name type` asked at 127.0.0.1:`port` (empty on no answer).
-fn dig(port: &str, name: &str, rtype: &str) -> Vec<String> {
-    let out = Command::new("dig")
-        .args([
-            "+short",
-            "+tries=1",
-            "+time=2",
-            "-p",
-            port,
-            "@127.0.0.1",
-            name,
-            rtype,
-        ])
-        .output()
-        .expect("run dig");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.starts_with(';'))
-        .map(str::to_owned)
-        .collect()
-}
-
-/// The response status (`NOERROR`, `NXDOMAIN`, ...) for `name type` at `port`.
-fn dig_status(port: &str, name: &str, rtype: &str) -> String {
-    let out = Command::new("dig")
-        .args(["+tries=1", "+time=2", "-p", port, "@127.0.0.1", name, rtype])
-        .output()
-        .expect("run dig");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.split("status: ")
-        .nth(1)
-        .and_then(|s| s.split(',').next())
-        .unwrap_or("no answer")
-        .to_owned()
-}
 
 /// Polls `check` until it returns true or `DEADLINE` passes; returns the time it took.
 fn wait_for(what: &str, mut check: impl FnMut() -> bool) -> Duration {
@@ -106,29 +70,6 @@ fn write_signing_zone(bed: &Testbed, serial: u32, with_ns2: bool, txt: &[(&str, 
         .arg(&tmp));
     assert!(check.status.success(), "named-checkzone: {check:?}");
     std::fs::rename(&tmp, path).expect("rename zone");
-}
-
-fn nsupdate(bed: &Testbed, secret: &str, script: &str) -> Output {
-    use std::io::Write;
-    let mut child = Command::new("nsupdate")
-        .arg("-y")
-        .arg(format!(
-            "{}:{}:{secret}",
-            bed.get("TESTBED_TSIG_ALGORITHM"),
-            bed.get("TESTBED_TSIG_NAME")
-        ))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run nsupdate");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(script.as_bytes())
-        .expect("write nsupdate script");
-    child.wait_with_output().expect("nsupdate output")
 }
 
 fn pid_alive(pid: &str) -> bool {
@@ -231,7 +172,7 @@ fn dynamic_zone_takes_tsig_updates_only() {
         )
     };
 
-    let ok = nsupdate(&bed, secret, &update("dyn2.example.test", "signed-value"));
+    let ok = nsupdate_signed(&bed, secret, &update("dyn2.example.test", "signed-value"));
     assert!(ok.status.success(), "signed update refused: {ok:?}");
     let answer = dig(dns, "_acme-challenge.dyn2.example.test", "TXT");
     assert_eq!(
@@ -245,14 +186,14 @@ fn dynamic_zone_takes_tsig_updates_only() {
         Some(rest) => format!("B{rest}"),
         None => format!("A{}", &secret[1..]),
     };
-    let wrong = nsupdate(&bed, &wrong_secret, &update("acme", "forged-value"));
+    let wrong = nsupdate_signed(&bed, &wrong_secret, &update("acme", "forged-value"));
     assert!(!wrong.status.success(), "update with a wrong key accepted");
     let unsigned = run(Command::new("sh").arg("-c").arg(format!(
         "printf '%s' '{}' | nsupdate",
         update("acme", "unsigned-value")
     )));
     assert!(!unsigned.status.success(), "unsigned update accepted");
-    let non_txt = nsupdate(
+    let non_txt = nsupdate_signed(
         &bed,
         secret,
         &format!(
@@ -460,7 +401,7 @@ fn two_beds_side_by_side_then_down_leaves_nothing() {
     let env = testbed(&["env"], first.state.path());
     assert!(env.status.success());
     assert_eq!(
-        common::parse_env(&String::from_utf8_lossy(&env.stdout)),
+        support::parse_env(&String::from_utf8_lossy(&env.stdout)),
         first.env
     );
 

@@ -1,13 +1,13 @@
 //! Integration tests of the `zone_render` module binary, run the way Ansible runs it; BIND's
 //! own `named-checkzone`/`named-compilezone` judge the files it writes.
-mod common;
+use certbridge_testsupport as support;
 
-use common::run_module;
 use serde_json::{json, Value};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use support::run_module;
 
 const ORIGIN: &str = "acme.example.test";
 

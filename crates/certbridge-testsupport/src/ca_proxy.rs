@@ -3,7 +3,7 @@
 //! request and answers chosen requests with rate limits, outages, custom problems, hangs or
 //! dropped connections.
 //!
-//! Include it with `#[path = "support/ca_proxy.rs"] mod ca_proxy;`. It runs on its own thread
+//! Start one with [`CaProxy::start`] in front of a bed's Pebble. It runs on its own thread
 //! with its own tokio runtime, so blocking and async tests can both use it; it stops on drop.
 //!
 //! How requests reach Pebble: the client's `Host` header (the proxy's `127.0.0.1:<port>`) is
@@ -13,7 +13,6 @@
 //! as well. JWS bodies are forwarded byte for byte (the proxy holds no account key and cannot
 //! re-sign): Pebble 2.4.0 ignores the `profile` and `replaces` fields of a newOrder, so the
 //! proxy reflects them into the order objects it returns, as RFC 9773 and profile-aware CAs do.
-#![allow(dead_code)]
 
 use base64::Engine;
 use bytes::Bytes;

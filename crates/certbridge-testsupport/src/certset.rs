@@ -1,8 +1,5 @@
 //! What services see in a cert directory: the nine service-facing files read as a service
 //! would (following the stable links), checked to be one complete, matching set.
-//!
-//! Include it with `#[path = "support/certset.rs"] mod certset;`.
-#![allow(dead_code)]
 
 use std::path::Path;
 
