@@ -8,7 +8,7 @@ use certbridge_testsupport as support;
 use serde_json::{json, Value};
 use std::time::Duration;
 use support::ca_proxy::{CaProxy, Endpoint, Fault, ProxyConfig};
-use support::{ok, publish, stop_pebble, Host, PebbleCommand, Testbed};
+use support::{ok, ports_in_flux, publish, stop_pebble, Host, PebbleCommand, Testbed};
 
 /// acme_request (must succeed), publish, acme_finalize (must succeed).
 fn pulse(bed: &Testbed, host: &Host, extra: &Value) -> (Value, Value) {
@@ -46,6 +46,8 @@ fn pebble_stopped_between_request_and_finalize_changes_nothing_and_the_next_puls
     publish(&bed, &ok(&req)["acme_txt_required"]);
     let pebble = PebbleCommand::of(&bed);
     let before = host.cert_files("dyn1.example.test");
+    // Pebble's port stays free until it restarts below: no bed of another test may take it.
+    let ports = ports_in_flux();
     stop_pebble(&bed);
     let down = host.finalize(json!({"certs": certs["certs"], "timeout": 20}));
     assert!(down.failed(), "{}", down.json);
@@ -70,6 +72,7 @@ fn pebble_stopped_between_request_and_finalize_changes_nothing_and_the_next_puls
 
     // The CA comes back (a new CA: accounts and orders gone); the next forced pulse completes.
     let _pebble = pebble.start();
+    drop(ports);
     let (req, fin) = pulse(&bed, &host, &forced);
     assert_eq!(req["certs"]["main"]["reason"], "forced");
     assert!(req["changed"].as_bool().unwrap(), "a new order: {req}");

@@ -15,10 +15,38 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Held while ports are being chosen or handed back: by every bed start in this test binary,
-/// and by a test that stops a daemon and starts it again on the same port, so a bed starting
-/// in a parallel test cannot take the port in between.
+/// Held while ports are being chosen or handed back: by every bed start, and by a test that
+/// stops a daemon and starts it again on the same port, so a bed starting in a parallel test
+/// cannot take the port in between. Test binaries run side by side (scripts/test-rust), so the
+/// guard is a lock file shared by every process as well as a mutex within one.
 pub static PORTS_IN_FLUX: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// What [`ports_in_flux`] holds: the process's mutex and the machine-wide lock file.
+pub struct PortsGuard {
+    _file: std::fs::File,
+    _local: std::sync::MutexGuard<'static, ()>,
+}
+
+/// Waits for [`PORTS_IN_FLUX`] in this process and in every other test process.
+pub fn ports_in_flux() -> PortsGuard {
+    let local = PORTS_IN_FLUX
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let path = std::env::temp_dir().join("certbridge-test-ports.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    // Released by the kernel when the file is closed, also when a test process dies.
+    file.lock()
+        .unwrap_or_else(|e| panic!("lock {}: {e}", path.display()));
+    PortsGuard {
+        _file: file,
+        _local: local,
+    }
+}
 
 /// A running test bed; stopped (exactly what it started) when dropped, also on panic.
 pub struct Testbed {
@@ -36,9 +64,7 @@ impl Testbed {
     pub fn start_env(opts: &[&str], env: &[(&str, &str)]) -> Testbed {
         // A bed picks free ports when it starts: not while a test restarts a daemon on a port
         // it just freed (see [`PORTS_IN_FLUX`]).
-        let _ports = PORTS_IN_FLUX
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _ports = ports_in_flux();
         let state = tempfile::Builder::new()
             .prefix("certbridge-bed-")
             .tempdir()
@@ -205,9 +231,7 @@ impl Drop for RunningPebble {
 /// and order. No bed of a parallel test may pick Pebble's ports until it listens again.
 pub fn restart_pebble(bed: &Testbed) -> RunningPebble {
     let command = PebbleCommand::of(bed);
-    let _ports = PORTS_IN_FLUX
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _ports = ports_in_flux();
     stop_pebble(bed);
     command.start()
 }

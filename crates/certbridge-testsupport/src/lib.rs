@@ -20,8 +20,8 @@ pub mod module;
 pub mod tree;
 
 pub use bed::{
-    parse_env, repo_root, restart_pebble, stop_pebble, PebbleCommand, RunningPebble, Testbed,
-    PORTS_IN_FLUX,
+    parse_env, ports_in_flux, repo_root, restart_pebble, stop_pebble, PebbleCommand, PortsGuard,
+    RunningPebble, Testbed, PORTS_IN_FLUX,
 };
 pub use ca_proxy::{CaProxy, Endpoint, Fault, FaultAction, ProxyConfig, Window};
 pub use certset::{read_set, service_files, CertSet, Seen};
