@@ -1,7 +1,7 @@
 //! A fault-injecting ACME proxy for the integration tests: it sits in front of Pebble, adds
-//! what Pebble 2.4.0 lacks (renewal information, RFC 9773, and `meta.profiles`), records every
-//! request and answers chosen requests with rate limits, outages, custom problems, hangs or
-//! dropped connections.
+//! what Pebble 2.4.0 lacks (renewal information, RFC 9773, and `meta.profiles`), refuses what
+//! current Pebble refuses (a request without `User-Agent`), records every request and answers
+//! chosen requests with rate limits, outages, custom problems, hangs or dropped connections.
 //!
 //! Start one with [`CaProxy::start`] in front of a bed's Pebble. It runs on its own thread
 //! with its own tokio runtime, so blocking and async tests can both use it; it stops on drop.
@@ -610,6 +610,21 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Answer {
         .to_owned();
     let endpoint = Endpoint::of(&path);
     let (protected, payload) = decode_jws(&body);
+    if let Some(rsp) = refused_like_current_pebble(&parts) {
+        // Recorded, but no fault acts and Pebble never sees it.
+        lock(&shared.state).requests.push(Recorded {
+            method: parts.method.to_string(),
+            path,
+            endpoint,
+            protected,
+            payload,
+            status: Some(rsp.status().as_u16()),
+            upstream_status: None,
+            faulted: false,
+            at: Instant::now(),
+        });
+        return Ok(rsp);
+    }
     let (index, fault) = {
         let mut state = lock(&shared.state);
         let fault = state
@@ -661,6 +676,26 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Answer {
         shared.update(index, |r| r.status = Some(rsp.status().as_u16()));
     }
     answer
+}
+
+/// What current Pebble refuses before any handler runs, although Debian's Pebble 2.4.0 does
+/// not: the proxy is at least as strict as the CAs clients meet.
+/// - No `User-Agent` (RFC 8555 6.1: clients MUST send one; Pebble after 2.4.0, PR #530).
+fn refused_like_current_pebble(
+    parts: &hyper::http::request::Parts,
+) -> Option<Response<Full<Bytes>>> {
+    if parts
+        .headers
+        .get(header::USER_AGENT)
+        .is_none_or(|ua| ua.is_empty())
+    {
+        return Some(problem(
+            400,
+            "malformed",
+            "All requests MUST include a User-Agent header",
+        ));
+    }
+    None
 }
 
 /// One request being answered.
