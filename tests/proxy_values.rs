@@ -3,11 +3,11 @@
 //! access, naming what is wrong, and never print its credentials or any part that could be
 //! them (the value may not even split into user, password and host as its author meant).
 
-mod common;
+use certbridge_testsupport as support;
 
-use common::{run_module, run_module_env, ModuleRun};
 use serde_json::{json, Value};
 use std::net::TcpListener;
+use support::{run_module, run_module_env, ModuleRun};
 
 /// The four shapes of the issue, and a few more; "PASSWORD" marks what must never show.
 const VALUES: &[&str] = &[

@@ -3,23 +3,10 @@
 //! current Pebble does, although the bed's Pebble 2.4.0 does not: here the proxy's refusal is
 //! checked with a raw request, and renewal information (whose GETs certbridge makes itself,
 //! outside instant-acme) is checked through it end to end.
-#[path = "support/ca_proxy.rs"]
-mod ca_proxy;
-mod common;
+use certbridge_testsupport as support;
 
-use bytes::Bytes;
-use ca_proxy::{CaProxy, Endpoint, ProxyConfig, Window};
-use common::{run_module, ModuleRun, Testbed};
-use http_body_util::{BodyExt, Empty};
-use hyper::header;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 use serde_json::{json, Value};
-use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use support::{ok, raw_get, run_module, CaProxy, Endpoint, ProxyConfig, Testbed, Window};
 
 fn bed() -> Testbed {
     Testbed::start_env(&["--hosts", "1"], &[("PEBBLE_VA_ALWAYS_VALID", "1")])
@@ -31,45 +18,6 @@ fn strict_proxy(bed: &Testbed, config: ProxyConfig) -> CaProxy {
         bed.get("TESTBED_ACME_CA_FILE"),
         config,
     )
-}
-
-/// One GET with exactly the headers given (hyper adds no `User-Agent` of its own).
-async fn raw_get(
-    url: &str,
-    ca_file: &Path,
-    headers: &[(&str, &str)],
-) -> (u16, hyper::HeaderMap, Bytes) {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca_file).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_only()
-        .enable_http1()
-        .build();
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(https);
-    let mut req = hyper::Request::get(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let rsp = tokio::time::timeout(
-        Duration::from_secs(30),
-        client.request(req.body(Empty::new()).unwrap()),
-    )
-    .await
-    .expect("an answer within 30 s")
-    .expect("request");
-    let (parts, body) = rsp.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    (parts.status.as_u16(), parts.headers, body)
 }
 
 /// Requests the proxy refused the way current Pebble does (never forwarded, no fault).
@@ -94,15 +42,13 @@ async fn the_proxy_refuses_a_request_without_user_agent_as_current_pebble_does()
     let ari = format!("{}/renewal-info/AAAA.AQ", proxy.origin());
 
     for url in [&directory, &ari] {
-        let (status, headers, body) = raw_get(url, proxy.ca_file(), &[]).await;
-        assert_eq!(status, 400, "{url}: {}", String::from_utf8_lossy(&body));
+        let answer = raw_get(url, proxy.ca_file(), &[]).await;
+        assert_eq!(answer.status, 400, "{url}: {:?}", answer.body);
         assert_eq!(
-            headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok()),
+            answer.header("content-type"),
             Some("application/problem+json")
         );
-        let problem: Value = serde_json::from_slice(&body).unwrap();
+        let problem = answer.json();
         assert_eq!(problem["type"], "urn:ietf:params:acme:error:malformed");
         assert_eq!(
             problem["detail"],
@@ -110,8 +56,8 @@ async fn the_proxy_refuses_a_request_without_user_agent_as_current_pebble_does()
         );
         assert_eq!(problem["status"], 400);
         // An empty one counts as none.
-        let (status, _, _) = raw_get(url, proxy.ca_file(), &[("user-agent", "")]).await;
-        assert_eq!(status, 400, "{url}");
+        let empty = raw_get(url, proxy.ca_file(), &[("user-agent", "")]).await;
+        assert_eq!(empty.status, 400, "{url}");
     }
     let seen = proxy.requests();
     assert_eq!(seen.len(), 4, "{seen:?}");
@@ -125,9 +71,9 @@ async fn the_proxy_refuses_a_request_without_user_agent_as_current_pebble_does()
 
     // With one, the same requests go through (the directory to Pebble, ARI to the proxy).
     let ua = [("user-agent", "raw-probe/1")];
-    let (status, _, body) = raw_get(&directory, proxy.ca_file(), &ua).await;
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    let dir: Value = serde_json::from_slice(&body).unwrap();
+    let answer = raw_get(&directory, proxy.ca_file(), &ua).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    let dir = answer.json();
     assert!(dir["newOrder"].is_string(), "{dir}");
     assert_eq!(
         proxy
@@ -136,14 +82,9 @@ async fn the_proxy_refuses_a_request_without_user_agent_as_current_pebble_does()
             .and_then(|r| r.upstream_status),
         Some(200)
     );
-    let (status, _, body) = raw_get(&ari, proxy.ca_file(), &ua).await;
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let answer = raw_get(&ari, proxy.ca_file(), &ua).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
     assert_eq!(proxy.ari_fetches(), vec!["AAAA.AQ".to_owned()]);
-}
-
-fn ok(run: &ModuleRun) -> &Value {
-    assert!(!run.failed(), "module failed: {}", run.json);
-    &run.json
 }
 
 /// The renewal-information check of `acme_request` (the directory GET and the ARI GET, both

@@ -17,6 +17,7 @@ pub mod connect_proxy;
 pub mod dns;
 pub mod host;
 pub mod module;
+pub mod raw_http;
 pub mod tree;
 
 pub use bed::{
@@ -31,3 +32,4 @@ pub use host::Host;
 pub use module::{
     merged, module_bin, ok, run_module, run_module_at, run_module_env, ModuleRun, MODULES,
 };
+pub use raw_http::{raw_get, raw_request, RawAnswer};
