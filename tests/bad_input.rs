@@ -119,10 +119,24 @@ impl Fixture {
     fn new() -> Fixture {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().to_path_buf();
-        for d in ["certs/web.example.test", "zones", "state", "log"] {
+        for d in [
+            "certs/web.example.test",
+            "certs/.certbridge/certs",
+            "zones",
+            "state",
+            "log",
+        ] {
             std::fs::create_dir_all(root.join(d)).unwrap();
         }
         std::fs::write(root.join("certs/web.example.test/cert.pem"), "existing\n").unwrap();
+        // The cert's metadata: a configuration error must not count as a CA failure in it.
+        let meta = json!({"names": ["web.example.test", "www.example.test"], "failures": 0});
+        std::fs::write(
+            root.join("certs/.certbridge/certs/main.json"),
+            meta.to_string(),
+        )
+        .unwrap();
+        std::fs::write(root.join("ca-not-pem.txt"), "not a certificate\n").unwrap();
         std::fs::write(root.join("log/certbridge.log"), "{\"existing\":true}\n").unwrap();
         let zone_file = root.join("zones/signing.zone");
         let fx = Fixture {
@@ -672,6 +686,79 @@ fn acme_rows(fx: &Fixture, m: &'static str) -> Vec<Row> {
     rows
 }
 
+/// Issue 13: out-of-range durations (they overflowed a deadline: "internal error"), names
+/// whose files cannot be made (install failed after issuance), configuration errors found
+/// only after the lock (counted as CA failures), modes read wrongly, a cert map's unknown key.
+fn limit_rows(fx: &Fixture) -> Vec<Row> {
+    const HUGE: u64 = u64::MAX;
+    let secs = |lo: u64, hi: &str| format!("expected a whole number of seconds from {lo} to {hi}");
+    let zr = |patch: Value| Input::Args(patched(fx.zone_render(), patch));
+    let publish = |patch: Value| Input::Args(patched(fx.publish(), patch));
+    let zone = |patch: Value| publish(json!({"zones": [patched(fx.file_zone(), patch)]}));
+    // 240 octets: a valid name, too long for `<name>.rfc2136.json` and its temp name.
+    let long_origin = format!("{}.example.test", vec!["o".repeat(56); 4].join("."));
+    let zone_path = fx.root.join(format!("zones/{}.zone", "z".repeat(240)));
+    let mut rows = vec![
+        row("zone_render", "lock_timeout 2^64-1", zr(json!({"lock_timeout": HUGE})), format!("option `lock_timeout`: {}", secs(0, "86400 (1 day)"))),
+        row("zone_render", "mode 644 as a number", zr(json!({"mode": 644})), "option `mode`: 644 is a decimal number (mode 0o1204, as Ansible reads a number): quote the octal mode, \"0644\""),
+        row("zone_render", "setuid mode \"4755\"", zr(json!({"mode": "4755"})), "option `mode`: `4755`: set-user-ID"),
+        row("zone_render", "setgid mode \"2644\"", zr(json!({"mode": "2644"})), "`2644`: set-user-ID, set-group-ID and sticky bits"),
+        row("zone_render", "sticky mode 01644 as YAML's number", zr(json!({"mode": 0o1644})), "is mode 0o1644: set-user-ID, set-group-ID and sticky bits"),
+        row("zone_render", "zone file name too long for its temp file", zr(json!({"path": zone_path})), "path: the file name `zzz"),
+        row("acme_txt_publish", "timeout 2^64-1", publish(json!({"timeout": HUGE})), format!("option `timeout`: {}", secs(1, "86400 (1 day)"))),
+        row("acme_txt_publish", "timeout beyond 64 bits", publish(json!({"timeout": "99999999999999999999999"})), "found 99999999999999999999999"),
+        row("acme_txt_publish", "keep_seconds 2^64-1", publish(json!({"keep_seconds": HUGE})), format!("option `keep_seconds`: {}", secs(0, "31536000 (365 days)"))),
+        row("acme_txt_publish", "zone mode 644 as a number", zone(json!({"mode": 644})), "quote the octal mode, \"0644\""),
+        row("acme_txt_publish", "zone mode \"4755\"", zone(json!({"mode": "4755"})), "set-user-ID"),
+        row("acme_txt_publish", "rfc2136 origin too long for its state file", publish(json!({"zones": [patched(fx.dyn_zone(), json!({"origin": long_origin}))]})), "its state file in `state_dir`: the file name"),
+    ];
+    for m in ["acme_request", "acme_finalize"] {
+        let with = |patch: Value| Input::Args(patched(fx.acme(), patch));
+        let first = |name: String| with(json!({"certs": {"main": [name, "www.example.test"]}}));
+        // Valid names of 251 and 253 octets (four labels): too long for `<dir>.key` and temps.
+        let long = |n: usize| {
+            format!(
+                "{}.{}.test",
+                vec!["n".repeat(63); 3].join("."),
+                "n".repeat(n - 197)
+            )
+        };
+        rows.extend([
+            row(m, "timeout 2^64-1", with(json!({"timeout": HUGE})), format!("option `timeout`: {}", secs(1, "86400 (1 day)"))),
+            row(m, "timeout as a huge string", with(json!({"timeout": "18446744073709551616"})), "option `timeout`: expected a whole number of seconds from 1 to 86400 (1 day), found 18446744073709551616"),
+            row(m, "request_timeout 1e30", with(json!({"request_timeout": 1e30})), format!("option `request_timeout`: {}", secs(1, "3600 (1 hour)"))),
+            row(m, "renew_days 2^64-1", with(json!({"renew_days": HUGE})), "option `renew_days`: expected a whole number of days from 0 to 3650"),
+            row(m, "251-octet first name", first(long(251)), format!("certs.main: the file name `{}.key` would be", long(251))),
+            row(m, "253-octet first name", first(long(253)), "at most 232 octets first"),
+            row(m, "ca_file that is not PEM", with(json!({"ca_file": fx.root.join("ca-not-pem.txt")})), "ca_file: "),
+            row(m, "empty eab_hmac_key", with(json!({"eab_kid": "kid-1", "eab_hmac_key": ""})), "eab_hmac_key: is missing or empty"),
+            row(m, "unknown key in a cert map", with(json!({"certs": {"main": {"names": ["web.example.test"], "kye_type": "rsa-2048"}}})), "option `certs.main`: unsupported key `kye_type` in the cert's map; valid keys: names, key_type, profile"),
+        ]);
+    }
+    rows.push(row(
+        "acme_request",
+        "pending_max_age 2^64-1",
+        Input::Args(patched(fx.acme(), json!({"pending_max_age": HUGE}))),
+        format!(
+            "option `pending_max_age`: {}",
+            secs(0, "31536000 (365 days)")
+        ),
+    ));
+    rows.push(row(
+        "acme_request",
+        "ari_interval 2^64-1",
+        Input::Args(patched(fx.acme(), json!({"ari_interval": HUGE}))),
+        format!("option `ari_interval`: {}", secs(0, "31536000 (365 days)")),
+    ));
+    rows.push(row(
+        "acme_finalize",
+        "dns_check_timeout 2^64-1",
+        Input::Args(patched(fx.acme(), json!({"dns_check_timeout": HUGE}))),
+        format!("option `dns_check_timeout`: {}", secs(0, "86400 (1 day)")),
+    ));
+    rows
+}
+
 #[test]
 fn malformed_inputs_fail_fast_naming_the_culprit_and_touch_nothing() {
     let fx = Fixture::new();
@@ -679,6 +766,7 @@ fn malformed_inputs_fail_fast_naming_the_culprit_and_touch_nothing() {
     rows.extend(publish_rows(&fx));
     rows.extend(acme_rows(&fx, "acme_request"));
     rows.extend(acme_rows(&fx, "acme_finalize"));
+    rows.extend(limit_rows(&fx));
     assert!(fx.sentinels.traffic().is_empty());
 
     let mut problems = Vec::new();

@@ -5,7 +5,7 @@ use crate::certinfo::KeyType;
 use crate::policy::{self, LE_PRODUCTION, SELF_SIGN_DIRECTORY};
 use crate::store::{Store, RESERVED};
 use certbridge_core::names::{CertName, Identifier, NameError};
-use certbridge_core::protocol::{coerce, parse_options};
+use certbridge_core::protocol::{coerce, limits, parse_options};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
@@ -19,21 +19,90 @@ pub const DEFAULT_REQUEST_TIMEOUT: u64 = 30;
 /// At most this many names per certificate (Let's Encrypt's limit).
 pub const MAX_NAMES: usize = 100;
 
-/// One cert as the user wrote it: a list of names, or `{names, key_type}`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+/// One cert as the user wrote it: a list of names, or `{names, key_type, profile}`.
+#[derive(Debug, Clone)]
 pub enum CertEntry {
     Names(Vec<String>),
     Detailed(DetailedCert),
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The keys of a cert's map form.
+pub const CERT_KEYS: &[&str] = &["names", "key_type", "profile"];
+
+/// By hand rather than `untagged`, whose only error is "did not match any variant of untagged
+/// enum CertEntry": this one names the key at fault (serde's path names the cert).
+impl<'de> Deserialize<'de> for CertEntry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let shape = "expected a list of names, or a map with `names` (and optionally `key_type`, `profile`)";
+        match Value::deserialize(d)? {
+            Value::Array(items) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    Value::String(s) => Ok(s),
+                    other => Err(D::Error::custom(format!(
+                        "name {}: expected a string, found {other}",
+                        i + 1
+                    ))),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(CertEntry::Names),
+            Value::Object(map) => {
+                if let Some(key) = map.keys().find(|k| !CERT_KEYS.contains(&k.as_str())) {
+                    return Err(D::Error::custom(format!(
+                        "unsupported key `{key}` in the cert's map; valid keys: {}",
+                        CERT_KEYS.join(", ")
+                    )));
+                }
+                if !map.contains_key("names") {
+                    return Err(D::Error::custom(
+                        "the cert's map has no `names` (the list of names of the certificate)",
+                    ));
+                }
+                // Only the three known keys remain: any error is a type error of one of them.
+                let mut detailed = DetailedCert {
+                    names: Vec::new(),
+                    key_type: None,
+                    profile: None,
+                };
+                for (key, v) in map {
+                    let text = |v: Value| match v {
+                        Value::Null => Ok(None),
+                        Value::String(s) => Ok(Some(s)),
+                        other => Err(D::Error::custom(format!(
+                            "`{key}`: expected a string, found {other}"
+                        ))),
+                    };
+                    match key.as_str() {
+                        "names" => match CertEntry::deserialize(v)
+                            .map_err(|e| D::Error::custom(format!("`names`: {e}")))?
+                        {
+                            CertEntry::Names(n) => detailed.names = n,
+                            CertEntry::Detailed(_) => {
+                                return Err(D::Error::custom(
+                                    "`names`: expected a list of names, found a map",
+                                ))
+                            }
+                        },
+                        "key_type" => detailed.key_type = text(v)?,
+                        _ => detailed.profile = text(v)?,
+                    }
+                }
+                Ok(CertEntry::Detailed(detailed))
+            }
+            Value::String(s) => Err(D::Error::custom(format!(
+                "{shape}, found the string \"{s}\" (a cert with one name is a list of one)"
+            ))),
+            other => Err(D::Error::custom(format!("{shape}, found {other}"))),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
 pub struct DetailedCert {
     pub names: Vec<String>,
-    #[serde(default)]
     pub key_type: Option<String>,
-    #[serde(default)]
     pub profile: Option<String>,
 }
 
@@ -86,15 +155,27 @@ pub struct CommonOptions {
     pub group: Option<String>,
     #[serde(default)]
     pub key_type: Option<String>,
-    #[serde(default, deserialize_with = "coerce::opt_uint")]
+    /// 0 to 3650 days.
+    #[serde(
+        default,
+        deserialize_with = "coerce::opt_days::<_, 0, { limits::RENEW_DAYS }>"
+    )]
     pub renew_days: Option<u64>,
     #[serde(default, deserialize_with = "force")]
     pub force: Force,
     #[serde(default, deserialize_with = "coerce::opt_boolean")]
     pub self_sign: Option<bool>,
-    #[serde(default, deserialize_with = "coerce::opt_uint")]
+    /// 1 second to one day.
+    #[serde(
+        default,
+        deserialize_with = "coerce::opt_seconds::<_, 1, { limits::DAY }>"
+    )]
     pub timeout: Option<u64>,
-    #[serde(default, deserialize_with = "coerce::opt_uint")]
+    /// 1 second to one hour.
+    #[serde(
+        default,
+        deserialize_with = "coerce::opt_seconds::<_, 1, { limits::HOUR }>"
+    )]
     pub request_timeout: Option<u64>,
     #[serde(default)]
     pub log_file: Option<String>,
@@ -165,6 +246,12 @@ pub enum ConfigError {
     SameDirectory { a: String, b: String, dir: String },
     #[error("{option}: {detail}")]
     Invalid { option: String, detail: String },
+    #[error("certs.{cert}: {source}; {hint}")]
+    MadeName {
+        cert: String,
+        source: NameError,
+        hint: String,
+    },
 }
 
 /// One cert, validated.
@@ -406,6 +493,10 @@ pub fn validate(o: CommonOptions, default_timeout: u64) -> Result<Config, Config
         ),
         _ => None,
     };
+    let store = Store::new(cert_root, gid);
+    for spec in &certs {
+        check_made_names(&store, spec)?;
+    }
     let ca_file = o
         .ca_file
         .as_ref()
@@ -417,6 +508,13 @@ pub fn validate(o: CommonOptions, default_timeout: u64) -> Result<Config, Config
                 "ca_file",
                 format!("{} is not a readable file", p.display()),
             ));
+        }
+        // Read it now, as the client will: a file that is no PEM bundle is a configuration
+        // error, found before any lock or state change, never a CA failure with backoff.
+        if let Err(crate::http::RootsError::BadCaFile { reason, .. }) =
+            crate::http::load_roots(Some(p))
+        {
+            return Err(invalid("ca_file", format!("{}: {reason}", p.display())));
         }
     }
     if let Some(e) = &o.account_email {
@@ -435,26 +533,35 @@ pub fn validate(o: CommonOptions, default_timeout: u64) -> Result<Config, Config
             ));
         }
     }
+    // Both bounded by the parser (at least 1 s, at most a day / an hour).
     let timeout = o.timeout.unwrap_or(default_timeout);
-    if timeout == 0 {
-        return Err(invalid("timeout", "must be at least 1 second"));
-    }
     let request_timeout = o.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT);
-    if request_timeout == 0 {
-        return Err(invalid("request_timeout", "must be at least 1 second"));
-    }
-    let eab = match (&o.eab_kid, &o.eab_hmac_key) {
+    // An empty string is "not given" (as for `ca_file`); one without the other is an error,
+    // and so is a key that decodes to nothing: the client would refuse it only after the lock.
+    let given = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
+    let eab = match (given(&o.eab_kid), given(&o.eab_hmac_key)) {
         (None, None) => None,
         (Some(kid), Some(key)) => {
-            use base64::Engine;
-            let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(key.trim_end_matches('='))
-                .map_err(|_| {
-                    invalid("eab_hmac_key", "is not base64url (its value is not shown)")
-                })?;
-            Some((kid.clone(), bytes))
+            let bytes = crate::client::decode_eab_key(&key).map_err(|_| {
+                invalid(
+                    "eab_hmac_key",
+                    "is not base64url, or decodes to nothing (its value is not shown)",
+                )
+            })?;
+            Some((kid.trim().to_owned(), bytes))
         }
-        _ => return Err(invalid("eab_kid", "eab_kid and eab_hmac_key go together")),
+        (Some(_), None) => {
+            return Err(invalid(
+                "eab_hmac_key",
+                "is missing or empty: eab_kid and eab_hmac_key go together",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                "eab_kid",
+                "is missing or empty: eab_kid and eab_hmac_key go together",
+            ))
+        }
     };
     let log_file = match &o.log_file {
         Some(s) if s.is_empty() => None,
@@ -469,7 +576,7 @@ pub fn validate(o: CommonOptions, default_timeout: u64) -> Result<Config, Config
         ca_file,
         account_email: o.account_email.clone(),
         terms_agreed: o.terms_agreed.unwrap_or(true),
-        store: Store::new(cert_root, gid),
+        store,
         renew_days: o.renew_days,
         force: o.force.clone(),
         timeout: Duration::from_secs(timeout),
@@ -480,6 +587,74 @@ pub fn validate(o: CommonOptions, default_timeout: u64) -> Result<Config, Config
         proxy: o.proxy.clone().filter(|p| !p.trim().is_empty()),
         notes,
     })
+}
+
+/// Every directory and file the store makes for `spec` (with the temporary names made beside
+/// them): the cert directory `<cert_root>/<dir>`, its service files (`<dir>.key`, `<dir>.cer`,
+/// ...) and links, the same files in a generation directory, and under `.certbridge/` the
+/// cert's metadata `<cert>.json` and its order's key. Checked against the file-name and path
+/// limits before any lock, order or write: a name too long would otherwise fail only at
+/// install, after the CA issued, leaving a partial generation behind.
+fn check_made_names(store: &Store, spec: &CertSpec) -> Result<(), ConfigError> {
+    let cert = spec.name.as_str();
+    let made = |dir_name: &str| -> Vec<(PathBuf, String)> {
+        let cert_dir = store.cert_dir(dir_name);
+        // The longest generation directory name `next_generation` can produce.
+        let gen_dir = cert_dir.join(format!("gen-{}", u64::MAX));
+        // The service files first: `<dir>.key` is what a long first name breaks first.
+        let mut out = Vec::new();
+        for d in [&cert_dir, &gen_dir] {
+            for (name, _) in crate::store::service_files(dir_name) {
+                out.push((d.clone(), name));
+            }
+        }
+        for name in ["current", "previous"] {
+            out.push((cert_dir.clone(), name.to_owned()));
+        }
+        out.push((cert_dir.clone(), format!("gen-{}", u64::MAX)));
+        out.push((store.root.clone(), dir_name.to_owned()));
+        out
+    };
+    let check = |dir_name: &str| -> Result<(), NameError> {
+        made(dir_name)
+            .iter()
+            .try_for_each(|(parent, name)| certbridge_core::names::check_made_file(parent, name))
+    };
+    if let Err(source) = check(&spec.dir) {
+        // The longest first name that would fit, for the hint.
+        let fits = (1..spec.dir.len())
+            .rev()
+            .find(|n| check(&"a".repeat(*n)).is_ok());
+        let or_root = match source {
+            NameError::PathTooLong { .. } => " (or shorten `cert_root`)",
+            _ => "",
+        };
+        let hint = match fits {
+            Some(n) => format!(
+                "the first name (without `*.`) names the directory and its `<dir>.key` and \
+                 `<dir>.cer` files: put a name of at most {n} octets first{or_root}"
+            ),
+            None => "shorten `cert_root`".into(),
+        };
+        return Err(ConfigError::MadeName {
+            cert: cert.into(),
+            source,
+            hint,
+        });
+    }
+    for path in [store.meta_path(cert), store.pending_key_path(cert)] {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            continue;
+        };
+        certbridge_core::names::check_made_file(parent, &name.to_string_lossy()).map_err(
+            |source| ConfigError::MadeName {
+                cert: cert.into(),
+                source,
+                hint: "shorten `cert_root` or the cert name".into(),
+            },
+        )?;
+    }
+    Ok(())
 }
 
 /// A profile name as CAs spell them (`tlsserver`, `shortlived`); empty means the default.
@@ -626,6 +801,153 @@ mod tests {
         assert!(err.contains("certs.big: 101 names"), "{err}");
         let err = check(json!({"certs": {"a": ["a.example.test"]}, "eab_kid": "k", "eab_hmac_key": "c2VjcmV0!!"})).unwrap_err();
         assert!(!err.contains("c2VjcmV0"), "{err}");
+    }
+
+    /// A valid name of `len` octets (labels of up to 63 octets).
+    fn long_name(len: usize) -> String {
+        let mut body = String::new();
+        while body.len() + ".test".len() < len {
+            if !body.is_empty() {
+                body.push('.');
+            }
+            let room = len - ".test".len() - body.len();
+            // Never leave exactly one octet: it would need a dot and an empty label.
+            let take = if room > 63 && room - 63 == 1 {
+                62
+            } else {
+                room.min(63)
+            };
+            body.push_str(&"a".repeat(take));
+        }
+        format!("{body}.test")
+    }
+
+    #[test]
+    fn durations_are_bounded_naming_option_and_range() {
+        let base = |k: &str, v: Value| {
+            let mut o = json!({"certs": {"a": ["a.example.test"]}, "jitter_seed": "h"});
+            o[k] = v;
+            o
+        };
+        for (k, v, want) in [
+            ("timeout", json!(18446744073709551615u64), "option `timeout`: expected a whole number of seconds from 1 to 86400 (1 day), found 18446744073709551615"),
+            ("timeout", json!(0), "from 1 to 86400"),
+            ("timeout", json!("86401"), "found 86401"),
+            ("request_timeout", json!(1e20), "option `request_timeout`: expected a whole number of seconds from 1 to 3600 (1 hour)"),
+            ("renew_days", json!(18446744073709551615u64), "option `renew_days`: expected a whole number of days from 0 to 3650"),
+        ] {
+            let err = check(base(k, v.clone())).unwrap_err();
+            assert!(err.contains(want), "{k}={v}: {err}");
+        }
+        let c = check(base("timeout", json!("86400"))).unwrap();
+        assert_eq!(c.timeout, Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn names_whose_files_cannot_be_made_are_refused_up_front() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("certs");
+        let with = |first: &str| {
+            check(json!({"certs": {"big": [first, "www.example.test"]},
+                "cert_root": root, "jitter_seed": "h"}))
+        };
+        // 253 and 251 octets are valid names, but `<dir>.key`'s temp names are too long.
+        for len in [253, 251, 233] {
+            let name = long_name(len);
+            assert_eq!(name.len(), len);
+            let err = with(&name).unwrap_err();
+            assert!(
+                err.starts_with("certs.big: the file name `")
+                    && err.contains(&format!("`{name}.key` would be"))
+                    && err.contains("over the 255-octet file-name limit")
+                    && err.contains("at most 232 octets first"),
+                "{len}: {err}"
+            );
+            // As a wildcard the base is what names the directory.
+            let err = with(&format!("*.{name}")).unwrap_err();
+            assert!(err.contains("certs.big"), "{err}");
+        }
+        with(&long_name(232)).unwrap();
+        // Only the first name names a directory.
+        check(json!({"certs": {"big": ["a.example.test", long_name(253)]},
+            "cert_root": root, "jitter_seed": "h"}))
+        .unwrap();
+        assert!(!root.exists(), "validation made the cert root");
+        // A cert root so deep that no cert directory fits in PATH_MAX.
+        let deep = format!("/{}", vec!["d".repeat(200); 20].join("/"));
+        let err = check(
+            json!({"certs": {"a": ["a.example.test"]}, "cert_root": deep, "jitter_seed": "h"}),
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("certs.a: the path") && err.contains("cert_root"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn ca_file_and_eab_are_checked_before_any_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("ca.txt");
+        std::fs::write(&not_pem, "just text\n").unwrap();
+        let base = || json!({"certs": {"a": ["a.example.test"]}, "jitter_seed": "h"});
+        let mut o = base();
+        o["ca_file"] = json!(not_pem);
+        let err = check(o).unwrap_err();
+        assert!(
+            err.starts_with("ca_file: ") && err.contains("no PEM certificate"),
+            "{err}"
+        );
+        for (kid, key, want) in [
+            (
+                json!("kid-1"),
+                json!(""),
+                "eab_hmac_key: is missing or empty",
+            ),
+            (
+                json!("kid-1"),
+                json!("  "),
+                "eab_hmac_key: is missing or empty",
+            ),
+            (
+                json!("kid-1"),
+                json!("===="),
+                "eab_hmac_key: is not base64url, or decodes to nothing",
+            ),
+            (json!(""), json!("c2VjcmV0"), "eab_kid: is missing or empty"),
+        ] {
+            let mut o = base();
+            o["eab_kid"] = kid;
+            o["eab_hmac_key"] = key;
+            let err = check(o).unwrap_err();
+            assert!(err.contains(want), "{err}");
+        }
+        // Both empty: not given (what a role passes for unset variables).
+        let mut o = base();
+        o["eab_kid"] = json!("");
+        o["eab_hmac_key"] = json!("");
+        assert!(check(o).unwrap().eab.is_none());
+    }
+
+    #[test]
+    fn unknown_keys_of_a_cert_map_are_named_with_the_cert() {
+        for (entry, want) in [
+            (
+                json!({"names": ["a.example.test"], "kye_type": "rsa-2048"}),
+                "option `certs.main`: unsupported key `kye_type` in the cert's map; valid keys: names, key_type, profile",
+            ),
+            (json!({"key_type": "rsa-2048"}), "option `certs.main`: the cert's map has no `names`"),
+            (json!({"names": "a.example.test"}), "option `certs.main`: `names`:"),
+            (json!({"names": ["a.example.test"], "key_type": 2048}), "option `certs.main`: `key_type`: expected a string"),
+            (json!(["a.example.test", 7]), "option `certs.main`: name 2: expected a string"),
+            (json!("a.example.test"), "option `certs.main`: expected a list of names"),
+        ] {
+            let err = check(json!({"certs": {"main": entry}})).unwrap_err();
+            assert!(err.contains(want), "{entry}: {err}");
+            assert!(!err.contains("untagged"), "{err}");
+        }
+        let c = check(json!({"certs": {"main": {"names": ["a.example.test"], "key_type": null, "profile": "x"}}, "jitter_seed": "h"})).unwrap();
+        assert_eq!(c.cert("main").unwrap().profile.as_deref(), Some("x"));
     }
 
     #[test]

@@ -37,10 +37,11 @@ pub struct FinalizeOptions {
     /// is asked to validate; `off` (or unset) skips the check.
     #[serde(default)]
     pub dns_check: Option<String>,
-    /// How long `dns_check` waits for values at most (seconds; default the whole `timeout`).
+    /// How long `dns_check` waits for values at most (seconds, 0 to one day; default the
+    /// whole `timeout`).
     #[serde(
         default,
-        deserialize_with = "certbridge_core::protocol::coerce::opt_uint"
+        deserialize_with = "certbridge_core::protocol::coerce::opt_seconds::<_, 0, { certbridge_core::protocol::limits::DAY }>"
     )]
     pub dns_check_timeout: Option<u64>,
 }

@@ -13,7 +13,7 @@ use crate::policy::{self, Action, Decision, Wanted};
 use crate::policy::{AriAnswer, Reason};
 use crate::store::{AriState, OnDisk};
 use crate::store::{Meta, PendingOrder};
-use certbridge_core::protocol::{coerce, Failure, Invocation, Reply};
+use certbridge_core::protocol::{coerce, limits, Failure, Invocation, Reply};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -29,12 +29,20 @@ pub const DEFAULT_PENDING_MAX_AGE: u64 = 3600;
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RequestOptions {
-    #[serde(default, deserialize_with = "coerce::opt_uint")]
+    /// 0 to 365 days.
+    #[serde(
+        default,
+        deserialize_with = "coerce::opt_seconds::<_, 0, { limits::YEAR }>"
+    )]
     pub pending_max_age: Option<u64>,
     #[serde(default)]
     pub metrics_file: Option<String>,
-    /// Seconds between renewal-information checks when the CA sends no Retry-After.
-    #[serde(default, deserialize_with = "coerce::opt_uint")]
+    /// Seconds between renewal-information checks when the CA sends no Retry-After (0 to 365
+    /// days).
+    #[serde(
+        default,
+        deserialize_with = "coerce::opt_seconds::<_, 0, { limits::YEAR }>"
+    )]
     pub ari_interval: Option<u64>,
 }
 
@@ -131,9 +139,10 @@ pub fn module<C: CaConnector>(
     let cfg = config::validate(common, DEFAULT_TIMEOUT).map_err(|e| Failure::new(e.to_string()))?;
     crate::acme::preflight(&cfg).map_err(Failure::new)?;
     let pending_max_age = own.pending_max_age.unwrap_or(DEFAULT_PENDING_MAX_AGE) as i64;
-    let ari_interval = own.ari_interval.map_or(policy::DEFAULT_ARI_INTERVAL, |s| {
-        s.min(i64::MAX as u64) as i64
-    });
+    // Both bounded by the parser (at most a year): the casts cannot wrap.
+    let ari_interval = own
+        .ari_interval
+        .map_or(policy::DEFAULT_ARI_INTERVAL, |s| s as i64);
     let metrics_file = own
         .metrics_file
         .filter(|s| !s.is_empty())

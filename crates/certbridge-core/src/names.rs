@@ -39,6 +39,43 @@ pub enum NameError {
     BadTxtDigest(String),
     #[error("`{0}` is not an address:port (an IP address, `[v6]:port`, or an address alone for port {1})")]
     BadAddress(String, u16),
+    #[error("the file name `{name}` would be {len} octets with its temporary name (`.<name>.tmp.<pid>.<n>`), over the {NAME_MAX}-octet file-name limit")]
+    FileNameTooLong { name: String, len: usize },
+    #[error("the path `{path}` would be {len} octets with its temporary name, over the {PATH_MAX}-octet path limit")]
+    PathTooLong { path: String, len: usize },
+}
+
+/// The longest file name (one path component) Linux file systems take (`NAME_MAX`).
+pub const NAME_MAX: usize = 255;
+/// The longest path the kernel takes, without the terminating NUL (`PATH_MAX` - 1).
+pub const PATH_MAX: usize = 4095;
+/// The most a name made beside a file adds to that file's name: the temporary name of an
+/// atomic write, `.<name>.tmp.<pid>.<attempt>`, with a pid of up to 10 digits (a `u32`) and
+/// an attempt of up to 2. Shorter companions (the symlink swaps' `.<name>.tmp.<pid>`, locks
+/// `.<name>.lock`) fit when it fits.
+pub const TEMP_NAME_EXTRA: usize = 1 + ".tmp.".len() + 10 + 1 + 2;
+
+/// Checks, before anything is written, that the file `name` can be made in `dir`: the name
+/// and its temporary names fit [`NAME_MAX`], and the longest resulting path fits
+/// [`PATH_MAX`]. A name that fails here would fail with "File name too long" half-way
+/// through a write.
+pub fn check_made_file(dir: &std::path::Path, name: &str) -> Result<(), NameError> {
+    let len = name.len() + TEMP_NAME_EXTRA;
+    if len > NAME_MAX {
+        return Err(NameError::FileNameTooLong {
+            name: name.into(),
+            len,
+        });
+    }
+    let path = dir.join(name);
+    let path_len = path.as_os_str().len() + TEMP_NAME_EXTRA;
+    if path_len > PATH_MAX {
+        return Err(NameError::PathTooLong {
+            path: path.display().to_string(),
+            len: path_len,
+        });
+    }
+    Ok(())
 }
 
 /// Shared label rules. `underscore`: owner names may carry `_acme-challenge`-style labels.
@@ -424,6 +461,26 @@ mod tests {
         ] {
             assert!(TxtDigest::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn made_files_fit_name_and_path_limits_with_their_temp_names() {
+        let dir = std::path::Path::new("/etc/letsencrypt-certs");
+        let fits = "a".repeat(NAME_MAX - TEMP_NAME_EXTRA);
+        check_made_file(dir, &fits).unwrap();
+        let over = format!("{fits}b");
+        let e = check_made_file(dir, &over).unwrap_err();
+        assert!(
+            matches!(e, NameError::FileNameTooLong { len: 256, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("255-octet file-name limit"), "{e}");
+        // A 251-octet first name: `<dir>.key` is 255 octets, its temp names are not.
+        let key = format!("{}.key", "x".repeat(251));
+        assert!(check_made_file(dir, &key).is_err());
+        let deep = std::path::PathBuf::from(format!("/{}", vec!["d".repeat(200); 21].join("/")));
+        let e = check_made_file(&deep, "cert.pem").unwrap_err();
+        assert!(matches!(e, NameError::PathTooLong { .. }), "{e}");
     }
 
     #[test]

@@ -470,6 +470,183 @@ pub mod coerce {
     pub fn opt_uint<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
         uint(d).map(Some)
     }
+
+    /// A whole number of seconds in `MIN..=MAX` (an integer or a numeric string). Anything
+    /// else (negative, fractional, too large for 64 bits, outside the range) is refused with
+    /// the range, so no value can overflow a deadline later.
+    pub fn seconds<'de, D, const MIN: u64, const MAX: u64>(d: D) -> Result<u64, D::Error>
+    where
+        D: Deserializer<'de>,
+    {
+        super::bounded(&Value::deserialize(d)?, MIN, MAX, "seconds").map_err(de::Error::custom)
+    }
+
+    /// [`seconds`], optional: absent or `null` is `None`.
+    pub fn opt_seconds<'de, D, const MIN: u64, const MAX: u64>(
+        d: D,
+    ) -> Result<Option<u64>, D::Error>
+    where
+        D: Deserializer<'de>,
+    {
+        match Value::deserialize(d)? {
+            Value::Null => Ok(None),
+            v => super::bounded(&v, MIN, MAX, "seconds")
+                .map(Some)
+                .map_err(de::Error::custom),
+        }
+    }
+
+    /// A whole number of days in `MIN..=MAX`, optional (see [`seconds`]).
+    pub fn opt_days<'de, D, const MIN: u64, const MAX: u64>(d: D) -> Result<Option<u64>, D::Error>
+    where
+        D: Deserializer<'de>,
+    {
+        match Value::deserialize(d)? {
+            Value::Null => Ok(None),
+            v => super::bounded(&v, MIN, MAX, "days")
+                .map(Some)
+                .map_err(de::Error::custom),
+        }
+    }
+
+    /// A file mode (see [`super::parse_mode`]), optional: absent or `null` is `None`.
+    pub fn opt_mode<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        match Value::deserialize(d)? {
+            Value::Null => Ok(None),
+            v => super::parse_mode(&v).map(Some).map_err(de::Error::custom),
+        }
+    }
+}
+
+/// The allowed range of every duration option of the four modules, in one place (the module
+/// docs quote them). Each bound keeps `Instant::now() + value` and `days * 86400` far from
+/// overflowing, and is far beyond any sensible setting.
+pub mod limits {
+    /// One day: the most any whole-call deadline or wait may be (`timeout` of every module,
+    /// acme_finalize's `dns_check_timeout`, zone_render's `lock_timeout`).
+    pub const DAY: u64 = 86_400;
+    /// One hour: the most `request_timeout` (one HTTP request to the CA) may be.
+    pub const HOUR: u64 = 3_600;
+    /// 365 days: the most an age or interval may be (`pending_max_age`, `ari_interval`,
+    /// acme_txt_publish's `keep_seconds`).
+    pub const YEAR: u64 = 365 * DAY;
+    /// Ten years, in days: the most `renew_days` may be (values of half a certificate's
+    /// lifetime or more are ignored with a warning anyway).
+    pub const RENEW_DAYS: u64 = 3_650;
+}
+
+/// "86400 (1 day)": a bound in seconds, with a human reading when it is whole days or hours.
+fn human(n: u64, unit: &str) -> String {
+    if unit != "seconds" || n < 3600 {
+        return n.to_string();
+    }
+    let (count, what) = if n.is_multiple_of(86_400) {
+        (n / 86_400, "day")
+    } else if n.is_multiple_of(3600) {
+        (n / 3600, "hour")
+    } else {
+        return n.to_string();
+    };
+    let s = if count == 1 { "" } else { "s" };
+    format!("{n} ({count} {what}{s})")
+}
+
+/// Checks an integer option (a number or a numeric string) against `min..=max`; the error
+/// states the range and the unit. Serde's path names the option.
+pub fn bounded(v: &Value, min: u64, max: u64, unit: &str) -> Result<u64, String> {
+    let range = format!(
+        "expected a whole number of {unit} from {min} to {}",
+        human(max, unit)
+    );
+    let n = match v {
+        Value::Number(n) => n.as_u64().ok_or_else(|| format!("{range}, found {n}"))?,
+        Value::String(s) => {
+            let t = s.trim();
+            match t.parse::<u64>() {
+                Ok(n) => n,
+                // All digits, but more than 64 bits hold: out of range rather than malformed.
+                Err(_) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) => {
+                    return Err(format!("{range}, found {t}"))
+                }
+                Err(_) => return Err(format!("{range}, found \"{s}\"")),
+            }
+        }
+        other => return Err(format!("{range}, found {}", kind_of(other))),
+    };
+    if n < min || n > max {
+        return Err(format!("{range}, found {n}"));
+    }
+    Ok(n)
+}
+
+/// Set-user-ID, set-group-ID and sticky bits.
+const SPECIAL_BITS: u32 = 0o7000;
+
+/// Parses a file mode the way Ansible's `file` module reads `mode`, and refuses what no file
+/// of ours may have. The one parser of every `mode` option (zone_render, acme_txt_publish's
+/// zonefile zones).
+///
+/// - A string is octal: `"0644"`, `"644"`, `"0o644"`.
+/// - A number is taken as the already-converted value, as Ansible takes it: YAML's unquoted
+///   `0644` arrives as 420 and means 0644. A number without the leading zero (`644`) is
+///   decimal to YAML and to Ansible alike (644 = 0o1204, sticky and odd bits); every number
+///   above 0o777 (511) is refused, and when its digits read as an octal mode the message
+///   suggests the quoted string (`"0644"`). Numbers up to 511 cannot be told from converted
+///   ones and are taken as given (an unquoted `400` is 0o620, as with Ansible).
+/// - Set-user-ID, set-group-ID and sticky bits (04000, 02000, 01000) are refused: zone, key
+///   and certificate files are data, never programs or shared directories.
+/// - Symbolic modes (`u=rw,g=r`) are not supported.
+pub fn parse_mode(v: &Value) -> Result<u32, String> {
+    const SPECIAL: &str = "set-user-ID, set-group-ID and sticky bits (04000, 02000, 01000) \
+                           are refused: the file is data, not a program or a directory";
+    match v {
+        Value::Number(n) => {
+            let Some(m) = n.as_u64() else {
+                return Err(format!(
+                    "{n} is not a file mode: give an octal string like \"0644\""
+                ));
+            };
+            if m <= 0o777 {
+                return Ok(m as u32);
+            }
+            let digits = m.to_string();
+            match u32::from_str_radix(&digits, 8) {
+                // `mode: 644` unquoted: what was meant is almost surely 0644.
+                Ok(octal) if octal <= 0o777 => Err(format!(
+                    "{m} is a decimal number (mode 0o{m:o}, as Ansible reads a number): \
+                     quote the octal mode, \"0{digits}\""
+                )),
+                _ if m <= 0o7777 => Err(format!("{m} is mode 0o{m:o}: {SPECIAL}")),
+                _ => Err(format!(
+                    "{m} is not a file mode: give an octal string like \"0644\""
+                )),
+            }
+        }
+        Value::String(s) => {
+            let t = s.trim();
+            let digits = t.strip_prefix("0o").unwrap_or(t);
+            if digits.is_empty()
+                || digits.len() > 5
+                || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
+            {
+                return Err(format!(
+                    "`{s}` is not an octal mode like \"0644\" (symbolic modes are not supported)"
+                ));
+            }
+            let m = u32::from_str_radix(digits, 8).map_err(|e| e.to_string())?;
+            if m > 0o7777 {
+                return Err(format!("`{s}` is above 07777"));
+            }
+            if m & SPECIAL_BITS != 0 {
+                return Err(format!("`{s}`: {SPECIAL}"));
+            }
+            Ok(m)
+        }
+        other => Err(format!(
+            "expected an octal string like \"0644\", found {}",
+            kind_of(other)
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -546,6 +723,90 @@ mod tests {
     fn strings_coerce_like_ansible() {
         let o = parse(json!({"path": "x", "ttl": "60"})).unwrap();
         assert_eq!(o.ttl, Some(60));
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Durations {
+        #[serde(
+            default,
+            deserialize_with = "coerce::opt_seconds::<_, 1, { limits::DAY }>"
+        )]
+        timeout: Option<u64>,
+        #[serde(
+            default,
+            deserialize_with = "coerce::opt_days::<_, 0, { limits::RENEW_DAYS }>"
+        )]
+        days: Option<u64>,
+    }
+
+    fn durations(v: Value) -> Result<Durations, String> {
+        let Value::Object(m) = v else { panic!() };
+        parse_options::<Durations>(m).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn durations_are_bounded_naming_option_and_range() {
+        let d = durations(json!({"timeout": "60", "days": 30})).unwrap();
+        assert_eq!((d.timeout, d.days), (Some(60), Some(30)));
+        let d = durations(json!({"timeout": null})).unwrap();
+        assert_eq!(d.timeout, None);
+        let range = "expected a whole number of seconds from 1 to 86400 (1 day)";
+        for bad in [
+            json!(18446744073709551615u64),
+            json!("18446744073709551615"),
+            json!("99999999999999999999999"),
+            json!(1e30),
+            json!(0),
+            json!(86401),
+            json!(-1),
+            json!(1.5),
+            json!("soon"),
+            json!([60]),
+        ] {
+            let e = durations(json!({ "timeout": bad })).unwrap_err();
+            assert!(
+                e.starts_with("option `timeout`: ") && e.contains(range),
+                "{bad}: {e}"
+            );
+        }
+        let e = durations(json!({"days": 3651})).unwrap_err();
+        assert!(
+            e.contains("option `days`: expected a whole number of days from 0 to 3650, found 3651"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn modes_read_like_ansible_and_refuse_special_bits() {
+        for (v, want) in [
+            (json!("0644"), 0o644),
+            (json!("644"), 0o644),
+            (json!(" 0o600 "), 0o600),
+            (json!("0"), 0),
+            (json!(420), 0o644),
+            (json!(384), 0o600),
+            (json!(0), 0),
+        ] {
+            assert_eq!(parse_mode(&v), Ok(want), "{v}");
+        }
+        for (v, want) in [
+            (json!(644), "quote the octal mode, \"0644\""),
+            (json!(600), "\"0600\""),
+            (json!(2468), "mode 0o4644: set-user-ID"),
+            (json!("4755"), "set-user-ID"),
+            (json!("2750"), "set-group-ID"),
+            (json!("1777"), "sticky"),
+            (json!("17777"), "above 07777"),
+            (json!("u=rw,g=r"), "symbolic modes are not supported"),
+            (json!("0999"), "not an octal mode"),
+            (json!(-1), "not a file mode"),
+            (json!(99999), "not a file mode"),
+            (json!(true), "found a boolean"),
+        ] {
+            let e = parse_mode(&v).unwrap_err();
+            assert!(e.contains(want), "{v}: {e}");
+        }
     }
 
     #[test]

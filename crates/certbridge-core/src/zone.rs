@@ -31,6 +31,7 @@
 
 use crate::fsutil::{self, FileAttrs, Lock, LockError};
 use crate::names::{DomainName, NameError};
+use crate::protocol::limits::DAY;
 use crate::protocol::{coerce, Failure, Invocation, Reply};
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
@@ -1406,45 +1407,10 @@ fn validate_option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>
     }
 }
 
-/// Parses a file mode: an octal string (`"0644"`, `"644"`) or an integer (YAML's `0644` arrives
-/// as 420). Symbolic modes are refused.
+/// Parses a file mode with the modules' one mode parser ([`crate::protocol::parse_mode`]:
+/// octal strings, numbers as Ansible takes them, no set-id or sticky bits).
 pub fn parse_mode(v: &Value) -> Result<u32, ZoneError> {
-    let mode = match v {
-        Value::Number(n) => n
-            .as_u64()
-            .and_then(|m| u32::try_from(m).ok())
-            .ok_or_else(|| ZoneError::BadMode(format!("{n} is not a file mode")))?,
-        Value::String(s) => {
-            let digits = s.strip_prefix("0o").unwrap_or(s);
-            if digits.is_empty()
-                || digits.len() > 5
-                || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
-            {
-                return Err(ZoneError::BadMode(format!(
-                    "`{s}` is not an octal mode like \"0644\" (symbolic modes are not supported)"
-                )));
-            }
-            u32::from_str_radix(digits, 8).map_err(|e| ZoneError::BadMode(e.to_string()))?
-        }
-        _ => {
-            return Err(ZoneError::BadMode(
-                "expected an octal string like \"0644\" or an integer".into(),
-            ))
-        }
-    };
-    if mode > 0o7777 {
-        return Err(ZoneError::BadMode(format!("{mode:o} is above 07777")));
-    }
-    Ok(mode)
-}
-
-fn mode_option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-    match Option::<Value>::deserialize(d)? {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => parse_mode(&v)
-            .map(Some)
-            .map_err(|e| serde::de::Error::custom(e.to_string())),
-    }
+    crate::protocol::parse_mode(v).map_err(ZoneError::BadMode)
 }
 
 /// The `soa` option.
@@ -1493,13 +1459,14 @@ pub struct ZoneRenderOptions {
     pub records: Option<Vec<RecordOptions>>,
     #[serde(default, deserialize_with = "validate_option")]
     pub validate: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "mode_option")]
+    #[serde(default, deserialize_with = "coerce::opt_mode")]
     pub mode: Option<u32>,
     #[serde(default)]
     pub owner: Option<String>,
     #[serde(default)]
     pub group: Option<String>,
-    #[serde(default, deserialize_with = "nullable_uint")]
+    /// Seconds to wait for the zone's lock (0 to one day).
+    #[serde(default, deserialize_with = "coerce::opt_seconds::<_, 0, DAY>")]
     pub lock_timeout: Option<u64>,
 }
 
@@ -1512,6 +1479,15 @@ impl ZoneRenderOptions {
     ) -> Result<(ZoneSpec, Vec<Record>, WriteOptions), ZoneError> {
         if !self.path.is_absolute() {
             return Err(ZoneError::RelativePath(self.path));
+        }
+        // The zone file, its lock and its temp file are made beside it: fit them now.
+        if let (Some(dir), Some(name)) = (self.path.parent(), self.path.file_name()) {
+            crate::names::check_made_file(dir, &name.to_string_lossy()).map_err(|source| {
+                ZoneError::BadName {
+                    what: "path".into(),
+                    source,
+                }
+            })?;
         }
         let mut spec = ZoneSpec::new(self.origin, self.ns);
         if let Some(ttl) = self.ttl {
@@ -2081,9 +2057,42 @@ www\t60\tIN\tAAAA\t2001:db8::1\n";
             json!("17777"),
             json!(true),
             json!(-1),
+            json!(644),
+            json!("4755"),
+            json!("01777"),
         ] {
             assert!(parse_mode(&bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn options_bound_lock_timeout_and_refuse_setid_modes() {
+        let parse = |extra: Value| {
+            let mut v = json!({"path": "/tmp/z.zone", "origin": "a.test", "ns": ["ns1.a.test"]});
+            for (k, x) in extra.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            let Value::Object(m) = v else { panic!() };
+            crate::protocol::parse_options::<ZoneRenderOptions>(m).map_err(|e| e.to_string())
+        };
+        let e = parse(json!({"lock_timeout": 18446744073709551615u64})).unwrap_err();
+        assert!(
+            e.starts_with("option `lock_timeout`:") && e.contains("from 0 to 86400"),
+            "{e}"
+        );
+        assert_eq!(
+            parse(json!({"lock_timeout": "0"})).unwrap().lock_timeout,
+            Some(0)
+        );
+        let e = parse(json!({"mode": 644})).unwrap_err();
+        assert!(
+            e.starts_with("option `mode`:") && e.contains("\"0644\""),
+            "{e}"
+        );
+        let e = parse(json!({"mode": "4755"})).unwrap_err();
+        assert!(e.contains("set-user-ID"), "{e}");
+        assert_eq!(parse(json!({"mode": 420})).unwrap().mode, Some(0o644));
+        assert_eq!(parse(json!({"mode": null})).unwrap().mode, None);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use crate::chase::{self, Lookup};
 use crate::transport::TsigKey;
 use certbridge_core::names::{CertName, DomainName, Identifier, ServerAddr, TxtDigest};
-use certbridge_core::protocol::coerce;
+use certbridge_core::protocol::{coerce, limits};
 use certbridge_core::zone;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -48,9 +48,17 @@ pub struct PublishOptions {
     pub nameservers: Option<Vec<String>>,
     #[serde(default = "default_port", deserialize_with = "coerce::uint")]
     pub nameserver_port: u64,
-    #[serde(default = "default_keep", deserialize_with = "coerce::uint")]
+    /// 0 to 365 days.
+    #[serde(
+        default = "default_keep",
+        deserialize_with = "coerce::seconds::<_, 0, { limits::YEAR }>"
+    )]
     pub keep_seconds: u64,
-    #[serde(default = "default_timeout", deserialize_with = "coerce::uint")]
+    /// 1 second to one day.
+    #[serde(
+        default = "default_timeout",
+        deserialize_with = "coerce::seconds::<_, 1, { limits::DAY }>"
+    )]
     pub timeout: u64,
     #[serde(default = "default_state_dir")]
     pub state_dir: String,
@@ -307,10 +315,8 @@ impl Plan {
         if o.zones.is_empty() {
             return Err("option `zones` is empty: name at least one managed signing zone".into());
         }
+        // Bounded by the parser (1 s to a day): no deadline can overflow.
         let timeout = Duration::from_secs(o.timeout);
-        if o.timeout == 0 {
-            return Err("option `timeout` must be at least 1 second".into());
-        }
         let nameserver_port = port("nameserver_port", o.nameserver_port)?;
         let mut zones = Vec::new();
         let mut origins = BTreeSet::new();
@@ -389,6 +395,21 @@ impl Plan {
         if o.state_dir.is_empty() {
             return Err("option `state_dir` is empty".into());
         }
+        // Each dynamic zone keeps `<state_dir>/<origin>.rfc2136.json` (and its lock and temp
+        // file): a long origin must fail here, not after the UPDATE was sent.
+        let state_dir = PathBuf::from(&o.state_dir);
+        for (i, z) in zones.iter().enumerate() {
+            if let ZoneKind::Dynamic(_) = z.kind {
+                let path = crate::rfc2136::state_path(&state_dir, &z.origin);
+                let name = path.file_name().unwrap_or_default().to_string_lossy();
+                certbridge_core::names::check_made_file(&state_dir, &name).map_err(|e| {
+                    format!(
+                        "`zones[{i}]` (zone {}): its state file in `state_dir`: {e}",
+                        z.origin.fqdn()
+                    )
+                })?;
+            }
+        }
         let (accepted, rejected) = parse_records(&o.records);
         Ok(Plan {
             accepted,
@@ -402,7 +423,7 @@ impl Plan {
             nameserver_port,
             keep_seconds: o.keep_seconds,
             timeout,
-            state_dir: PathBuf::from(&o.state_dir),
+            state_dir,
         })
     }
 }
@@ -682,6 +703,26 @@ mod tests {
             (json!({"nameservers": ["ns1.example"]}), "nameservers[0]"),
             (json!({"nameserver_port": 70000}), "nameserver_port"),
             (json!({"timeout": 0}), "timeout"),
+            (
+                json!({"timeout": 18446744073709551615u64}),
+                "option `timeout`: expected a whole number of seconds from 1 to 86400",
+            ),
+            (
+                json!({"keep_seconds": "99999999999999999999"}),
+                "option `keep_seconds`: expected a whole number of seconds from 0 to 31536000",
+            ),
+            (
+                json!({"zones": [{"origin": "a.test", "method": "zonefile", "path": "/x.db", "ns": ["n.a"], "mode": 644}]}),
+                "\"0644\"",
+            ),
+            (
+                json!({"zones": [{"origin": "a.test", "method": "zonefile", "path": "/x.db", "ns": ["n.a"], "mode": "4755"}]}),
+                "set-user-ID",
+            ),
+            (
+                json!({"zones": [{"origin": format!("{}.test", vec!["a".repeat(60); 4].join(".")), "method": "rfc2136", "server": "127.0.0.1", "tsig_name": "k", "tsig_secret": "c2VjcmV0"}]}),
+                "its state file in `state_dir`: the file name",
+            ),
         ];
         for (patch, want) in cases {
             let mut v = base();
