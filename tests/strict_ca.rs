@@ -1,0 +1,270 @@
+//! The modules against the strict test CA (tests/support/ca_proxy.rs with its strict rules on
+//! and Let's Encrypt's profiles): issuance, ARI renewals, stale and changed pending orders pass
+//! without one refused request; a cert over its profile's name limit gets the CA's answer, or,
+//! at Let's Encrypt's own directories, fails before anything is ordered. Pebble validates every
+//! challenge here (`PEBBLE_VA_ALWAYS_VALID`): these tests are about what is asked of the CA.
+#[path = "support/ca_proxy.rs"]
+mod ca_proxy;
+mod common;
+
+use ca_proxy::{CaProxy, Endpoint, ProxyConfig, Window};
+use common::{run_module, ModuleRun, Testbed};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+
+struct Host {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    base: Value,
+}
+
+impl Host {
+    fn new(proxy: &CaProxy) -> Host {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_path_buf();
+        let base = json!({
+            "directory": proxy.directory_url(),
+            "ca_file": proxy.ca_file(),
+            "cert_root": root.join("certs"),
+            "log_file": root.join("certbridge.log"),
+            "jitter_seed": "test-host",
+            "profile": "tlsserver",
+            "certs": {"main": ["dyn1.example.test"]},
+        });
+        Host {
+            _tmp: tmp,
+            root,
+            base,
+        }
+    }
+
+    fn args(&self, extra: &Value) -> Value {
+        let mut v = self.base.clone();
+        if let (Value::Object(a), Value::Object(b)) = (&mut v, extra.clone()) {
+            a.extend(b);
+        }
+        v
+    }
+
+    fn request(&self, extra: Value) -> ModuleRun {
+        run_module("acme_request", &self.args(&extra))
+    }
+
+    /// acme_finalize with the same options, less acme_request's own.
+    fn finalize(&self, extra: Value) -> ModuleRun {
+        let mut args = self.args(&extra);
+        for own in ["ari_interval", "pending_max_age"] {
+            args.as_object_mut().unwrap().remove(own);
+        }
+        let run = run_module("acme_finalize", &args);
+        let _ = run_module("acme_finalize", &self.args(&json!({"ack": ["main"]})));
+        run
+    }
+
+    fn cert_id(&self) -> String {
+        let pem = std::fs::read_to_string(self.root.join("certs/dyn1.example.test/cert.pem"))
+            .expect("installed certificate");
+        let der = certbridge_acme::certinfo::pem_certs(&pem, "leaf").unwrap()[0].clone();
+        certbridge_acme::client::ari_cert_id(&der).unwrap()
+    }
+
+    fn meta(&self, cert: &str) -> Value {
+        let path = self
+            .root
+            .join(format!("certs/.certbridge/certs/{cert}.json"));
+        std::fs::read_to_string(path)
+            .map(|t| serde_json::from_str(&t).unwrap())
+            .unwrap_or(Value::Null)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.root.join("certbridge.log")).unwrap_or_default()
+    }
+}
+
+fn ok(run: &ModuleRun) -> &Value {
+    assert!(!run.failed(), "module failed: {}", run.json);
+    &run.json
+}
+
+fn warnings(run: &ModuleRun) -> Vec<String> {
+    run.json["warnings"]
+        .as_array()
+        .map(|w| {
+            w.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn strict_proxy(bed: &Testbed) -> CaProxy {
+    CaProxy::start(
+        bed.get("TESTBED_ACME_DIRECTORY"),
+        bed.get("TESTBED_ACME_CA_FILE"),
+        ProxyConfig::default().with_ari().with_le_profiles(),
+    )
+}
+
+fn assert_nothing_refused(proxy: &CaProxy) {
+    let refused: Vec<String> = proxy
+        .strict_rejections()
+        .iter()
+        .map(|r| format!("{} {} -> {:?}", r.method, r.path, r.strict))
+        .collect();
+    assert!(refused.is_empty(), "the strict CA refused: {refused:?}");
+}
+
+/// Issuance, an ARI renewal naming what it replaces, a stale replacement order replaced by a
+/// new one that names the same certificate, and a names change while a replacement order is
+/// pending: the strict CA refuses nothing, and every renewal order keeps its `replaces`
+/// (an abandoned order of the account is deactivated first, so the certificate is not
+/// "already replaced" by it).
+#[test]
+fn the_modules_pass_the_strict_ca_and_keep_replaces_across_abandoned_orders() {
+    let bed = Testbed::start_env(&["--hosts", "2"], &[("PEBBLE_VA_ALWAYS_VALID", "1")]);
+    let proxy = strict_proxy(&bed);
+    let host = Host::new(&proxy);
+    let check_now = json!({"ari_interval": 0});
+
+    let run = host.request(check_now.clone());
+    assert_eq!(ok(&run)["certs"]["main"]["reason"], "missing");
+    assert_eq!(ok(&host.finalize(json!({})))["updated"], json!(["main"]));
+    assert_eq!(proxy.new_order_payloads()[0]["profile"], "tlsserver");
+    let id = host.cert_id();
+
+    // The CA's window has passed: a renewal order naming the certificate.
+    proxy.set_window(&id, Window::from_now(-7200, -3600));
+    proxy.clear_requests();
+    let run = host.request(check_now.clone());
+    assert_eq!(ok(&run)["certs"]["main"]["reason"], "ari_window");
+    assert_eq!(proxy.new_order_payloads().len(), 1);
+    assert_eq!(proxy.new_order_payloads()[0]["replaces"], json!(id));
+    assert_eq!(proxy.replaced_cert_ids(), vec![id.clone()]);
+
+    // The next pulse finds it stale (pending_max_age 0): deactivated, then a new order that
+    // names the certificate again, which the CA accepts (the old order is invalid now).
+    proxy.clear_requests();
+    let run = host.request(json!({"ari_interval": 0, "pending_max_age": 0}));
+    let r = ok(&run);
+    let why = r["certs"]["main"]["order_reason"].as_str().unwrap_or("");
+    assert!(why.contains("pending_max_age (0 s)"), "{r}");
+    assert!(
+        proxy.requests_to(Endpoint::Authz).iter().any(|q| q
+            .payload
+            .as_ref()
+            .is_some_and(|p| p["status"] == "deactivated")),
+        "the stale order's authorization was deactivated"
+    );
+    let payloads = proxy.new_order_payloads();
+    assert_eq!(payloads.len(), 1, "{payloads:?}");
+    assert_eq!(payloads[0]["replaces"], json!(id));
+    assert!(
+        warnings(&run).iter().all(|w| !w.contains("replaces")),
+        "{:?}",
+        warnings(&run)
+    );
+    assert_eq!(host.meta("main")["pending"]["replaces"], json!(id));
+
+    // A name is added while that order is pending: the order for the old names is abandoned
+    // (deactivated), and the new one still names the certificate it replaces.
+    proxy.clear_requests();
+    let two = json!({"ari_interval": 0,
+        "certs": {"main": ["dyn1.example.test", "dyn2.example.test"]}});
+    let run = host.request(two.clone());
+    let r = ok(&run);
+    assert_eq!(r["certs"]["main"]["reason"], "names_changed", "{r}");
+    let why = r["certs"]["main"]["order_reason"].as_str().unwrap_or("");
+    assert!(why.contains("other names"), "{r}");
+    let payloads = proxy.new_order_payloads();
+    assert_eq!(payloads.len(), 1, "{payloads:?}");
+    assert_eq!(payloads[0]["replaces"], json!(id));
+    assert!(
+        warnings(&run).iter().all(|w| !w.contains("replaces")),
+        "{:?}",
+        warnings(&run)
+    );
+    assert_eq!(ok(&host.finalize(two.clone()))["updated"], json!(["main"]));
+    assert_ne!(host.cert_id(), id);
+    let log = host.log();
+    assert!(log.contains("stored_order_not_reused"), "{log}");
+    assert_nothing_refused(&proxy);
+    println!(
+        "strict CA: issuance, ARI renewal, stale and changed replacement orders: {} requests, none refused; replaces kept ({id})",
+        proxy.requests().len()
+    );
+}
+
+/// 26 names under `tlsserver`: a CA that is not Let's Encrypt is asked and its refusal is
+/// reported as it comes (problem document, backoff); at Let's Encrypt's directories the module
+/// knows the limit and fails before any request, naming both numbers, without a backoff.
+#[test]
+fn too_many_names_for_the_profile() {
+    let bed = Testbed::start_env(&["--hosts", "2"], &[("PEBBLE_VA_ALWAYS_VALID", "1")]);
+    let proxy = strict_proxy(&bed);
+    let host = Host::new(&proxy);
+    let names: Vec<String> = (0..26).map(|i| format!("n{i}.example.test")).collect();
+    let big = json!({"certs": {"big": names.clone(), "main": ["dyn1.example.test"]}});
+
+    let run = host.request(big.clone());
+    assert!(run.failed(), "{}", run.json);
+    let msg = run.msg();
+    assert!(
+        msg.contains("cert big:") && msg.contains("Order cannot contain more than 25 DNS names"),
+        "{msg}"
+    );
+    assert!(!msg.contains("cert main"), "{msg}");
+    assert_eq!(
+        run.json["problems"]["big"]["type"],
+        "urn:ietf:params:acme:error:malformed"
+    );
+    assert_eq!(
+        run.json["acme_txt_required"].as_array().map(Vec::len),
+        Some(1)
+    );
+    let refused = proxy.strict_rejections();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].strict, Some("max_names"));
+    assert!(
+        host.meta("big")["retry_not_before"].is_i64(),
+        "the CA said no: backoff"
+    );
+
+    // The same configuration at Let's Encrypt's staging directory: refused before any request.
+    for directory in [
+        certbridge_acme::policy::LE_STAGING,
+        certbridge_acme::policy::LE_PRODUCTION,
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let args = json!({
+            "directory": directory,
+            "cert_root": tmp.path().join("certs"),
+            "log_file": tmp.path().join("certbridge.log"),
+            "jitter_seed": "test-host",
+            "profile": "tlsserver",
+            "timeout": 20,
+            "certs": {"big": names},
+        });
+        let started = std::time::Instant::now();
+        let run = run_module("acme_request", &args);
+        assert!(run.failed(), "{}", run.json);
+        let msg = run.msg();
+        assert!(
+            msg.contains(
+                "cert big: 26 names, but Let's Encrypt's `tlsserver` profile allows at most 25"
+            ),
+            "{msg}"
+        );
+        assert!(run.json["problems"]["big"].is_null(), "{}", run.json);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let meta_path = tmp.path().join("certs/.certbridge/certs/big.json");
+        let meta: Value = std::fs::read_to_string(meta_path)
+            .map(|t| serde_json::from_str(&t).unwrap())
+            .unwrap_or(Value::Null);
+        assert!(meta["retry_not_before"].is_null(), "no backoff: {meta}");
+        assert!(meta["pending"].is_null());
+        let log = std::fs::read_to_string(tmp.path().join("certbridge.log")).unwrap();
+        assert!(log.contains("\"order_refused\""), "{log}");
+        assert!(!log.contains("account"), "no account was opened: {log}");
+    }
+}
