@@ -883,3 +883,47 @@ async fn orders_over_the_profile_name_limit_are_refused_as_lets_encrypt_does() {
         "26 names: tlsserver/shortlived refused at 25, classic accepted; 101 names refused at 100"
     );
 }
+
+/// docs/testbed.md has a row for every strict rule, and the name limits the proxy emulates are
+/// the ones certbridge knows (`policy::LE_PROFILES`), with the lifetimes the doc states.
+#[test]
+fn the_documented_rules_match_the_code() {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/testbed.md"),
+    )
+    .expect("docs/testbed.md");
+    for rule in ca_proxy::STRICT_RULES {
+        assert!(
+            doc.contains(&format!("| `{rule}`: ")),
+            "docs/testbed.md has no row for the strict rule `{rule}`"
+        );
+    }
+    use certbridge_acme::policy::{human_duration, LE_PROFILES};
+    let proxy: Vec<(String, usize)> = ca_proxy::LE_PROFILES
+        .iter()
+        .map(|(n, _, max)| (n.to_string(), *max))
+        .collect();
+    let client: Vec<(String, usize)> = LE_PROFILES
+        .iter()
+        .map(|l| (l.profile.to_owned(), l.max_names))
+        .collect();
+    assert_eq!(
+        proxy, client,
+        "the proxy's and certbridge's Let's Encrypt limits differ"
+    );
+    assert_eq!(
+        ca_proxy::LE_CLASSIC_MAX_NAMES,
+        certbridge_acme::config::MAX_NAMES
+    );
+    for l in LE_PROFILES {
+        assert!(
+            doc.contains(&format!("`{}` {}", l.profile, l.max_names)),
+            "docs/testbed.md does not give {}'s {} names",
+            l.profile,
+            l.max_names
+        );
+        for d in [l.pending_authz_lifetime, l.order_lifetime] {
+            assert!(doc.contains(&human_duration(d)), "{}: {d} s", l.profile);
+        }
+    }
+}

@@ -142,6 +142,14 @@ fn the_modules_pass_the_strict_ca_and_keep_replaces_across_abandoned_orders() {
     assert_eq!(proxy.new_order_payloads()[0]["replaces"], json!(id));
     assert_eq!(proxy.replaced_cert_ids(), vec![id.clone()]);
 
+    // The next pulse resumes it (read by POST-as-GET), and orders nothing.
+    proxy.clear_requests();
+    let run = host.request(check_now.clone());
+    assert!(ok(&run)["certs"]["main"].get("order_reason").is_none());
+    assert!(proxy.new_order_payloads().is_empty());
+    assert!(!proxy.requests_to(Endpoint::Order).is_empty());
+    assert!(host.log().contains("\"order_reused\""));
+
     // The next pulse finds it stale (pending_max_age 0): deactivated, then a new order that
     // names the certificate again, which the CA accepts (the old order is invalid now).
     proxy.clear_requests();

@@ -315,6 +315,16 @@ pub const LE_PROFILES: [(&str, &str, usize); 3] = [
     ("shortlived", "160-hour certificates, up to 25 names", 25),
 ];
 
+/// The ids of the strict rules, as [`Recorded::strict`] names them (docs/testbed.md has a row
+/// for each).
+pub const STRICT_RULES: [&str; 5] = [
+    "post_as_get",
+    "content_type",
+    "nonce",
+    "already_replaced",
+    "max_names",
+];
+
 /// The requests the proxy refuses itself, as Let's Encrypt (Boulder) and current Pebble do,
 /// before any fault or forwarding. Each rejection is recorded ([`Recorded::strict`]).
 #[derive(Clone, Debug)]
