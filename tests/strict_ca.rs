@@ -77,6 +77,14 @@ impl Host {
             .unwrap_or(Value::Null)
     }
 
+    /// Lets the stored renewal-information check fall due (as if `next_check` had passed).
+    fn expire_ari_check(&self) {
+        let path = self.root.join("certs/.certbridge/certs/main.json");
+        let mut m = self.meta("main");
+        m["ari"]["next_check"] = json!(1);
+        std::fs::write(path, m.to_string()).unwrap();
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.root.join("certbridge.log")).unwrap_or_default()
     }
@@ -275,4 +283,56 @@ fn too_many_names_for_the_profile() {
         assert!(log.contains("\"order_refused\""), "{log}");
         assert!(!log.contains("account"), "no account was opened: {log}");
     }
+}
+
+/// The CA moves a passed window back into the future while a renewal order is pending: the
+/// order is no longer needed and is deactivated before it is forgotten, so when the window
+/// passes again the renewal can still name the certificate it replaces.
+#[test]
+fn an_abandoned_replacement_order_does_not_block_the_real_renewal() {
+    let bed = Testbed::start_env(&["--hosts", "2"], &[("PEBBLE_VA_ALWAYS_VALID", "1")]);
+    let proxy = strict_proxy(&bed);
+    let host = Host::new(&proxy);
+    let check_now = json!({"ari_interval": 0});
+    let run = host.request(check_now.clone());
+    assert_eq!(ok(&run)["certs"]["main"]["reason"], "missing");
+    assert_eq!(ok(&host.finalize(json!({})))["updated"], json!(["main"]));
+    let id = host.cert_id();
+
+    proxy.set_window(&id, Window::from_now(-7200, -3600));
+    let run = host.request(check_now.clone());
+    assert_eq!(ok(&run)["certs"]["main"]["reason"], "ari_window");
+    assert_eq!(proxy.replaced_cert_ids(), vec![id.clone()]);
+
+    // The window moves ahead: kept, the pending order deactivated and forgotten.
+    proxy.set_window(&id, Window::from_now(10 * 86_400, 11 * 86_400));
+    host.expire_ari_check();
+    proxy.clear_requests();
+    let run = host.request(check_now.clone());
+    let r = ok(&run);
+    assert_eq!(r["certs"]["main"]["reason"], "valid", "{r}");
+    assert_eq!(r["pending"], json!([]), "{r}");
+    assert!(warnings(&run).is_empty(), "{:?}", warnings(&run));
+    assert!(
+        proxy.replaced_cert_ids().is_empty(),
+        "the order was deactivated"
+    );
+    assert!(host.meta("main")["pending"].is_null());
+    assert!(host.log().contains("\"order_abandoned\""));
+
+    // It passes again: the renewal names the certificate, and the CA takes it.
+    proxy.set_window(&id, Window::from_now(-7200, -3600));
+    host.expire_ari_check();
+    proxy.clear_requests();
+    let run = host.request(check_now.clone());
+    assert_eq!(ok(&run)["certs"]["main"]["reason"], "ari_window");
+    let payloads = proxy.new_order_payloads();
+    assert_eq!(payloads.len(), 1, "{payloads:?}");
+    assert_eq!(payloads[0]["replaces"], json!(id));
+    assert!(
+        warnings(&run).iter().all(|w| !w.contains("replaces")),
+        "{:?}",
+        warnings(&run)
+    );
+    assert_nothing_refused(&proxy);
 }

@@ -416,10 +416,13 @@ pub async fn run<C: CaConnector>(
             .await;
         }
     }
+    if !check_mode && !cfg.self_sign {
+        abandon_orders(cfg, &states, connector, log, deadline, &mut out).await;
+    }
 
     for st in &mut states {
         let name = st.spec.name.as_str().to_owned();
-        // A cert that no longer needs issuing forgets its order in flight.
+        // A cert that no longer needs issuing forgets its order in flight (see abandon_orders).
         if st.decision.action == Action::Ok && st.meta.pending.is_some() && !check_mode {
             st.meta.pending = None;
             let _ = store.clear_pending_key(&name);
@@ -487,6 +490,74 @@ pub async fn run<C: CaConnector>(
         }
     }
     Ok(out)
+}
+
+/// Deactivates the pending authorizations of the orders in flight of certs that no longer
+/// need issuing, before they are forgotten: left pending they count against the CA's limits
+/// until they expire (days at Let's Encrypt), and one naming `replaces` keeps the certificate
+/// "already replaced" (RFC 9773), so its real renewal would have to order without. Best
+/// effort, only for orders of this directory's account, one account for all; a failure is
+/// a warning.
+async fn abandon_orders<C: CaConnector>(
+    cfg: &Config,
+    states: &[CertState<'_>],
+    connector: &C,
+    log: &EventLog,
+    deadline: Instant,
+    out: &mut Outcome,
+) {
+    let abandoned: Vec<(String, String, String)> = states
+        .iter()
+        .filter(|st| st.decision.action == Action::Ok)
+        .filter_map(|st| {
+            let p = st.meta.pending.as_ref()?;
+            if p.self_sign || p.directory != cfg.directory {
+                return None;
+            }
+            Some((
+                st.spec.name.as_str().to_owned(),
+                p.url.clone()?,
+                p.account_url.clone()?,
+            ))
+        })
+        .collect();
+    if abandoned.is_empty() {
+        return;
+    }
+    let left = || {
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1))
+    };
+    let account = match connector.open(cfg, deadline).await {
+        Ok(a) => a,
+        Err(f) => {
+            for (name, url, _) in &abandoned {
+                out.warnings.push(format!(
+                    "cert {name}: the order {url} is no longer needed but cannot be deactivated ({}); it stays pending at the CA until it expires",
+                    f.message
+                ));
+            }
+            return;
+        }
+    };
+    let me = account.account_url();
+    for (name, url, owner) in abandoned.into_iter().filter(|(_, _, o)| *o == me) {
+        let error = match tokio::time::timeout(left(), account.deactivate_pending(&url)).await {
+            Ok(Ok(())) => None,
+            Ok(Err(f)) => Some(f.message),
+            Err(_) => Some("no answer before the deadline".to_owned()),
+        };
+        log.event(
+            "order_abandoned",
+            json!({"cert": name, "order_url": url, "account": owner, "error": error}),
+        );
+        if let Some(e) = error {
+            out.warnings.push(format!(
+                "cert {name}: the order {url} is no longer needed but cannot be deactivated ({e}); it stays pending at the CA until it expires"
+            ));
+        }
+    }
 }
 
 /// Why `spec` cannot be ordered at all under the known limits of its profile at this CA
@@ -1194,6 +1265,53 @@ mod tests {
             with_stored("https://ca.example.test/dir", Some("tlsserver"), 3700, 3600);
         assert!(!resumed && deactivated);
         assert!(why.unwrap().contains("pending_max_age (3600 s)"));
+    }
+
+    #[test]
+    fn an_order_no_longer_needed_is_deactivated_before_it_is_forgotten() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(
+            tmp.path(),
+            "https://ca.example.test/dir",
+            json!({"main": ["main.example.test"]}),
+        );
+        store_pending(&cfg, "main", &["main.example.test"], 60);
+        // Installed and valid: nothing to issue (the same state a moved ARI window leaves).
+        let now = crate::now();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(vec!["main.example.test".to_owned()]).unwrap();
+        params.not_before = time::OffsetDateTime::from_unix_timestamp(now - 86_400).unwrap();
+        params.not_after = time::OffsetDateTime::from_unix_timestamp(now + 80 * 86_400).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let dir = cfg.store.cert_dir("main.example.test");
+        std::fs::create_dir_all(dir.join("g1")).unwrap();
+        std::fs::write(dir.join("g1/cert.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("g1/privkey.pem"), key.serialize_pem()).unwrap();
+        std::os::unix::fs::symlink("g1", dir.join("current")).unwrap();
+        let ca = FakeCa::default();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let log = EventLog::disabled("acme_request");
+        let out = rt
+            .block_on(run(&cfg, false, 3600, 21_600, None, &ca, &log, now))
+            .unwrap();
+        assert_eq!(out.certs["main"].action, Action::Ok, "{:?}", out.certs);
+        assert!(out.warnings.is_empty(), "{:?}", out.warnings);
+        let calls = ca.calls();
+        assert_eq!(calls.deactivated, vec![STORED.to_owned()]);
+        assert!(calls.new_orders.is_empty());
+        drop(calls);
+        let meta = cfg.store.load_meta("main").unwrap().unwrap();
+        assert!(meta.pending.is_none());
+        // Nothing left to abandon: the next pulse asks nothing.
+        let out = rt
+            .block_on(run(&cfg, false, 3600, 21_600, None, &ca, &log, now))
+            .unwrap();
+        assert_eq!(out.certs["main"].action, Action::Ok);
+        assert_eq!(ca.calls().opened, 1);
     }
 
     #[test]
