@@ -497,7 +497,8 @@ pub async fn run<C: CaConnector>(
 /// until they expire (days at Let's Encrypt), and one naming `replaces` keeps the certificate
 /// "already replaced" (RFC 9773), so its real renewal would have to order without. Best
 /// effort, only for orders of this directory's account, one account for all; a failure is
-/// a warning.
+/// a warning. Not while backing off: the CA is left alone then (and the order most likely
+/// failed anyway).
 async fn abandon_orders<C: CaConnector>(
     cfg: &Config,
     states: &[CertState<'_>],
@@ -508,7 +509,7 @@ async fn abandon_orders<C: CaConnector>(
 ) {
     let abandoned: Vec<(String, String, String)> = states
         .iter()
-        .filter(|st| st.decision.action == Action::Ok)
+        .filter(|st| st.decision.action == Action::Ok && st.decision.reason != Reason::Backoff)
         .filter_map(|st| {
             let p = st.meta.pending.as_ref()?;
             if p.self_sign || p.directory != cfg.directory {
