@@ -1,6 +1,7 @@
-//! Self-tests of the fault-injecting ACME proxy (certbridge-testsupport's `ca_proxy`) against
-//! a real test bed, driven by instant-acme: URL rewriting, recording, injected faults, renewal
-//! information and profiles.
+//! Self-tests of the fault-injecting ACME proxy (certbridge-testsupport's `ca_proxy`) against a real
+//! test bed, driven by instant-acme: URL rewriting, recording, injected faults, renewal
+//! information and profiles, and each strict rule refusing a crafted request the way
+//! Let's Encrypt does.
 
 use certbridge_testsupport as support;
 
@@ -12,7 +13,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use std::future::Future;
 use std::time::Duration;
-use support::ca_proxy::{CaProxy, Endpoint, Fault, ProxyConfig, Window};
+use support::ca_proxy::{CaProxy, Endpoint, Fault, ProxyConfig, Recorded, Window};
 use support::Testbed;
 
 /// Every ACME exchange here must finish well within this, else the test fails (never hangs).
@@ -321,7 +322,8 @@ async fn renewal_info_windows_and_replaces_are_served_and_recorded() {
         id.to_string()
     );
 
-    // alreadyReplaced only for orders that name a replaced certificate.
+    // An injected fault only for orders that name a certificate (here one nothing replaced,
+    // which the strict rules let through).
     proxy.inject(
         Fault::problem(
             Endpoint::NewOrder,
@@ -338,14 +340,19 @@ async fn renewal_info_windows_and_replaces_are_served_and_recorded() {
         "an order without replaces is untouched: {:?}",
         plain.err()
     );
-    let err = within("newOrder", account.new_order(&renewal))
-        .await
-        .err()
-        .expect("alreadyReplaced");
+    let err = within(
+        "newOrder",
+        account.new_order(&NewOrder::new(&ids).replaces(other.clone())),
+    )
+    .await
+    .err()
+    .expect("alreadyReplaced");
     assert_eq!(
         problem_type(&err),
         Some("urn:ietf:params:acme:error:alreadyReplaced")
     );
+    assert_eq!(proxy.faults_left(), 0);
+    assert!(proxy.strict_rejections().is_empty());
     println!(
         "ARI: 404 without a window, window {}..{} with Retry-After 3600 s, default window, {} fetches recorded; replaces {id} recorded and reflected; alreadyReplaced only with replaces",
         window.start,
@@ -475,4 +482,446 @@ async fn hanging_and_dropped_requests_give_no_answer() {
     println!(
         "hang: no answer within 2 s; drop: transport error {err}; drop after forward: Pebble 201, client error; delay 1.5 s: answered after {delayed:?}"
     );
+}
+
+/// One answer as curl saw it: status, head (lower-cased, values too), body (JSON, or null).
+struct Raw {
+    status: u16,
+    head: String,
+    body: serde_json::Value,
+}
+
+impl Raw {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|l| {
+            l.strip_prefix(&format!("{name}: "))
+                .map(|v| v.trim_end_matches('\r'))
+        })
+    }
+
+    fn problem(&self) -> (&str, u64, &str) {
+        (
+            self.body["type"].as_str().unwrap_or(""),
+            self.body["status"].as_u64().unwrap_or(0),
+            self.body["detail"].as_str().unwrap_or(""),
+        )
+    }
+}
+
+/// Sends `method url` to the proxy with curl: `content_type` None sends no Content-Type at all.
+fn raw(proxy: &CaProxy, method: &str, url: &str, content_type: Option<&str>, body: &[u8]) -> Raw {
+    use std::io::Write;
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sS", "-i", "--max-time", "20", "-H", "Expect:", "--cacert"])
+        .arg(proxy.ca_file());
+    match method {
+        "HEAD" => {
+            cmd.arg("-I");
+        }
+        m => {
+            cmd.args(["-X", m]);
+        }
+    }
+    if method == "POST" {
+        let ct = content_type.map_or("Content-Type:".to_owned(), |c| format!("Content-Type: {c}"));
+        cmd.args(["-H", &ct, "--data-binary", "@-"]);
+    }
+    cmd.arg(url)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("run curl");
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    let out = child.wait_with_output().expect("curl output");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status from curl: {text}"));
+    Raw {
+        status,
+        head: head.to_ascii_lowercase(),
+        body: serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    }
+}
+
+/// The last request the proxy recorded.
+fn last(proxy: &CaProxy) -> Recorded {
+    proxy.requests().pop().expect("a recorded request")
+}
+
+/// Content-Type, POST-as-GET and nonce rules: each crafted request gets Let's Encrypt's
+/// problem document from the proxy itself (Pebble never sees it), while instant-acme's own
+/// requests pass.
+#[tokio::test]
+async fn strict_rules_refuse_wrong_content_type_plain_gets_and_replayed_nonces() {
+    let bed = bed();
+    let proxy = proxy(&bed, ProxyConfig::default().with_ari());
+    let (account, _) = account(&proxy).await;
+    let mut order = within(
+        "newOrder",
+        account.new_order(&NewOrder::new(&dns("host1.example.test"))),
+    )
+    .await
+    .expect("order");
+    let cert = issue(&mut order).await;
+    assert!(
+        proxy.strict_rejections().is_empty(),
+        "instant-acme broke a rule: {:?}",
+        proxy.strict_rejections()
+    );
+    let order_url = order.url().to_owned();
+    let state = order.state();
+    let resources = [
+        ("order", order_url),
+        ("authorization", state.authorizations[0].url.clone()),
+        (
+            "certificate",
+            state.certificate.clone().expect("certificate URL"),
+        ),
+        ("finalize", state.finalize.clone()),
+        ("account", account.id().to_owned()),
+        ("newOrder", format!("{}/order-plz", proxy.origin())),
+    ];
+
+    // POST-as-GET: a plain GET (or HEAD) of a resource is refused with 405 and Allow: POST.
+    for (what, url) in &resources {
+        for method in ["GET", "HEAD"] {
+            let got = raw(&proxy, method, url, None, b"");
+            assert_eq!(got.status, 405, "{method} {what}");
+            assert_eq!(got.header("allow"), Some("post"), "{method} {what}");
+            if method == "GET" {
+                assert_eq!(
+                    got.problem(),
+                    (
+                        "urn:ietf:params:acme:error:malformed",
+                        405,
+                        "Method not allowed"
+                    ),
+                    "{what}"
+                );
+            }
+            let r = last(&proxy);
+            assert_eq!(
+                (r.strict, r.upstream_status),
+                (Some("post_as_get"), None),
+                "{method} {what}"
+            );
+        }
+    }
+    // ...but the directory, newNonce and renewalInfo are read with GET.
+    assert_eq!(
+        raw(&proxy, "GET", &proxy.directory_url(), None, b"").status,
+        200
+    );
+    let nonce = raw(
+        &proxy,
+        "HEAD",
+        &format!("{}/nonce-plz", proxy.origin()),
+        None,
+        b"",
+    );
+    assert_eq!(nonce.status, 200);
+    assert!(nonce.header("replay-nonce").is_some());
+    proxy.set_default_window(Some(Window::from_now(3600, 7200)));
+    let id = CertificateIdentifier::try_from(&cert).unwrap();
+    let info = raw(
+        &proxy,
+        "GET",
+        &format!("{}/renewal-info/{id}", proxy.origin()),
+        None,
+        b"",
+    );
+    assert_eq!(info.status, 200, "{}", info.body);
+
+    // A replayed request (instant-acme's own signed newOrder): badNonce with a fresh nonce.
+    let sent = proxy.requests_to(Endpoint::NewOrder)[0].clone();
+    let used = sent.protected.as_ref().unwrap()["nonce"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let url = format!("{}/order-plz", proxy.origin());
+    let replay = raw(
+        &proxy,
+        "POST",
+        &url,
+        Some("application/jose+json"),
+        &sent.body,
+    );
+    let (kind, status, detail) = replay.problem();
+    assert_eq!(
+        (replay.status, kind, status),
+        (400, "urn:ietf:params:acme:error:badNonce", 400)
+    );
+    assert!(detail.contains(&used), "{detail}");
+    let fresh = replay.header("replay-nonce").expect("a fresh nonce");
+    assert!(!fresh.is_empty() && fresh != used.to_ascii_lowercase());
+    let r = last(&proxy);
+    assert_eq!((r.strict, r.upstream_status), (Some("nonce"), None));
+
+    // A nonce counts as used even when the proxy answered without asking Pebble (a fault).
+    proxy.inject(Fault::rate_limited(Endpoint::NewOrder, 1, 1));
+    let ids = dns("host2.example.test");
+    assert!(within("newOrder", account.new_order(&NewOrder::new(&ids)))
+        .await
+        .is_err());
+    let faulted = proxy.requests_to(Endpoint::NewOrder).pop().unwrap();
+    assert!(faulted.faulted && faulted.upstream_status.is_none());
+    let replay = raw(
+        &proxy,
+        "POST",
+        &url,
+        Some("application/jose+json"),
+        &faulted.body,
+    );
+    assert_eq!(replay.problem().0, "urn:ietf:params:acme:error:badNonce");
+
+    // Content-Type: anything but application/jose+json, or none, is malformed (400).
+    for (ct, what) in [
+        (
+            Some("application/json"),
+            "Invalid Content-Type header on POST",
+        ),
+        (
+            Some("application/jose+json; charset=utf-8"),
+            "Invalid Content-Type header on POST",
+        ),
+        (None, "No Content-Type header on POST"),
+    ] {
+        let got = raw(&proxy, "POST", &url, ct, &sent.body);
+        let (kind, status, detail) = got.problem();
+        assert_eq!(
+            (got.status, kind, status),
+            (400, "urn:ietf:params:acme:error:malformed", 400),
+            "{ct:?}"
+        );
+        assert!(
+            detail.contains(what) && detail.contains("\"application/jose+json\""),
+            "{detail}"
+        );
+        assert!(got.header("replay-nonce").is_some());
+        assert_eq!(last(&proxy).strict, Some("content_type"));
+    }
+
+    // instant-acme goes on unhindered: it never reuses a nonce.
+    within("newOrder", account.new_order(&NewOrder::new(&ids)))
+        .await
+        .expect("a fresh request passes");
+    let refused: Vec<_> = proxy
+        .strict_rejections()
+        .iter()
+        .map(|r| r.strict.unwrap())
+        .collect();
+    assert_eq!(
+        refused.len(),
+        2 * resources.len() + 1 + 1 + 3,
+        "{refused:?}"
+    );
+    println!(
+        "strict: {} GET/HEAD of POST-only resources -> 405 Allow: POST; replayed nonce -> badNonce + fresh Replay-Nonce; 3 wrong Content-Types -> 400 malformed; instant-acme untouched",
+        2 * resources.len()
+    );
+}
+
+/// RFC 9773 5 as Let's Encrypt applies it: a certificate with a replacement order that is
+/// neither invalid nor expired, or that was finalized, cannot be named in `replaces` again.
+#[tokio::test]
+async fn replaces_is_refused_while_a_replacement_order_is_live_or_finalized() {
+    let bed = bed();
+    let proxy = proxy(&bed, ProxyConfig::default().with_ari());
+    let (account, _) = account(&proxy).await;
+    let ids = dns("host2.example.test");
+    let mut first = within("newOrder", account.new_order(&NewOrder::new(&ids)))
+        .await
+        .expect("order");
+    let cert = issue(&mut first).await;
+    let id = CertificateIdentifier::try_from(&cert).unwrap();
+    let renewal = NewOrder::new(&ids).replaces(id.clone());
+
+    let mut pending = within("newOrder", account.new_order(&renewal))
+        .await
+        .expect("the first replacement order");
+    assert_eq!(proxy.replaced_cert_ids(), vec![id.to_string()]);
+    let refused = |err: Error| {
+        let Error::Api(p) = &err else {
+            panic!("not a problem: {err:?}")
+        };
+        assert_eq!(
+            (p.r#type.as_deref(), p.status),
+            (
+                Some("urn:ietf:params:acme:error:alreadyReplaced"),
+                Some(409)
+            ),
+            "{p:?}"
+        );
+        p.detail.clone().unwrap_or_default()
+    };
+    let detail = refused(
+        within("newOrder", account.new_order(&renewal))
+            .await
+            .err()
+            .expect("a second replacement while the first is pending"),
+    );
+    // Let's Encrypt names the serial in hex.
+    let serial_hex: String = cert_serial(&cert);
+    assert!(
+        detail.contains(&format!("serial \"{serial_hex}\""))
+            && detail.contains("already has a replacement order"),
+        "{detail}"
+    );
+    let r = last(&proxy);
+    assert_eq!(
+        (r.strict, r.upstream_status),
+        (Some("already_replaced"), None)
+    );
+    // Another certificate, or no `replaces`, is not affected.
+    within("newOrder", account.new_order(&NewOrder::new(&ids)))
+        .await
+        .expect("an order without replaces");
+
+    // Deactivating the pending order's authorization makes it invalid: replaces is free again.
+    let mut authzs = pending.authorizations();
+    while let Some(authz) = authzs.next().await {
+        let mut authz = authz.expect("authorization");
+        within("deactivate", authz.deactivate())
+            .await
+            .expect("deactivate");
+    }
+    assert!(proxy.replaced_cert_ids().is_empty());
+    let mut second = within("newOrder", account.new_order(&renewal))
+        .await
+        .expect("a replacement order after the first turned invalid");
+    issue(&mut second).await;
+
+    // A finalized replacement counts for good.
+    assert_eq!(proxy.replaced_cert_ids(), vec![id.to_string()]);
+    refused(
+        within("newOrder", account.new_order(&renewal))
+            .await
+            .err()
+            .expect("replaced for good"),
+    );
+    let rules: Vec<_> = proxy
+        .strict_rejections()
+        .iter()
+        .map(|r| r.strict.unwrap())
+        .collect();
+    assert_eq!(rules, vec!["already_replaced", "already_replaced"]);
+    println!("alreadyReplaced 409 while pending ({detail}); accepted after deactivation; refused again once finalized");
+}
+
+/// The serial of a DER certificate in lower-case hex (as in Let's Encrypt's problem details).
+fn cert_serial(cert: &CertificateDer<'_>) -> String {
+    let id = CertificateIdentifier::try_from(cert).unwrap().to_string();
+    let serial = id.split_once('.').unwrap().1;
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(serial)
+        .unwrap()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Let's Encrypt's profiles and their name limits: 25 for tlsserver and shortlived, 100 for
+/// classic and for orders naming no profile.
+#[tokio::test]
+async fn orders_over_the_profile_name_limit_are_refused_as_lets_encrypt_does() {
+    let bed = bed();
+    let proxy = proxy(&bed, ProxyConfig::default().with_le_profiles());
+    let (account, _) = account(&proxy).await;
+    let mut offered: Vec<String> = account.profiles().map(|p| p.name.to_owned()).collect();
+    offered.sort();
+    assert_eq!(offered, ["classic", "shortlived", "tlsserver"]);
+    let names = |n: usize| -> Vec<Identifier> {
+        (0..n)
+            .map(|i| Identifier::Dns(format!("n{i}.example.test")))
+            .collect()
+    };
+    let (n25, n26, n100, n101) = (names(25), names(26), names(100), names(101));
+    let cases: [(&[Identifier], Option<&str>, Option<usize>); 7] = [
+        (&n26, Some("tlsserver"), Some(25)),
+        (&n26, Some("shortlived"), Some(25)),
+        (&n25, Some("tlsserver"), None),
+        (&n26, Some("classic"), None),
+        (&n100, None, None),
+        (&n101, None, Some(100)),
+        (&n101, Some("classic"), Some(100)),
+    ];
+    for (ids, profile, refused_at) in cases {
+        let mut req = NewOrder::new(ids);
+        if let Some(p) = profile {
+            req = req.profile(p);
+        }
+        let got = within("newOrder", account.new_order(&req)).await;
+        match (refused_at, got) {
+            (None, Ok(order)) => assert!(order.url().starts_with(proxy.origin())),
+            (Some(max), Err(Error::Api(p))) => {
+                assert_eq!(
+                    (p.r#type.as_deref(), p.status),
+                    (Some("urn:ietf:params:acme:error:malformed"), Some(400))
+                );
+                let detail = p.detail.unwrap_or_default();
+                assert!(
+                    detail.ends_with(&format!("Order cannot contain more than {max} DNS names")),
+                    "{detail}"
+                );
+                let r = last(&proxy);
+                assert_eq!((r.strict, r.upstream_status), (Some("max_names"), None));
+            }
+            (want, got) => panic!(
+                "{} names, {profile:?}: wanted refusal at {want:?}, got {:?}",
+                ids.len(),
+                got.map(|o| o.url().to_owned())
+            ),
+        }
+    }
+    println!(
+        "26 names: tlsserver/shortlived refused at 25, classic accepted; 101 names refused at 100"
+    );
+}
+
+/// docs/testbed.md has a row for every strict rule, and the name limits the proxy emulates are
+/// the ones certbridge knows (`policy::LE_PROFILES`), with the lifetimes the doc states.
+#[test]
+fn the_documented_rules_match_the_code() {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/testbed.md"),
+    )
+    .expect("docs/testbed.md");
+    for rule in support::ca_proxy::STRICT_RULES {
+        assert!(
+            doc.contains(&format!("| `{rule}`: ")),
+            "docs/testbed.md has no row for the strict rule `{rule}`"
+        );
+    }
+    use certbridge_acme::policy::{human_duration, LE_PROFILES};
+    let proxy: Vec<(String, usize)> = support::ca_proxy::LE_PROFILES
+        .iter()
+        .map(|(n, _, max)| (n.to_string(), *max))
+        .collect();
+    let client: Vec<(String, usize)> = LE_PROFILES
+        .iter()
+        .map(|l| (l.profile.to_owned(), l.max_names))
+        .collect();
+    assert_eq!(
+        proxy, client,
+        "the proxy's and certbridge's Let's Encrypt limits differ"
+    );
+    assert_eq!(
+        support::ca_proxy::LE_CLASSIC_MAX_NAMES,
+        certbridge_acme::config::MAX_NAMES
+    );
+    for l in LE_PROFILES {
+        assert!(
+            doc.contains(&format!("`{}` {}", l.profile, l.max_names)),
+            "docs/testbed.md does not give {}'s {} names",
+            l.profile,
+            l.max_names
+        );
+        for d in [l.pending_authz_lifetime, l.order_lifetime] {
+            assert!(doc.contains(&human_duration(d)), "{}: {d} s", l.profile);
+        }
+    }
 }

@@ -14,6 +14,120 @@ pub const LE_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/direc
 pub const SELF_SIGN_DIRECTORY: &str = "self-sign";
 
 const DAY: i64 = 86_400;
+const HOUR: i64 = 3_600;
+
+/// What Let's Encrypt allows under one of its profiles (letsencrypt.org/docs/profiles,
+/// 2026-07): checked before ordering, so a configuration it would refuse fails without an
+/// order, and a stored order it has let expire is not resumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProfileLimits {
+    /// The profile (`classic` also for orders that name none: Let's Encrypt's default).
+    pub profile: &'static str,
+    /// Names (identifiers) per certificate.
+    pub max_names: usize,
+    /// Seconds a pending authorization lives.
+    pub pending_authz_lifetime: i64,
+    /// Seconds an order lives.
+    pub order_lifetime: i64,
+}
+
+impl ProfileLimits {
+    /// How long after its creation a pending order can still be completed: until its
+    /// authorizations or the order itself expire, whichever is first.
+    pub fn pending_order_lifetime(&self) -> i64 {
+        self.pending_authz_lifetime.min(self.order_lifetime)
+    }
+}
+
+/// Let's Encrypt's profiles: `classic` (90-day certificates), `tlsserver` (45 days) and
+/// `shortlived` (160 hours, otherwise like `tlsserver`).
+pub const LE_PROFILES: [ProfileLimits; 3] = [
+    ProfileLimits {
+        profile: "classic",
+        max_names: 100,
+        pending_authz_lifetime: 7 * DAY,
+        order_lifetime: 7 * DAY,
+    },
+    ProfileLimits {
+        profile: "tlsserver",
+        max_names: 25,
+        pending_authz_lifetime: HOUR,
+        order_lifetime: 8 * HOUR,
+    },
+    ProfileLimits {
+        profile: "shortlived",
+        max_names: 25,
+        pending_authz_lifetime: HOUR,
+        order_lifetime: 8 * HOUR,
+    },
+];
+
+/// True for Let's Encrypt's production and staging directories (by host: the path and a
+/// trailing slash do not matter).
+pub fn is_letsencrypt(directory: &str) -> bool {
+    let host = |url: &str| -> Option<String> {
+        let rest = url.strip_prefix("https://")?;
+        let authority = rest.split(['/', '?', '#']).next()?;
+        let host = authority.rsplit('@').next()?;
+        let host = host.strip_suffix(":443").unwrap_or(host);
+        Some(host.trim_end_matches('.').to_ascii_lowercase())
+    };
+    let Some(h) = host(directory) else {
+        return false;
+    };
+    [LE_PRODUCTION, LE_STAGING]
+        .iter()
+        .any(|known| host(known).as_deref() == Some(h.as_str()))
+}
+
+/// The limits of `profile` (None: the CA's default) at `directory`, when the CA is one whose
+/// limits are known (Let's Encrypt) and so is the profile; other CAs' answers are reported
+/// as they come.
+pub fn profile_limits(directory: &str, profile: Option<&str>) -> Option<ProfileLimits> {
+    if !is_letsencrypt(directory) {
+        return None;
+    }
+    let name = profile.unwrap_or("classic");
+    LE_PROFILES.iter().find(|l| l.profile == name).copied()
+}
+
+/// Why `count` names cannot be ordered under `limits` (None: they can), naming both numbers.
+pub fn too_many_names(limits: &ProfileLimits, count: usize, asked: Option<&str>) -> Option<String> {
+    if count <= limits.max_names {
+        return None;
+    }
+    let which = match asked {
+        Some(p) => format!("`{p}` profile"),
+        None => format!("default profile (`{}`)", limits.profile),
+    };
+    let more: Vec<String> = LE_PROFILES
+        .iter()
+        .filter(|l| l.max_names >= count)
+        .map(|l| format!("`{}` allows {}", l.profile, l.max_names))
+        .collect();
+    let instead = if more.is_empty() {
+        "split the names over several certs".to_owned()
+    } else {
+        format!(
+            "split the names over several certs or choose another profile ({})",
+            more.join(", ")
+        )
+    };
+    Some(format!(
+        "{count} names, but Let's Encrypt's {which} allows at most {} per certificate: {instead}",
+        limits.max_names
+    ))
+}
+
+/// A number of seconds as people say it (`1 h`, `7 d`, `90 min`, `45 s`).
+pub fn human_duration(secs: i64) -> String {
+    match secs {
+        s if s >= DAY && s % DAY == 0 => format!("{} d", s / DAY),
+        s if s >= HOUR && s % HOUR == 0 => format!("{} h", s / HOUR),
+        s if s >= 60 && s % 60 == 0 => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    }
+}
 
 /// Default of `ari_interval`: how often the CA's renewal information is fetched (seconds)
 /// when it gives no Retry-After.
@@ -987,6 +1101,64 @@ mod tests {
         };
         let d = decide(&want(&f), Some(&m), &managed(l), NOW);
         assert!(!d.by_ari);
+    }
+
+    #[test]
+    fn lets_encrypt_profiles_and_their_limits() {
+        for d in [
+            LE_PRODUCTION,
+            LE_STAGING,
+            "https://ACME-v02.api.letsencrypt.org:443/directory/",
+        ] {
+            assert!(is_letsencrypt(d), "{d}");
+        }
+        for d in [
+            "https://acme-v02.api.letsencrypt.org.example.test/directory",
+            "https://example.test/acme-v02.api.letsencrypt.org/directory",
+            "http://acme-v02.api.letsencrypt.org/directory",
+            "https://127.0.0.1:14000/dir",
+            SELF_SIGN_DIRECTORY,
+        ] {
+            assert!(!is_letsencrypt(d), "{d}");
+        }
+        let limits = |p: Option<&str>| profile_limits(LE_PRODUCTION, p).unwrap();
+        for p in ["tlsserver", "shortlived"] {
+            let l = limits(Some(p));
+            assert_eq!((l.max_names, l.pending_order_lifetime()), (25, 3600), "{p}");
+            assert_eq!(l.order_lifetime, 8 * 3600);
+        }
+        assert_eq!(limits(Some("classic")), limits(None));
+        assert_eq!(
+            (
+                limits(None).max_names,
+                limits(None).pending_order_lifetime()
+            ),
+            (100, 7 * DAY)
+        );
+        assert_eq!(profile_limits(LE_STAGING, Some("brandnew")), None);
+        assert_eq!(
+            profile_limits("https://ca.example.test/dir", Some("tlsserver")),
+            None
+        );
+
+        let tls = limits(Some("tlsserver"));
+        assert_eq!(too_many_names(&tls, 25, Some("tlsserver")), None);
+        let msg = too_many_names(&tls, 26, Some("tlsserver")).unwrap();
+        assert!(
+            msg.starts_with("26 names, but Let's Encrypt's `tlsserver` profile allows at most 25")
+                && msg.contains("`classic` allows 100"),
+            "{msg}"
+        );
+        let msg = too_many_names(&limits(None), 101, None).unwrap();
+        assert!(
+            msg.contains("default profile (`classic`) allows at most 100")
+                && msg.ends_with("split the names over several certs"),
+            "{msg}"
+        );
+        assert_eq!(human_duration(3600), "1 h");
+        assert_eq!(human_duration(7 * DAY), "7 d");
+        assert_eq!(human_duration(90 * 60), "90 min");
+        assert_eq!(human_duration(3700), "3700 s");
     }
 
     #[test]

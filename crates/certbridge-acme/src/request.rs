@@ -91,6 +91,10 @@ pub struct CertResult {
     /// The CA's renewal information about the installed certificate.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ari: Option<AriReport>,
+    /// Why a new order was made although one was stored (too old for the CA or for
+    /// `pending_max_age`, gone, invalid, for other names...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order_reason: Option<String>,
 }
 
 /// One value to publish.
@@ -179,6 +183,8 @@ struct CertState<'a> {
     decision: Decision,
     not_after: Option<i64>,
     on_disk: OnDisk,
+    /// Why the stored order was not resumed (set when a new one was made instead).
+    order_reason: Option<String>,
 }
 
 /// The decision for one cert, as the policy sees it.
@@ -356,6 +362,7 @@ pub async fn run<C: CaConnector>(
             decision,
             not_after: on_disk.leaf.as_ref().map(|l| l.not_after),
             on_disk,
+            order_reason: None,
         });
     }
     // Check mode reads no directory: it decides on the stored renewal information.
@@ -384,9 +391,10 @@ pub async fn run<C: CaConnector>(
         );
     }
 
-    let to_issue: Vec<usize> = (0..states.len())
+    let mut to_issue: Vec<usize> = (0..states.len())
         .filter(|i| states[*i].decision.action == Action::Issue)
         .collect();
+    refuse_over_profile_limits(cfg, &states, &mut to_issue, log, &mut out);
     if !check_mode && !to_issue.is_empty() {
         if cfg.self_sign {
             for i in &to_issue {
@@ -417,10 +425,13 @@ pub async fn run<C: CaConnector>(
             .await;
         }
     }
+    if !check_mode && !cfg.self_sign {
+        abandon_orders(cfg, &states, connector, log, deadline, &mut out).await;
+    }
 
     for st in &mut states {
         let name = st.spec.name.as_str().to_owned();
-        // A cert that no longer needs issuing forgets its order in flight.
+        // A cert that no longer needs issuing forgets its order in flight (see abandon_orders).
         if st.decision.action == Action::Ok && st.meta.pending.is_some() && !check_mode {
             st.meta.pending = None;
             let _ = store.clear_pending_key(&name);
@@ -452,6 +463,7 @@ pub async fn run<C: CaConnector>(
                             .is_some_and(|l| l.serial == a.serial)
                     })
                     .and_then(|a| AriReport::of(a, ari_interval)),
+                order_reason: st.order_reason.clone(),
             },
         );
     }
@@ -487,6 +499,142 @@ pub async fn run<C: CaConnector>(
         }
     }
     Ok(out)
+}
+
+/// Deactivates the pending authorizations of the orders in flight of certs that no longer
+/// need issuing, before they are forgotten: left pending they count against the CA's limits
+/// until they expire (days at Let's Encrypt), and one naming `replaces` keeps the certificate
+/// "already replaced" (RFC 9773), so its real renewal would have to order without. Best
+/// effort, only for orders of this directory's account, one account for all; a failure is
+/// a warning. Not while backing off: the CA is left alone then (and the order most likely
+/// failed anyway).
+async fn abandon_orders<C: CaConnector>(
+    cfg: &Config,
+    states: &[CertState<'_>],
+    connector: &C,
+    log: &EventLog,
+    deadline: Instant,
+    out: &mut Outcome,
+) {
+    let abandoned: Vec<(String, String, String)> = states
+        .iter()
+        .filter(|st| st.decision.action == Action::Ok && st.decision.reason != Reason::Backoff)
+        .filter_map(|st| {
+            let p = st.meta.pending.as_ref()?;
+            if p.self_sign || p.directory != cfg.directory {
+                return None;
+            }
+            Some((
+                st.spec.name.as_str().to_owned(),
+                p.url.clone()?,
+                p.account_url.clone()?,
+            ))
+        })
+        .collect();
+    if abandoned.is_empty() {
+        return;
+    }
+    let left = || {
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1))
+    };
+    let account = match connector.open(cfg, deadline).await {
+        Ok(a) => a,
+        Err(f) => {
+            for (name, url, _) in &abandoned {
+                out.warnings.push(format!(
+                    "cert {name}: the order {url} is no longer needed but cannot be deactivated ({}); it stays pending at the CA until it expires",
+                    f.message
+                ));
+            }
+            return;
+        }
+    };
+    let me = account.account_url();
+    for (name, url, owner) in abandoned.into_iter().filter(|(_, _, o)| *o == me) {
+        let error = match tokio::time::timeout(left(), account.deactivate_pending(&url)).await {
+            Ok(Ok(())) => None,
+            Ok(Err(f)) => Some(f.message),
+            Err(_) => Some("no answer before the deadline".to_owned()),
+        };
+        log.event(
+            "order_abandoned",
+            json!({"cert": name, "order_url": url, "account": owner, "error": error}),
+        );
+        if let Some(e) = error {
+            out.warnings.push(format!(
+                "cert {name}: the order {url} is no longer needed but cannot be deactivated ({e}); it stays pending at the CA until it expires"
+            ));
+        }
+    }
+}
+
+/// Why `spec` cannot be ordered at all under the known limits of its profile at this CA
+/// (Let's Encrypt's), naming both numbers; None: it can, or the CA's limits are not known.
+pub fn over_profile_limit(cfg: &Config, spec: &CertSpec) -> Option<String> {
+    if cfg.self_sign {
+        return None;
+    }
+    let asked = spec.profile.as_deref();
+    let limits = policy::profile_limits(&cfg.directory, asked)?;
+    policy::too_many_names(&limits, spec.names.len(), asked)
+}
+
+/// Takes the certs Let's Encrypt would refuse for their number of names out of `to_issue`:
+/// each fails at once, without an order and without a backoff (a configuration error, the
+/// next run with fixed options should not wait). A kept cert over the limit only warns: its
+/// renewal will fail the same way.
+fn refuse_over_profile_limits(
+    cfg: &Config,
+    states: &[CertState<'_>],
+    to_issue: &mut Vec<usize>,
+    log: &EventLog,
+    out: &mut Outcome,
+) {
+    to_issue.retain(|i| {
+        let spec = states[*i].spec;
+        let Some(message) = over_profile_limit(cfg, spec) else {
+            return true;
+        };
+        log.event(
+            "order_refused",
+            json!({"cert": spec.name.as_str(), "message": message}),
+        );
+        let f = CaFailure {
+            message,
+            problem: None,
+            retry_after: None,
+        };
+        out.failures.push((spec.name.as_str().to_owned(), f));
+        false
+    });
+    for st in states.iter().filter(|st| st.decision.action == Action::Ok) {
+        if let Some(m) = over_profile_limit(cfg, st.spec) {
+            out.warnings.push(format!(
+                "cert {}: {m}; it is kept for now, its renewal will fail",
+                st.spec.name
+            ));
+        }
+    }
+}
+
+/// Why a stored order `age` seconds old is too old to resume: the CA has let it expire (its
+/// profile's known lifetime), or it is older than `pending_max_age`.
+fn stale_reason(cfg: &Config, spec: &CertSpec, age: i64, pending_max_age: i64) -> Option<String> {
+    if let Some(l) = policy::profile_limits(&cfg.directory, spec.profile.as_deref()) {
+        if age >= l.pending_order_lifetime() {
+            return Some(format!(
+                "the stored order is {age} s old: Let's Encrypt's `{}` profile keeps pending authorizations {} and orders {}",
+                l.profile,
+                policy::human_duration(l.pending_authz_lifetime),
+                policy::human_duration(l.order_lifetime)
+            ));
+        }
+    }
+    (age >= pending_max_age).then(|| {
+        format!("the stored order is {age} s old, older than pending_max_age ({pending_max_age} s)")
+    })
 }
 
 fn same_request(p: &PendingOrder, spec: &CertSpec, cfg: &Config) -> bool {
@@ -615,13 +763,19 @@ async fn order_all<C: CaConnector>(
         let st = &mut states[*i];
         let name = st.spec.name.as_str().to_owned();
         match result {
-            Ok((pending, created, replaces_dropped)) => {
+            Ok(Ordered {
+                pending,
+                created,
+                replaces_dropped,
+                why_new,
+            }) => {
                 log.event(
                     if created { "order_created" } else { "order_reused" },
                     json!({"cert": name, "order_url": pending.url, "values": pending.challenges.len(),
                            "replaces": pending.replaces, "profile": pending.profile,
-                           "replaces_dropped": replaces_dropped}),
+                           "replaces_dropped": replaces_dropped, "stored_order_not_reused": why_new}),
                 );
+                st.order_reason = why_new;
                 if let Some(why) = replaces_dropped {
                     out.warnings.push(format!(
                         "cert {name}: the CA refused `replaces` ({why}); ordered without it"
@@ -654,7 +808,22 @@ async fn order_all<C: CaConnector>(
     }
 }
 
+/// What [`order_one`] did.
+struct Ordered {
+    pending: PendingOrder,
+    /// A new order (else the stored one is resumed).
+    created: bool,
+    /// Why the CA's refusal of `replaces` made it order without.
+    replaces_dropped: Option<String>,
+    /// Why the stored order was not resumed.
+    why_new: Option<String>,
+}
+
 /// Reuses the stored order when the CA still has it for the same request, else replaces it.
+/// A stored order of this account that is not resumed has its pending authorizations
+/// deactivated first: they stop counting against the CA's limits, and the order turns
+/// invalid, so a `replaces` it carried may be named again (RFC 9773: a certificate with a live
+/// replacement order is `alreadyReplaced`).
 #[allow(clippy::too_many_arguments)]
 async fn order_one<A: CaAccount>(
     cfg: &Config,
@@ -666,7 +835,7 @@ async fn order_one<A: CaAccount>(
     pending_max_age: i64,
     now: i64,
     deadline: Instant,
-) -> Result<(PendingOrder, bool, Option<String>), CaFailure> {
+) -> Result<Ordered, CaFailure> {
     let timeout = |what: &str| CaFailure {
         message: format!(
             "{what}: no answer from the CA before the deadline ({}s)",
@@ -680,34 +849,63 @@ async fn order_one<A: CaAccount>(
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1))
     };
+    let mut why_new = None;
     if let Some(p) = stored {
         let same_account = p.account_url.as_deref() == Some(account_url);
-        if let (Some(url), true) = (p.url.clone(), same_account && same_request(&p, spec, cfg)) {
-            let young = now - p.created_at < pending_max_age;
-            if young {
-                let state = tokio::time::timeout(left(), account.order_state(&url))
-                    .await
-                    .map_err(|_| timeout("reading the pending order"))?;
-                // A CA that forgot the order (restart) or refuses it means a new order.
-                if let Ok(Some(view)) = state {
-                    let mut ids = view.identifiers.clone();
-                    ids.sort();
-                    let live = matches!(
-                        view.status,
-                        OrderStatus::Pending
-                            | OrderStatus::Ready
-                            | OrderStatus::Processing
-                            | OrderStatus::Valid
-                    );
-                    if live && ids == p.names {
-                        let mut reused = p.clone();
-                        reused.challenges = view.challenges;
-                        return Ok((reused, false, None));
-                    }
+        let same = same_request(&p, spec, cfg);
+        match p.url.clone() {
+            Some(url) if same_account && same => {
+                let stale = stale_reason(cfg, spec, now - p.created_at, pending_max_age);
+                if stale.is_some() {
+                    why_new = stale;
+                } else {
+                    let state = tokio::time::timeout(left(), account.order_state(&url))
+                        .await
+                        .map_err(|_| timeout("reading the pending order"))?;
+                    // A CA that forgot the order (restart) or refuses it means a new order.
+                    why_new = Some(match state {
+                        Ok(Some(view)) => {
+                            let mut ids = view.identifiers.clone();
+                            ids.sort();
+                            let live = matches!(
+                                view.status,
+                                OrderStatus::Pending
+                                    | OrderStatus::Ready
+                                    | OrderStatus::Processing
+                                    | OrderStatus::Valid
+                            );
+                            if live && ids == p.names {
+                                let mut reused = p.clone();
+                                reused.challenges = view.challenges;
+                                return Ok(Ordered {
+                                    pending: reused,
+                                    created: false,
+                                    replaces_dropped: None,
+                                    why_new: None,
+                                });
+                            }
+                            if live {
+                                "the CA's stored order is for other names".to_owned()
+                            } else {
+                                format!("the stored order is {:?}", view.status).to_lowercase()
+                            }
+                        }
+                        Ok(None) => "the CA no longer has the stored order".to_owned(),
+                        Err(f) => format!("the stored order cannot be read: {}", f.message),
+                    });
                 }
+                // Stale: free the CA's pending authorizations before ordering anew (best effort).
+                let _ = tokio::time::timeout(left(), account.deactivate_pending(&url)).await;
             }
-            // Stale: free the CA's pending authorizations before ordering anew (best effort).
-            let _ = tokio::time::timeout(left(), account.deactivate_pending(&url)).await;
+            Some(url) if same_account => {
+                why_new =
+                    Some("the stored order is for other names, key type or profile".to_owned());
+                let _ = tokio::time::timeout(left(), account.deactivate_pending(&url)).await;
+            }
+            Some(_) => {
+                why_new = Some("the stored order belongs to another account".to_owned());
+            }
+            None => {}
         }
     }
     let created = tokio::time::timeout(
@@ -716,8 +914,8 @@ async fn order_one<A: CaAccount>(
     )
     .await
     .map_err(|_| timeout("creating the order"))??;
-    Ok((
-        new_pending(
+    Ok(Ordered {
+        pending: new_pending(
             cfg,
             spec,
             Some(created.url),
@@ -726,7 +924,422 @@ async fn order_one<A: CaAccount>(
             created.replaces,
             now,
         ),
-        true,
-        created.replaces_dropped,
-    ))
+        created: true,
+        replaces_dropped: created.replaces_dropped,
+        why_new,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    //! The ordering decisions against a fake CA that records every call: Let's Encrypt's
+    //! per-profile limits before any order, and stored orders the CA has let expire.
+    use super::*;
+    use crate::ca::{CreatedOrder, OrderView, RenewalWindow};
+    use crate::policy::{LE_PRODUCTION, LE_STAGING};
+    use std::path::Path;
+    use std::sync::{Arc, Mutex};
+
+    const NOW: i64 = 1_800_000_000;
+    const ACCOUNT: &str = "https://ca.example.test/acct/1";
+    const STORED: &str = "https://ca.example.test/order/stored";
+
+    #[derive(Default, Debug)]
+    struct Calls {
+        opened: usize,
+        /// (names, profile) of every newOrder.
+        new_orders: Vec<(Vec<String>, Option<String>)>,
+        order_states: Vec<String>,
+        deactivated: Vec<String>,
+    }
+
+    /// A CA offering Let's Encrypt's profile names. `refuse_over`: it answers a newOrder with
+    /// more names than this with Boulder's problem document.
+    #[derive(Clone, Default)]
+    struct FakeCa {
+        calls: Arc<Mutex<Calls>>,
+        refuse_over: Option<usize>,
+    }
+
+    impl FakeCa {
+        fn calls(&self) -> std::sync::MutexGuard<'_, Calls> {
+            self.calls.lock().unwrap()
+        }
+    }
+
+    impl CaConnector for FakeCa {
+        type Account = FakeCa;
+        async fn open(&self, _cfg: &Config, _deadline: Instant) -> Result<FakeCa, CaFailure> {
+            self.calls().opened += 1;
+            Ok(self.clone())
+        }
+        async fn renewal_info(
+            &self,
+            _cfg: &Config,
+            _deadline: Instant,
+            _ids: &[String],
+        ) -> Result<Option<Vec<Result<RenewalWindow, CaFailure>>>, CaFailure> {
+            Ok(None)
+        }
+    }
+
+    impl CaAccount for FakeCa {
+        fn account_url(&self) -> String {
+            ACCOUNT.into()
+        }
+        fn retries(&self) -> u64 {
+            0
+        }
+        fn profiles(&self) -> Vec<String> {
+            policy::LE_PROFILES
+                .iter()
+                .map(|l| l.profile.to_owned())
+                .collect()
+        }
+        async fn new_order(
+            &self,
+            names: &[certbridge_core::names::Identifier],
+            _replaces: Option<&str>,
+            profile: Option<&str>,
+        ) -> Result<CreatedOrder, CaFailure> {
+            let names: Vec<String> = names.iter().map(|n| n.as_str().to_owned()).collect();
+            let count = names.len();
+            let mut calls = self.calls();
+            calls.new_orders.push((names, profile.map(str::to_owned)));
+            if let Some(max) = self.refuse_over.filter(|max| count > *max) {
+                let detail = format!(
+                    "Error creating new order :: Order cannot contain more than {max} DNS names"
+                );
+                return Err(CaFailure {
+                    message: format!("create an order: malformed: {detail}"),
+                    problem: Some(json!({"type": "urn:ietf:params:acme:error:malformed",
+                                         "detail": detail, "status": 400})),
+                    retry_after: None,
+                });
+            }
+            Ok(CreatedOrder {
+                url: format!("https://ca.example.test/order/{}", calls.new_orders.len()),
+                challenges: Vec::new(),
+                replaces: None,
+                replaces_dropped: None,
+            })
+        }
+        async fn order_state(&self, url: &str) -> Result<Option<OrderView>, CaFailure> {
+            self.calls().order_states.push(url.to_owned());
+            Ok(Some(OrderView {
+                status: OrderStatus::Pending,
+                identifiers: vec!["main.example.test".into()],
+                challenges: Vec::new(),
+            }))
+        }
+        async fn deactivate_pending(&self, url: &str) -> Result<(), CaFailure> {
+            self.calls().deactivated.push(url.to_owned());
+            Ok(())
+        }
+        async fn finalize(
+            &self,
+            _url: &str,
+            _csr: &[u8],
+            _deadline: Instant,
+        ) -> Result<String, CaFailure> {
+            unreachable!("acme_request never finalizes")
+        }
+    }
+
+    fn names(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("n{i}.example.test")).collect()
+    }
+
+    fn config(root: &Path, directory: &str, certs: Value) -> Config {
+        let v = json!({"certs": certs, "directory": directory, "cert_root": root.join("certs"),
+                       "jitter_seed": "h"});
+        let Value::Object(m) = v else { unreachable!() };
+        let (common, _own): (config::CommonOptions, RequestOptions) =
+            config::split_options(m, OWN_KEYS).unwrap();
+        config::validate(common, 60).unwrap()
+    }
+
+    fn run_at(cfg: &Config, ca: &FakeCa, check_mode: bool, pending_max_age: i64) -> Outcome {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let log = EventLog::disabled("acme_request");
+        rt.block_on(run(
+            cfg,
+            check_mode,
+            pending_max_age,
+            policy::DEFAULT_ARI_INTERVAL,
+            None,
+            ca,
+            &log,
+            NOW,
+        ))
+        .unwrap()
+    }
+
+    fn failure<'a>(out: &'a Outcome, cert: &str) -> Option<&'a CaFailure> {
+        out.failures.iter().find(|(c, _)| c == cert).map(|(_, f)| f)
+    }
+
+    #[test]
+    fn lets_encrypt_name_limits_fail_before_ordering_without_backoff() {
+        for directory in [
+            LE_PRODUCTION,
+            LE_STAGING,
+            "https://ACME-v02.api.letsencrypt.org/directory/",
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            let certs = json!({
+                "big": {"names": names(26), "profile": "tlsserver"},
+                "short": {"names": names(30).into_iter().map(|n| format!("s{n}")).collect::<Vec<_>>(), "profile": "shortlived"},
+                "small": {"names": ["small.example.test"], "profile": "tlsserver"},
+                "classic": names(26).into_iter().map(|n| format!("c{n}")).collect::<Vec<_>>(),
+                "edge": {"names": names(25).into_iter().map(|n| format!("e{n}")).collect::<Vec<_>>(), "profile": "tlsserver"},
+            });
+            let cfg = config(tmp.path(), directory, certs);
+            let ca = FakeCa::default();
+            let out = run_at(&cfg, &ca, false, 3600);
+            let big = failure(&out, "big").expect("big refused").message.clone();
+            assert!(
+                big.contains("26 names")
+                    && big.contains("`tlsserver` profile allows at most 25")
+                    && big.contains("`classic` allows 100"),
+                "{big}"
+            );
+            let short = failure(&out, "short")
+                .expect("short refused")
+                .message
+                .clone();
+            assert!(
+                short.contains("30 names")
+                    && short.contains("`shortlived` profile allows at most 25"),
+                "{short}"
+            );
+            assert_eq!(out.failures.len(), 2, "{:?}", out.failures);
+            let ordered: Vec<usize> = ca.calls().new_orders.iter().map(|(n, _)| n.len()).collect();
+            let mut ordered = ordered;
+            ordered.sort();
+            assert_eq!(
+                ordered,
+                vec![1, 25, 26],
+                "{directory}: the others are ordered"
+            );
+            for cert in ["big", "short"] {
+                let meta = cfg.store.load_meta(cert).unwrap().unwrap_or_default();
+                assert_eq!(meta.retry_not_before, None, "{cert}: no backoff");
+                assert_eq!(meta.failures, 0);
+                assert!(meta.pending.is_none());
+            }
+            assert_eq!(out.certs["big"].action, Action::Issue);
+        }
+    }
+
+    #[test]
+    fn the_limit_check_needs_no_ca_and_holds_in_check_mode() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(
+            tmp.path(),
+            LE_PRODUCTION,
+            json!({"big": {"names": names(26), "profile": "tlsserver"}}),
+        );
+        let ca = FakeCa::default();
+        let out = run_at(&cfg, &ca, true, 3600);
+        assert!(failure(&out, "big").is_some());
+        let out = run_at(&cfg, &ca, false, 3600);
+        assert!(failure(&out, "big").is_some());
+        let calls = ca.calls();
+        assert_eq!(
+            (calls.opened, calls.new_orders.len()),
+            (0, 0),
+            "no account, no order: {calls:?}"
+        );
+    }
+
+    #[test]
+    fn other_cas_are_asked_and_their_answer_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(
+            tmp.path(),
+            "https://ca.example.test/dir",
+            json!({"big": {"names": names(26), "profile": "tlsserver"}}),
+        );
+        let ca = FakeCa {
+            refuse_over: Some(25),
+            ..Default::default()
+        };
+        let out = run_at(&cfg, &ca, false, 3600);
+        let f = failure(&out, "big").expect("the CA refused");
+        assert!(
+            f.message.contains("more than 25 DNS names"),
+            "{}",
+            f.message
+        );
+        assert_eq!(f.problem.as_ref().unwrap()["status"], 400);
+        assert_eq!(ca.calls().new_orders.len(), 1);
+        // The CA said no: that is a CA failure, with the usual backoff.
+        let meta = cfg.store.load_meta("big").unwrap().unwrap();
+        assert_eq!(meta.retry_not_before, Some(NOW + 60));
+    }
+
+    fn store_pending(cfg: &Config, cert: &str, names: &[&str], age: i64) {
+        let spec = cfg.cert(cert).unwrap();
+        let mut sorted: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        sorted.sort();
+        let meta = Meta {
+            pending: Some(PendingOrder {
+                url: Some(STORED.into()),
+                created_at: NOW - age,
+                directory: cfg.directory.clone(),
+                account_url: Some(ACCOUNT.into()),
+                names: sorted,
+                key_type: spec.key_type,
+                staging: cfg.untrusted_target(),
+                self_sign: false,
+                challenges: Vec::new(),
+                profile: spec.profile.clone(),
+                replaces: None,
+            }),
+            ..Default::default()
+        };
+        cfg.store.save_meta(cert, &meta).unwrap();
+    }
+
+    /// (resumed, deactivated, order_reason) after one run with a stored order `age` s old.
+    fn with_stored(
+        directory: &str,
+        profile: Option<&str>,
+        age: i64,
+        pending_max_age: i64,
+    ) -> (bool, bool, Option<String>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let cert = match profile {
+            Some(p) => json!({"names": ["main.example.test"], "profile": p}),
+            None => json!(["main.example.test"]),
+        };
+        let cfg = config(tmp.path(), directory, json!({ "main": cert }));
+        store_pending(&cfg, "main", &["main.example.test"], age);
+        let ca = FakeCa::default();
+        let out = run_at(&cfg, &ca, false, pending_max_age);
+        assert!(out.failures.is_empty(), "{:?}", out.failures);
+        let calls = ca.calls();
+        let resumed = calls.new_orders.is_empty();
+        assert_eq!(
+            resumed,
+            !calls.order_states.is_empty() && calls.deactivated.is_empty()
+        );
+        assert_eq!(out.orders_created, usize::from(!resumed));
+        (
+            resumed,
+            calls.deactivated == vec![STORED.to_owned()],
+            out.certs["main"].order_reason.clone(),
+        )
+    }
+
+    #[test]
+    fn a_stored_order_past_its_profiles_lifetime_is_not_resumed() {
+        // tlsserver / shortlived: pending authorizations live 1 h at Let's Encrypt, whatever
+        // pending_max_age allows.
+        for profile in ["tlsserver", "shortlived"] {
+            let (resumed, deactivated, why) =
+                with_stored(LE_PRODUCTION, Some(profile), 3700, 86_400);
+            assert!(!resumed && deactivated, "{profile}");
+            let why = why.unwrap();
+            assert!(
+                why.contains("3700 s old")
+                    && why.contains(&format!("`{profile}` profile"))
+                    && why.contains("1 h")
+                    && why.contains("8 h"),
+                "{why}"
+            );
+            let (resumed, _, why) = with_stored(LE_STAGING, Some(profile), 1800, 86_400);
+            assert!(resumed && why.is_none(), "{profile}: younger than 1 h");
+        }
+        // classic (named or Let's Encrypt's default): 7 days.
+        for profile in [Some("classic"), None] {
+            let (resumed, _, _) = with_stored(LE_PRODUCTION, profile, 3 * 86_400, 30 * 86_400);
+            assert!(resumed, "{profile:?}");
+            let (resumed, _, why) = with_stored(LE_PRODUCTION, profile, 8 * 86_400, 30 * 86_400);
+            assert!(!resumed, "{profile:?}");
+            assert!(why.unwrap().contains("7 d"));
+        }
+        // Another CA: only pending_max_age counts.
+        let (resumed, _, _) = with_stored(
+            "https://ca.example.test/dir",
+            Some("tlsserver"),
+            3700,
+            86_400,
+        );
+        assert!(resumed);
+        let (resumed, deactivated, why) =
+            with_stored("https://ca.example.test/dir", Some("tlsserver"), 3700, 3600);
+        assert!(!resumed && deactivated);
+        assert!(why.unwrap().contains("pending_max_age (3600 s)"));
+    }
+
+    #[test]
+    fn an_order_no_longer_needed_is_deactivated_before_it_is_forgotten() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(
+            tmp.path(),
+            "https://ca.example.test/dir",
+            json!({"main": ["main.example.test"]}),
+        );
+        store_pending(&cfg, "main", &["main.example.test"], 60);
+        // Installed and valid: nothing to issue (the same state a moved ARI window leaves).
+        let now = crate::now();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(vec!["main.example.test".to_owned()]).unwrap();
+        params.not_before = time::OffsetDateTime::from_unix_timestamp(now - 86_400).unwrap();
+        params.not_after = time::OffsetDateTime::from_unix_timestamp(now + 80 * 86_400).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let dir = cfg.store.cert_dir("main.example.test");
+        std::fs::create_dir_all(dir.join("g1")).unwrap();
+        std::fs::write(dir.join("g1/cert.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("g1/privkey.pem"), key.serialize_pem()).unwrap();
+        std::os::unix::fs::symlink("g1", dir.join("current")).unwrap();
+        let ca = FakeCa::default();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let log = EventLog::disabled("acme_request");
+        let out = rt
+            .block_on(run(&cfg, false, 3600, 21_600, None, &ca, &log, now))
+            .unwrap();
+        assert_eq!(out.certs["main"].action, Action::Ok, "{:?}", out.certs);
+        assert!(out.warnings.is_empty(), "{:?}", out.warnings);
+        let calls = ca.calls();
+        assert_eq!(calls.deactivated, vec![STORED.to_owned()]);
+        assert!(calls.new_orders.is_empty());
+        drop(calls);
+        let meta = cfg.store.load_meta("main").unwrap().unwrap();
+        assert!(meta.pending.is_none());
+        // Nothing left to abandon: the next pulse asks nothing.
+        let out = rt
+            .block_on(run(&cfg, false, 3600, 21_600, None, &ca, &log, now))
+            .unwrap();
+        assert_eq!(out.certs["main"].action, Action::Ok);
+        assert_eq!(ca.calls().opened, 1);
+    }
+
+    #[test]
+    fn a_stored_order_for_other_names_is_deactivated_before_a_new_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(
+            tmp.path(),
+            "https://ca.example.test/dir",
+            json!({"main": ["main.example.test", "www.example.test"]}),
+        );
+        store_pending(&cfg, "main", &["main.example.test"], 60);
+        let ca = FakeCa::default();
+        let out = run_at(&cfg, &ca, false, 3600);
+        let calls = ca.calls();
+        assert_eq!(calls.deactivated, vec![STORED.to_owned()]);
+        assert!(calls.order_states.is_empty());
+        assert_eq!(calls.new_orders.len(), 1);
+        let why = out.certs["main"].order_reason.clone().unwrap();
+        assert!(why.contains("other names"), "{why}");
+    }
 }

@@ -13,6 +13,12 @@
 //! as well. JWS bodies are forwarded byte for byte (the proxy holds no account key and cannot
 //! re-sign): Pebble 2.4.0 ignores the `profile` and `replaces` fields of a newOrder, so the
 //! proxy reflects them into the order objects it returns, as RFC 9773 and profile-aware CAs do.
+//!
+//! Strict by default ([`StrictRules`]): it refuses, with the problem documents Let's Encrypt
+//! sends, what real CAs refuse and Pebble 2.4.0 lets through or never sees — a request without a
+//! `User-Agent`, a POST without `Content-Type: application/jose+json`, a GET where POST-as-GET
+//! is required, a nonce used twice, a `replaces` naming a certificate that already has a live
+//! replacement order, and more names than the order's profile allows. docs/testbed.md lists each rule with its source.
 
 use base64::Engine;
 use bytes::Bytes;
@@ -24,7 +30,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{json, Map, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -241,6 +247,8 @@ pub struct ProxyConfig {
     pub reflect_order_fields: bool,
     /// How long one forwarded request may take before the proxy drops the client's connection.
     pub upstream_timeout: Duration,
+    /// What the proxy refuses on its own, as real CAs do (all on by default).
+    pub strict: StrictRules,
 }
 
 impl Default for ProxyConfig {
@@ -251,6 +259,7 @@ impl Default for ProxyConfig {
             profiles: Vec::new(),
             reflect_order_fields: true,
             upstream_timeout: Duration::from_secs(30),
+            strict: StrictRules::default(),
         }
     }
 }
@@ -268,6 +277,106 @@ impl ProxyConfig {
             .collect();
         self
     }
+
+    /// Let's Encrypt's profiles, with their name limits: `classic` 100, `tlsserver` and
+    /// `shortlived` 25 (an order without a profile gets classic's).
+    pub fn with_le_profiles(mut self) -> ProxyConfig {
+        self = self.with_profiles(&LE_PROFILES.map(|(n, d, _)| (n, d)));
+        self.strict.profile_max_names = LE_PROFILES
+            .iter()
+            .map(|(n, _, max)| (n.to_string(), *max))
+            .collect();
+        self.strict.max_names = Some(LE_CLASSIC_MAX_NAMES);
+        self
+    }
+
+    /// Only the faults and extensions: none of the strict rules.
+    pub fn lenient(mut self) -> ProxyConfig {
+        self.strict = StrictRules::none();
+        self
+    }
+}
+
+/// Let's Encrypt's default (`classic`) profile's limit on names per order.
+pub const LE_CLASSIC_MAX_NAMES: usize = 100;
+/// Let's Encrypt's profiles (letsencrypt.org/docs/profiles): name, description, names per order.
+pub const LE_PROFILES: [(&str, &str, usize); 3] = [
+    (
+        "classic",
+        "90-day certificates, up to 100 names",
+        LE_CLASSIC_MAX_NAMES,
+    ),
+    (
+        "tlsserver",
+        "45-day server certificates, up to 25 names",
+        25,
+    ),
+    ("shortlived", "160-hour certificates, up to 25 names", 25),
+];
+
+/// The ids of the strict rules, as [`Recorded::strict`] names them (docs/testbed.md has a row
+/// for each).
+pub const STRICT_RULES: [&str; 6] = [
+    "user_agent",
+    "post_as_get",
+    "content_type",
+    "nonce",
+    "already_replaced",
+    "max_names",
+];
+
+/// The requests the proxy refuses itself, as Let's Encrypt (Boulder) and current Pebble do,
+/// before any fault or forwarding. Each rejection is recorded ([`Recorded::strict`]).
+#[derive(Clone, Debug)]
+pub struct StrictRules {
+    /// A request without a (non-empty) `User-Agent`: 400 `malformed` (RFC 8555 6.1; Pebble
+    /// after 2.4.0, PR #530).
+    pub user_agent: bool,
+    /// A POST without `Content-Type: application/jose+json`: 400 `malformed` (RFC 8555 6.2).
+    pub content_type: bool,
+    /// GET/HEAD of anything but the directory, newNonce and renewalInfo: 405 `malformed` with
+    /// `Allow: POST` (RFC 8555 6.3, POST-as-GET).
+    pub post_as_get: bool,
+    /// A JWS nonce the proxy has seen before: 400 `badNonce` with a fresh `Replay-Nonce`
+    /// (RFC 8555 6.5).
+    pub nonces: bool,
+    /// A newOrder whose `replaces` names a certificate that already has a replacement order
+    /// which is neither invalid nor expired (or was finalized): 409 `alreadyReplaced`
+    /// (RFC 9773 5).
+    pub replaced: bool,
+    /// At most this many names in an order without a profile (or with one not listed in
+    /// `profile_max_names`): 400 `malformed`; `None`: no limit.
+    pub max_names: Option<usize>,
+    /// Per profile name, at most this many names in its orders.
+    pub profile_max_names: Vec<(String, usize)>,
+}
+
+impl Default for StrictRules {
+    fn default() -> StrictRules {
+        StrictRules {
+            user_agent: true,
+            content_type: true,
+            post_as_get: true,
+            nonces: true,
+            replaced: true,
+            max_names: Some(LE_CLASSIC_MAX_NAMES),
+            profile_max_names: Vec::new(),
+        }
+    }
+}
+
+impl StrictRules {
+    pub fn none() -> StrictRules {
+        StrictRules {
+            user_agent: false,
+            content_type: false,
+            post_as_get: false,
+            nonces: false,
+            replaced: false,
+            max_names: None,
+            profile_max_names: Vec::new(),
+        }
+    }
 }
 
 /// One request as the proxy saw it.
@@ -281,12 +390,17 @@ pub struct Recorded {
     pub protected: Option<Value>,
     /// Decoded JWS payload; `None` for GETs and POST-as-GET (empty payload).
     pub payload: Option<Value>,
+    /// The body as received (a signed JWS for POSTs), e.g. to replay it.
+    pub body: Bytes,
     /// Status the client got; `None` while pending, for a hang or a dropped connection.
     pub status: Option<u16>,
     /// Status Pebble answered; `None` when the request was not (yet) forwarded.
     pub upstream_status: Option<u16>,
     /// Whether a fault acted on this request.
     pub faulted: bool,
+    /// The strict rule that refused it (`content_type`, `post_as_get`, `nonce`,
+    /// `already_replaced`, `max_names`), if one did.
+    pub strict: Option<&'static str>,
     pub at: Instant,
 }
 
@@ -307,6 +421,8 @@ struct State {
     ari_fetches: Vec<String>,
     /// finalize URL -> fields to reflect into that order's objects.
     orders: HashMap<String, Map<String, Value>>,
+    /// What the strict rules remember.
+    strict: StrictState,
 }
 
 struct Shared {
@@ -409,6 +525,8 @@ impl CaProxy {
     /// their directory URL.
     pub fn set_upstream(&self, directory_url: &str, ca_file: impl AsRef<Path>) {
         *lock(&self.shared.upstream) = Arc::new(Upstream::new(directory_url, ca_file.as_ref()));
+        // Another CA knows none of the orders: nothing it has is replaced (nonces stay used).
+        lock(&self.shared.state).strict.forget_orders();
     }
 
     pub fn set_config(&self, config: ProxyConfig) {
@@ -485,6 +603,32 @@ impl CaProxy {
     /// The certificate ids of every renewal-information GET, oldest first (also faulted ones).
     pub fn ari_fetches(&self) -> Vec<String> {
         lock(&self.shared.state).ari_fetches.clone()
+    }
+
+    /// Every request a strict rule refused, oldest first.
+    pub fn strict_rejections(&self) -> Vec<Recorded> {
+        let state = lock(&self.shared.state);
+        state
+            .requests
+            .iter()
+            .filter(|r| r.strict.is_some())
+            .cloned()
+            .collect()
+    }
+
+    /// The certificate ids the proxy counts as replaced now (a live or finalized replacement
+    /// order names them), sorted.
+    pub fn replaced_cert_ids(&self) -> Vec<String> {
+        let state = lock(&self.shared.state);
+        let mut ids: Vec<String> = state
+            .strict
+            .replacements
+            .keys()
+            .filter(|id| state.strict.replacement_of(id).is_some())
+            .cloned()
+            .collect();
+        ids.sort();
+        ids
     }
 }
 
@@ -610,26 +754,19 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Answer {
         .to_owned();
     let endpoint = Endpoint::of(&path);
     let (protected, payload) = decode_jws(&body);
-    if let Some(rsp) = refused_like_current_pebble(&parts) {
-        // Recorded, but no fault acts and Pebble never sees it.
-        lock(&shared.state).requests.push(Recorded {
-            method: parts.method.to_string(),
-            path,
-            endpoint,
-            protected,
-            payload,
-            status: Some(rsp.status().as_u16()),
-            upstream_status: None,
-            faulted: false,
-            at: Instant::now(),
-        });
-        return Ok(rsp);
-    }
+    let refused = strict_check(
+        &shared,
+        &parts,
+        endpoint,
+        protected.as_ref(),
+        payload.as_ref(),
+    );
     let (index, fault) = {
         let mut state = lock(&shared.state);
         let fault = state
             .faults
             .iter_mut()
+            .filter(|_| refused.is_none())
             .find(|f| {
                 f.times > 0
                     && f.endpoint.matches(endpoint)
@@ -655,13 +792,20 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Answer {
             endpoint,
             protected,
             payload: payload.clone(),
+            body: body.clone(),
             status: None,
             upstream_status: None,
             faulted: fault.is_some(),
+            strict: refused.as_ref().map(|r| r.rule),
             at: Instant::now(),
         });
         (state.requests.len() - 1, fault)
     };
+    if let Some(refusal) = refused {
+        let rsp = strict_answer(&shared, refusal, parts.method == hyper::Method::POST).await;
+        shared.update(index, |r| r.status = Some(rsp.status().as_u16()));
+        return Ok(rsp);
+    }
 
     let call = Call {
         parts,
@@ -676,26 +820,6 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Answer {
         shared.update(index, |r| r.status = Some(rsp.status().as_u16()));
     }
     answer
-}
-
-/// What current Pebble refuses before any handler runs, although Debian's Pebble 2.4.0 does
-/// not: the proxy is at least as strict as the CAs clients meet.
-/// - No `User-Agent` (RFC 8555 6.1: clients MUST send one; Pebble after 2.4.0, PR #530).
-fn refused_like_current_pebble(
-    parts: &hyper::http::request::Parts,
-) -> Option<Response<Full<Bytes>>> {
-    if parts
-        .headers
-        .get(header::USER_AGENT)
-        .is_none_or(|ua| ua.is_empty())
-    {
-        return Some(problem(
-            400,
-            "malformed",
-            "All requests MUST include a User-Agent header",
-        ));
-    }
-    None
 }
 
 /// One request being answered.
@@ -790,6 +914,14 @@ async fn answer(shared: &Shared, call: Call, fault: Option<FaultAction>) -> Answ
         endpoint,
         payload.as_ref(),
         &config,
+    );
+    strict_observe(
+        shared,
+        endpoint,
+        &path,
+        payload.as_ref(),
+        head.status,
+        &body,
     );
     Ok(Response::from_parts(head, Full::new(body)))
 }
@@ -971,4 +1103,309 @@ fn decode_jws(body: &[u8]) -> (Option<Value>, Option<Value>) {
         serde_json::from_slice::<Value>(&bytes).ok()
     };
     (part("protected"), part("payload"))
+}
+
+// Strict rules: what Let's Encrypt (Boulder) and current Pebble refuse. Kept apart from the
+// forwarding above; docs/testbed.md lists each rule with its source.
+
+const JOSE_JSON: &str = "application/jose+json";
+
+/// Why a strict rule refuses a request, and the answer.
+#[derive(Debug)]
+struct Refusal {
+    rule: &'static str,
+    status: u16,
+    kind: &'static str,
+    detail: String,
+}
+
+/// What the strict rules remember between requests.
+#[derive(Default)]
+struct StrictState {
+    /// Every JWS nonce seen in a POST (used once, even when the proxy answered itself).
+    nonces: HashSet<String>,
+    /// Certificate id (`replaces`) -> finalize URL of its latest replacement order.
+    replacements: HashMap<String, String>,
+    /// Finalize URL -> what the proxy last saw of that order.
+    orders: HashMap<String, SeenOrder>,
+    /// Authorization path -> its last status seen.
+    authzs: HashMap<String, String>,
+}
+
+struct SeenOrder {
+    status: String,
+    /// Paths of its authorizations.
+    authzs: Vec<String>,
+    expires: Option<time::OffsetDateTime>,
+}
+
+impl StrictState {
+    fn forget_orders(&mut self) {
+        self.replacements.clear();
+        self.orders.clear();
+        self.authzs.clear();
+    }
+
+    /// The finalize URL of the replacement order that makes `cert_id` replaced, if any:
+    /// Boulder's `ReplacementOrderExists` — a finalized one, or one neither invalid nor
+    /// expired. An order with a failed, deactivated or expired authorization is invalid.
+    fn replacement_of(&self, cert_id: &str) -> Option<&str> {
+        let finalize = self.replacements.get(cert_id)?;
+        let order = self.orders.get(finalize)?;
+        let live = match order.status.as_str() {
+            "valid" => true,
+            "invalid" => false,
+            _ => {
+                let failed = order.authzs.iter().any(|a| {
+                    matches!(
+                        self.authzs.get(a).map(String::as_str),
+                        Some("invalid" | "deactivated" | "expired" | "revoked")
+                    )
+                });
+                let expired = order
+                    .expires
+                    .is_some_and(|e| e <= time::OffsetDateTime::now_utc());
+                !failed && !expired
+            }
+        };
+        live.then_some(finalize.as_str())
+    }
+}
+
+/// Endpoints only POST (POST-as-GET included) may reach.
+fn post_only(endpoint: Endpoint) -> bool {
+    !matches!(
+        endpoint,
+        Endpoint::Directory | Endpoint::NewNonce | Endpoint::RenewalInfo | Endpoint::Other
+    )
+}
+
+/// The serial of an ARI certificate id (`base64url(AKI).base64url(serial)`) in hex, as
+/// Let's Encrypt names it in `alreadyReplaced`; the id itself when it does not parse.
+fn serial_hex(cert_id: &str) -> String {
+    cert_id
+        .split_once('.')
+        .and_then(|(_, serial)| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(serial)
+                .ok()
+        })
+        .map(|bytes| bytes.iter().map(|b| format!("{b:02x}")).collect())
+        .unwrap_or_else(|| cert_id.to_owned())
+}
+
+/// The first strict rule `request` breaks, in the order Boulder checks them (method,
+/// Content-Type, nonce, then the newOrder's `replaces` and its names). A POST's nonce counts
+/// as used once the Content-Type passed, whatever happens to the request afterwards.
+fn strict_check(
+    shared: &Shared,
+    parts: &hyper::http::request::Parts,
+    endpoint: Endpoint,
+    protected: Option<&Value>,
+    payload: Option<&Value>,
+) -> Option<Refusal> {
+    let rules = lock(&shared.config).strict.clone();
+    let post = parts.method == hyper::Method::POST;
+    if rules.user_agent
+        && parts
+            .headers
+            .get(header::USER_AGENT)
+            .is_none_or(|ua| ua.is_empty())
+    {
+        return Some(Refusal {
+            rule: "user_agent",
+            status: 400,
+            kind: "malformed",
+            detail: "All requests MUST include a User-Agent header".into(),
+        });
+    }
+    if rules.post_as_get && !post && post_only(endpoint) {
+        return Some(Refusal {
+            rule: "post_as_get",
+            status: 405,
+            kind: "malformed",
+            detail: "Method not allowed".into(),
+        });
+    }
+    if !post {
+        return None;
+    }
+    if rules.content_type {
+        let wrong = match parts.headers.get(header::CONTENT_TYPE) {
+            None => Some("No Content-Type header on POST"),
+            Some(v) if v.as_bytes() != JOSE_JSON.as_bytes() => {
+                Some("Invalid Content-Type header on POST")
+            }
+            Some(_) => None,
+        };
+        if let Some(what) = wrong {
+            return Some(Refusal {
+                rule: "content_type",
+                status: 400,
+                kind: "malformed",
+                detail: format!(
+                    "Unable to validate JWS :: {what}. Content-Type must be {JOSE_JSON:?}"
+                ),
+            });
+        }
+    }
+    let mut state = lock(&shared.state);
+    let nonce = protected
+        .and_then(|p| p.get("nonce"))
+        .and_then(Value::as_str);
+    if let (true, Some(nonce)) = (rules.nonces, nonce) {
+        if !state.strict.nonces.insert(nonce.to_owned()) {
+            return Some(Refusal {
+                rule: "nonce",
+                status: 400,
+                kind: "badNonce",
+                detail: format!(
+                    "Unable to validate JWS :: JWS has an invalid anti-replay nonce: {nonce:?}"
+                ),
+            });
+        }
+    }
+    if endpoint != Endpoint::NewOrder {
+        return None;
+    }
+    let payload = payload?;
+    if let (true, Some(id)) = (
+        rules.replaced,
+        payload.get("replaces").and_then(Value::as_str),
+    ) {
+        if state.strict.replacement_of(id).is_some() {
+            return Some(Refusal {
+                rule: "already_replaced",
+                status: 409,
+                kind: "alreadyReplaced",
+                detail: format!(
+                    "Could not validate ARI 'replaces' field :: cannot indicate an order replaces certificate with serial {:?}, which already has a replacement order",
+                    serial_hex(id)
+                ),
+            });
+        }
+    }
+    let profile = payload.get("profile").and_then(Value::as_str);
+    let limit = profile
+        .and_then(|p| {
+            rules
+                .profile_max_names
+                .iter()
+                .find(|(name, _)| name == p)
+                .map(|(_, max)| *max)
+        })
+        .or(rules.max_names)?;
+    // Boulder counts distinct lower-cased names.
+    let names: HashSet<String> = payload
+        .get("identifiers")
+        .and_then(Value::as_array)
+        .map(|ids| {
+            ids.iter()
+                .filter_map(|i| i.get("value").and_then(Value::as_str))
+                .map(str::to_ascii_lowercase)
+                .collect()
+        })
+        .unwrap_or_default();
+    (names.len() > limit).then(|| Refusal {
+        rule: "max_names",
+        status: 400,
+        kind: "malformed",
+        detail: format!(
+            "Error creating new order :: Order cannot contain more than {limit} DNS names"
+        ),
+    })
+}
+
+/// The problem document for a refusal; a refused POST carries a fresh nonce from Pebble (as
+/// every CA's answer to a POST does), a refused GET `Allow: POST`.
+async fn strict_answer(shared: &Shared, refusal: Refusal, post: bool) -> Response<Full<Bytes>> {
+    let mut rsp = problem(refusal.status, refusal.kind, &refusal.detail);
+    if refusal.rule == "post_as_get" {
+        rsp.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+    }
+    if post {
+        if let Some(nonce) = fresh_nonce(shared)
+            .await
+            .and_then(|n| header::HeaderValue::from_str(&n).ok())
+        {
+            rsp.headers_mut().insert("replay-nonce", nonce);
+        }
+    }
+    rsp
+}
+
+/// A new nonce from Pebble's newNonce (HEAD), `None` when it does not answer in time.
+async fn fresh_nonce(shared: &Shared) -> Option<String> {
+    let upstream = lock(&shared.upstream).clone();
+    let req = Request::builder()
+        .method(hyper::Method::HEAD)
+        .uri(format!("{}/nonce-plz", upstream.origin))
+        .body(Full::new(Bytes::new()))
+        .ok()?;
+    let rsp = tokio::time::timeout(Duration::from_secs(10), upstream.client.request(req))
+        .await
+        .ok()?
+        .ok()?;
+    let nonce = rsp.headers().get("replay-nonce")?.to_str().ok()?;
+    Some(nonce.to_owned())
+}
+
+/// Remembers what the answers say about orders and authorizations, and which certificate a
+/// successful newOrder replaces.
+fn strict_observe(
+    shared: &Shared,
+    endpoint: Endpoint,
+    path: &str,
+    payload: Option<&Value>,
+    status: StatusCode,
+    body: &[u8],
+) {
+    if !status.is_success() {
+        return;
+    }
+    let Ok(Value::Object(json)) = serde_json::from_slice::<Value>(body) else {
+        return;
+    };
+    let to_path = |url: &str| {
+        url.strip_prefix(shared.origin.as_str())
+            .unwrap_or(url)
+            .to_owned()
+    };
+    let status_of = |json: &Map<String, Value>| {
+        json.get("status")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let mut state = lock(&shared.state);
+    if let Some(finalize) = json.get("finalize").and_then(Value::as_str) {
+        let seen = SeenOrder {
+            status: status_of(&json),
+            authzs: json
+                .get("authorizations")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).map(to_path).collect())
+                .unwrap_or_default(),
+            expires: json.get("expires").and_then(Value::as_str).and_then(|t| {
+                // `parsing` is on through instant-acme's `time` feature.
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            }),
+        };
+        state.strict.orders.insert(finalize.to_owned(), seen);
+        if endpoint == Endpoint::NewOrder {
+            if let Some(id) = payload
+                .and_then(|p| p.get("replaces"))
+                .and_then(Value::as_str)
+            {
+                state
+                    .strict
+                    .replacements
+                    .insert(id.to_owned(), finalize.to_owned());
+            }
+        }
+    } else if endpoint == Endpoint::Authz && json.contains_key("status") {
+        let path = path.split('?').next().unwrap_or(path).to_owned();
+        state.strict.authzs.insert(path, status_of(&json));
+    }
 }
