@@ -778,7 +778,8 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Answer {
                 f.times = f.times.saturating_sub(usize::from(f.times != usize::MAX));
                 f.action.clone()
             });
-        if endpoint == Endpoint::RenewalInfo {
+        // A refused request is answered by the proxy's rule alone: it fetches nothing.
+        if endpoint == Endpoint::RenewalInfo && refused.is_none() {
             let id = path
                 .trim_start_matches("/renewal-info/")
                 .split('?')
