@@ -2,10 +2,10 @@
 //! install and CA problem document. It never receives key material: callers pass only names,
 //! URLs, reasons and problem documents.
 
+use certbridge_core::fsutil::Dir;
 use serde_json::{json, Value};
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Appends events to the log file, if one is configured. Write errors do not fail the run;
 /// they become one warning.
@@ -44,17 +44,7 @@ impl EventLog {
         }
         let line = format!("{obj}\n");
         let result = (|| -> std::io::Result<()> {
-            if let Some(parent) = path.parent() {
-                if !parent.exists() {
-                    std::fs::create_dir_all(parent)?;
-                    std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o750))?;
-                }
-            }
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o640)
-                .open(path)?;
+            let mut f = open_log(path)?;
             // One write per line: concurrent writers' lines do not interleave.
             f.write_all(line.as_bytes())
         })();
@@ -71,4 +61,24 @@ impl EventLog {
     pub fn warning(&self) -> Option<String> {
         self.failed.lock().ok().and_then(|f| f.clone())
     }
+}
+
+/// Opens the log for appending, relative to its directory and never through a symbolic link
+/// or into a file with other hard links: the log's directory may be writable by others, and a
+/// link planted as the log would have root append to any file. A missing directory is made
+/// (mode 0750, set through its handle, not by name).
+fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
+    let (dir, name) = match Dir::open_parent(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let parent = path.parent().unwrap_or(Path::new("."));
+            std::fs::create_dir_all(parent)?;
+            let (above, sub) = Dir::open_parent(parent)?;
+            let dir = above.subdir(&sub)?;
+            dir.set_mode(0o750)?;
+            let name = path.file_name().unwrap_or_default().to_owned();
+            (dir, name)
+        }
+        other => other?,
+    };
+    dir.open_append(&name, 0o640)
 }

@@ -1,8 +1,9 @@
 //! The Prometheus textfile (`metrics_file`): when each declared cert expires and when it last
 //! failed. Written atomically, and only when its content changes (a no-op pulse touches nothing).
 
-use certbridge_core::fsutil::{self, FileAttrs};
+use certbridge_core::fsutil::{Dir, FileAttrs};
 use std::fmt::Write;
+use std::io::Read;
 use std::path::Path;
 
 /// One cert's line items.
@@ -50,17 +51,28 @@ pub fn render(certs: &[CertMetrics]) -> String {
     out
 }
 
-/// Writes `path` when its content differs; returns whether it was written.
+/// Writes `path` when its content differs; returns whether it was written. The file is read
+/// and replaced relative to its directory, never through a symbolic link (an error): a
+/// textfile directory may be writable by the exporter's user.
 pub fn write_if_changed(path: &Path, certs: &[CertMetrics]) -> std::io::Result<bool> {
     let text = render(certs);
-    if std::fs::read_to_string(path).ok().as_deref() == Some(text.as_str()) {
-        return Ok(false);
-    }
+    let (dir, name) = Dir::open_parent(path)?;
+    let old = match dir.open_read(&name)? {
+        Some(mut f) => {
+            let mut bytes = Vec::new();
+            f.read_to_end(&mut bytes)?;
+            if bytes == text.as_bytes() {
+                return Ok(false);
+            }
+            Some(f.metadata()?)
+        }
+        None => None,
+    };
     let attrs = FileAttrs {
         mode: Some(0o644),
         ..Default::default()
     };
-    fsutil::atomic_write(path, text.as_bytes(), &attrs, None)?;
+    dir.replace(&name, text.as_bytes(), &attrs, old.as_ref(), None)?;
     Ok(true)
 }
 

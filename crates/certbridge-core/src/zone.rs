@@ -29,16 +29,16 @@
 //! `$INCLUDE`, parentheses, newlines) outside a quoted string, and quoted strings cannot
 //! contain `"` or `\`.
 
-use crate::fsutil::{self, FileAttrs, Lock, LockError};
+use crate::fsutil::{self, Dir, EntryKind, FileAttrs, Lock, LockError, Refused};
 use crate::names::{DomainName, NameError};
 use crate::protocol::limits::DAY;
 use crate::protocol::{coerce, Failure, Invocation, Reply};
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fmt::{self, Write as _};
 use std::fs;
-use std::io;
+use std::io::{self, Read as _};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -130,6 +130,18 @@ pub enum ZoneError {
     /// The zone path is relative.
     #[error("path `{0}` must be absolute")]
     RelativePath(PathBuf),
+    /// The zone path names a directory (refused before any lock file is made beside it).
+    #[error("path `{0}` is a directory: give the path of the zone file in it (e.g. `{0}/<origin>.zone`)")]
+    IsDirectory(PathBuf),
+    /// The zone path is a symbolic link and `follow_symlink` is off.
+    #[error("path `{0}` is a symbolic link, which is not followed: whoever can write its directory could point it at any file, which would be replaced (and shown by diff). Replace the link by the zone file, or set `follow_symlink: true` if the link and its directory are writable only by root")]
+    Symlink(PathBuf),
+    /// The zone path is a FIFO, socket or device.
+    #[error("path `{path}` is {what}, not a regular file")]
+    NotAFile { path: PathBuf, what: &'static str },
+    /// The zone file's directory (or, with `follow_symlink`, its link target's) cannot be opened.
+    #[error("cannot open the directory of {path}: {source}")]
+    Open { path: PathBuf, source: io::Error },
     /// The existing zone file could not be read.
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
@@ -949,25 +961,11 @@ pub fn parse_serial(text: &str) -> Option<u32> {
 }
 
 /// The SOA serial of the zone file at `path`: `Ok(None)` when the file does not exist or has
-/// no readable SOA (then a fresh serial is used).
+/// no readable SOA (then a fresh serial is used). A symbolic link is not followed.
 pub fn read_serial(path: &Path) -> Result<Option<u32>, ZoneError> {
-    Ok(read_existing(path)?.and_then(|(text, _)| parse_serial(&text)))
-}
-
-fn read_existing(path: &Path) -> Result<Option<(String, fs::Metadata)>, ZoneError> {
-    let read_err = |source| ZoneError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    let bytes = match fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(read_err(e)),
-    };
-    let meta = fs::metadata(path).map_err(read_err)?;
-    let text = String::from_utf8(bytes)
-        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-    Ok(Some((text, meta)))
+    Ok(ZoneFile::open(path, false)?
+        .read()?
+        .and_then(|old| parse_serial(&old.text)))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1098,11 +1096,9 @@ pub fn parse_rendered(text: &str) -> Result<RenderedZone, ZoneError> {
 }
 
 /// Reads and parses a zone file this library rendered; `Ok(None)` when it does not exist.
+/// A symbolic link is not followed (see [`ZoneFile`]).
 pub fn read_rendered(path: &Path) -> Result<Option<RenderedZone>, ZoneError> {
-    match read_existing(path)? {
-        None => Ok(None),
-        Some((text, _)) => parse_rendered(&text).map(Some),
-    }
+    ZoneFile::open(path, false)?.read_rendered()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1206,6 +1202,9 @@ pub struct WriteOptions {
     /// when the caller holds its own lock (a second lock on the same file from the same
     /// process would deadlock).
     pub lock_timeout: Option<Duration>,
+    /// When `path` is a symbolic link, write its target (which keeps its owner and mode unless
+    /// `attrs` sets them) instead of refusing; diffs then do not show the target's content.
+    pub follow_symlink: bool,
 }
 
 impl WriteOptions {
@@ -1218,6 +1217,7 @@ impl WriteOptions {
             check_mode: false,
             now: SystemTime::now(),
             lock_timeout: Some(Duration::from_secs(30)),
+            follow_symlink: false,
         }
     }
 }
@@ -1234,10 +1234,247 @@ pub struct ZoneOutcome {
     /// Caller records written (see [`Rendered::records`]).
     pub records: usize,
     pub duplicates_removed: usize,
-    /// The file's text before (`None`: there was no file).
+    /// The file's text before (`None`: there was no file). Not for display when
+    /// `followed_symlink`: use [`ZoneOutcome::diff`].
     pub before: Option<String>,
     /// The file's text after.
     pub after: String,
+    /// The path is a symbolic link that `follow_symlink` let us follow.
+    pub followed_symlink: bool,
+}
+
+impl ZoneOutcome {
+    /// The Ansible diff (`before`/`after`, each capped at [`DIFF_MAX_LINES`]), headed `path`.
+    /// The old content of a followed link's target is not shown: the link may point at a
+    /// file the user running the module may not read.
+    pub fn diff(&self, path: &str) -> Value {
+        let before = if self.followed_symlink && self.before.is_some() {
+            format!("[not shown: {path} is a symbolic link (follow_symlink), and the content of its target is not disclosed]\n")
+        } else {
+            cap_lines(self.before.as_deref().unwrap_or(""), DIFF_MAX_LINES)
+        };
+        json!({
+            "before": before,
+            "after": cap_lines(&self.after, DIFF_MAX_LINES),
+            "before_header": path,
+            "after_header": path,
+        })
+    }
+}
+
+/// A zone file's place, checked once: the directory of its path is opened once, and its lock,
+/// the old file, the temp file and the rename are all reached relative to that handle; the
+/// file name is never followed as a symbolic link (a zone directory is commonly writable by
+/// the DNS server's user, who could otherwise aim root's write, chown and diff at any file).
+/// A link is refused ([`ZoneError::Symlink`]) unless `follow_symlink`: then its target's
+/// directory is opened once the same way, and the lock stays beside the link.
+#[derive(Debug)]
+pub struct ZoneFile {
+    /// The path as configured (what messages and diffs show).
+    path: PathBuf,
+    /// The path's directory; `None` when it does not exist (check mode reads nothing).
+    dir: Option<Dir>,
+    name: OsString,
+    /// The link's final target, when `follow_symlink` followed one.
+    target: Option<(Dir, OsString)>,
+}
+
+/// The zone file as read: its text, and the file itself (its metadata and the handle that
+/// mode and owner are corrected through).
+struct Existing {
+    text: String,
+    meta: fs::Metadata,
+    file: fs::File,
+}
+
+/// Links followed at most, as the kernel allows.
+const MAX_LINKS: usize = 40;
+
+impl ZoneFile {
+    /// Checks the zone path: refused when it is a directory, a FIFO or the like, or a
+    /// symbolic link (unless `follow_symlink`); a file that does not exist yet is fine.
+    pub fn open(path: &Path, follow_symlink: bool) -> Result<ZoneFile, ZoneError> {
+        let Some(name) = path.file_name() else {
+            return Err(ZoneError::IsDirectory(path.to_path_buf()));
+        };
+        let open_err = |source| ZoneError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut zf = ZoneFile {
+            path: path.to_path_buf(),
+            dir: None,
+            name: name.to_owned(),
+            target: None,
+        };
+        let dir = match Dir::open_parent(path) {
+            Ok((dir, _)) => dir,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(zf),
+            Err(e) => return Err(open_err(e)),
+        };
+        let kind = dir.entry(name).map_err(open_err)?;
+        zf.dir = Some(dir);
+        match kind {
+            None | Some(EntryKind::File) => Ok(zf),
+            Some(EntryKind::Symlink) if follow_symlink => {
+                zf.target = Some(zf.resolve()?);
+                Ok(zf)
+            }
+            Some(kind) => Err(zf.refused(kind)),
+        }
+    }
+
+    /// The error for a zone path that is not (or no longer) a file we may write.
+    fn refused(&self, kind: EntryKind) -> ZoneError {
+        let path = self.path.clone();
+        match kind {
+            EntryKind::Dir => ZoneError::IsDirectory(path),
+            EntryKind::Symlink => ZoneError::Symlink(path),
+            EntryKind::Other(what) => ZoneError::NotAFile { path, what },
+            EntryKind::File => ZoneError::NotAFile {
+                path,
+                what: "a regular file",
+            },
+        }
+    }
+
+    /// Follows the link at the path to a name that is not a link (it may not exist yet),
+    /// opening each directory on the way once.
+    fn resolve(&self) -> Result<(Dir, OsString), ZoneError> {
+        let open_err = |source| ZoneError::Open {
+            path: self.path.clone(),
+            source,
+        };
+        let dir = self
+            .dir
+            .as_ref()
+            .expect("resolve after the directory was opened");
+        let mut link = dir.read_link(&self.name).map_err(open_err)?;
+        let mut base = dir.path().to_path_buf();
+        for _ in 0..MAX_LINKS {
+            let at = base.join(&link);
+            let Some(name) = at.file_name() else {
+                return Err(ZoneError::IsDirectory(self.path.clone()));
+            };
+            let (next, name) = (Dir::open_parent(&at).map_err(open_err)?.0, name.to_owned());
+            match next.entry(&name).map_err(open_err)? {
+                None | Some(EntryKind::File) => return Ok((next, name)),
+                Some(EntryKind::Symlink) => {
+                    link = next.read_link(&name).map_err(open_err)?;
+                    base = next.path().to_path_buf();
+                }
+                Some(kind) => return Err(self.refused(kind)),
+            }
+        }
+        Err(open_err(io::Error::other(format!(
+            "more than {MAX_LINKS} symbolic links to follow"
+        ))))
+    }
+
+    /// The configured path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The path is a symbolic link that is followed.
+    pub fn is_followed_link(&self) -> bool {
+        self.target.is_some()
+    }
+
+    /// Where the zone file itself is: the path's directory, or the link target's.
+    fn location(&self) -> Option<(&Dir, &OsStr)> {
+        match &self.target {
+            Some((dir, name)) => Some((dir, name)),
+            None => self.dir.as_ref().map(|d| (d, self.name.as_os_str())),
+        }
+    }
+
+    /// Takes the lock `.<file>.lock` beside the path (see [`lock_path`]), waiting up to
+    /// `timeout`; the lock file is never followed as a link.
+    pub fn lock(&self, timeout: Duration) -> Result<Lock, LockError> {
+        let lock_name = lock_path(&self.path)
+            .file_name()
+            .map(OsStr::to_owned)
+            .unwrap_or_default();
+        match &self.dir {
+            Some(dir) => Lock::acquire_in(dir, &lock_name, timeout),
+            None => Err(LockError::Io {
+                path: lock_path(&self.path),
+                source: io::Error::from(io::ErrorKind::NotFound),
+            }),
+        }
+    }
+
+    /// Reads the file (not through a link that appeared since [`ZoneFile::open`]).
+    fn read(&self) -> Result<Option<Existing>, ZoneError> {
+        let Some((dir, name)) = self.location() else {
+            return Ok(None);
+        };
+        let read_err = |source| ZoneError::Read {
+            path: self.path.clone(),
+            source,
+        };
+        let mut file = match dir.open_read(name) {
+            Ok(Some(f)) => f,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                return Err(match fsutil::refusal(&e) {
+                    Some(Refused::Symlink) => self.refused(EntryKind::Symlink),
+                    Some(Refused::NotRegular("a directory")) => self.refused(EntryKind::Dir),
+                    Some(Refused::NotRegular(what)) => self.refused(EntryKind::Other(what)),
+                    _ => read_err(e),
+                })
+            }
+        };
+        let meta = file.metadata().map_err(read_err)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(read_err)?;
+        let text = String::from_utf8(bytes)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        Ok(Some(Existing { text, meta, file }))
+    }
+
+    /// Reads and parses the file, which this library rendered; `Ok(None)` when it does not
+    /// exist.
+    pub fn read_rendered(&self) -> Result<Option<RenderedZone>, ZoneError> {
+        match self.read()? {
+            None => Ok(None),
+            Some(old) => parse_rendered(&old.text).map(Some),
+        }
+    }
+
+    /// Replaces the file with `text` (see [`fsutil::Dir::replace`]); unset `attrs` keep
+    /// `old`'s.
+    fn write(
+        &self,
+        text: &str,
+        attrs: &FileAttrs,
+        old: Option<&Existing>,
+        validator: Option<&Validator>,
+    ) -> Result<(), ZoneError> {
+        let write_err = |source| ZoneError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        let Some((dir, name)) = self.location() else {
+            return Err(write_err(io::Error::from(io::ErrorKind::NotFound)));
+        };
+        // The replace hook speaks io::Error; keep the validator's full report aside.
+        let refusal = std::cell::RefCell::new(None);
+        let check = |candidate: &Path| -> io::Result<()> {
+            match validator.map(|v| v.run(candidate)) {
+                Some(Err(e)) => {
+                    let msg = e.to_string();
+                    *refusal.borrow_mut() = Some(e);
+                    Err(io::Error::other(msg))
+                }
+                _ => Ok(()),
+            }
+        };
+        let hook: Option<fsutil::ValidateFn<'_>> = validator.map(|_| &check as _);
+        dir.replace(name, text.as_bytes(), attrs, old.map(|o| &o.meta), hook)
+            .map_err(|source| refusal.take().unwrap_or_else(|| write_err(source)))
+    }
 }
 
 /// The lock file that serializes writers of `path`.
@@ -1252,7 +1489,8 @@ pub fn lock_path(path: &Path) -> PathBuf {
 /// Renders the zone and writes it when it differs from the file other than by serial: the
 /// serial becomes [`next_serial`] of the file's serial; the file is replaced atomically after
 /// `validate` accepted the candidate (a refusal leaves the old file). Unchanged content leaves
-/// the file untouched (mode/owner are still corrected when `attrs` asks for others).
+/// the file untouched (mode/owner are still corrected when `attrs` asks for others). The path
+/// is checked by [`ZoneFile::open`] before the lock is taken.
 pub fn apply(
     spec: &ZoneSpec,
     records: &[Record],
@@ -1261,25 +1499,48 @@ pub fn apply(
     if !opts.path.is_absolute() {
         return Err(ZoneError::RelativePath(opts.path.clone()));
     }
-    let mut rendered = render_zone(spec, records, 0)?;
+    let rendered = render_zone(spec, records, 0)?;
+    let file = ZoneFile::open(&opts.path, opts.follow_symlink)?;
+    apply_rendered(&file, rendered, opts)
+}
+
+/// As [`apply`], on a zone file the caller opened (and may have locked and read already: one
+/// directory handle for the whole run). `opts.path` and `opts.follow_symlink` are those
+/// `file` was opened with.
+pub fn apply_to(
+    file: &ZoneFile,
+    spec: &ZoneSpec,
+    records: &[Record],
+    opts: &WriteOptions,
+) -> Result<ZoneOutcome, ZoneError> {
+    let rendered = render_zone(spec, records, 0)?;
+    apply_rendered(file, rendered, opts)
+}
+
+fn apply_rendered(
+    file: &ZoneFile,
+    mut rendered: Rendered,
+    opts: &WriteOptions,
+) -> Result<ZoneOutcome, ZoneError> {
     let _lock = match (opts.check_mode, opts.lock_timeout) {
-        (false, Some(timeout)) => Some(Lock::acquire(&lock_path(&opts.path), timeout)?),
+        (false, Some(timeout)) => Some(file.lock(timeout)?),
         _ => None,
     };
     crate::crash_point!("zone_locked");
-    let existing = read_existing(&opts.path)?;
-    let old_serial = existing.as_ref().and_then(|(text, _)| parse_serial(text));
+    let existing = file.read()?;
+    let old_serial = existing.as_ref().and_then(|old| parse_serial(&old.text));
     let content_same = match (&existing, old_serial) {
-        (Some((text, _)), Some(old)) => {
-            rendered.set_serial(old);
-            *text == rendered.text
+        (Some(old), Some(serial)) => {
+            rendered.set_serial(serial);
+            old.text == rendered.text
         }
         _ => false,
     };
     if !content_same {
         rendered.set_serial(next_serial(old_serial, opts.now));
     }
-    let attrs_differ = existing.as_ref().is_some_and(|(_, meta)| {
+    let attrs_differ = existing.as_ref().is_some_and(|old| {
+        let meta = &old.meta;
         opts.attrs
             .mode
             .is_some_and(|m| meta.permissions().mode() & 0o7777 != m)
@@ -1288,15 +1549,15 @@ pub fn apply(
     });
     if !opts.check_mode {
         if !content_same {
-            write_zone(
-                &opts.path,
+            file.write(
                 &rendered.text,
                 &opts.attrs,
+                existing.as_ref(),
                 opts.validate.as_ref(),
             )?;
             crate::crash_point!("zone_written");
-        } else if attrs_differ {
-            fix_attrs(&opts.path, &opts.attrs)?;
+        } else if let Some(old) = existing.as_ref().filter(|_| attrs_differ) {
+            fix_attrs(file.path(), &old.file, &opts.attrs)?;
         }
     }
     Ok(ZoneOutcome {
@@ -1305,49 +1566,26 @@ pub fn apply(
         serial: rendered.serial,
         records: rendered.records,
         duplicates_removed: rendered.duplicates_removed,
-        before: existing.map(|(text, _)| text),
+        before: existing.map(|old| old.text),
         after: rendered.text,
+        followed_symlink: file.is_followed_link(),
     })
 }
 
-fn write_zone(
-    path: &Path,
-    text: &str,
-    attrs: &FileAttrs,
-    validator: Option<&Validator>,
-) -> Result<(), ZoneError> {
-    // atomic_write's hook speaks io::Error; keep the validator's full report aside.
-    let refusal = std::cell::RefCell::new(None);
-    let check = |candidate: &Path| -> io::Result<()> {
-        match validator.map(|v| v.run(candidate)) {
-            Some(Err(e)) => {
-                let msg = e.to_string();
-                *refusal.borrow_mut() = Some(e);
-                Err(io::Error::other(msg))
-            }
-            _ => Ok(()),
-        }
-    };
-    let hook: Option<fsutil::ValidateFn<'_>> = validator.map(|_| &check as _);
-    fsutil::atomic_write(path, text.as_bytes(), attrs, hook).map_err(|source| {
-        refusal.take().unwrap_or(ZoneError::Write {
-            path: path.to_path_buf(),
-            source,
-        })
-    })
-}
-
-fn fix_attrs(path: &Path, attrs: &FileAttrs) -> Result<(), ZoneError> {
+/// Sets mode and owner through the handle the file was read by (never by name: the name
+/// could be a link by now).
+fn fix_attrs(path: &Path, file: &fs::File, attrs: &FileAttrs) -> Result<(), ZoneError> {
     let err = |source| ZoneError::Attrs {
         path: path.to_path_buf(),
         source,
     };
     if attrs.uid.is_some() || attrs.gid.is_some() {
-        std::os::unix::fs::chown(path, attrs.uid, attrs.gid).map_err(err)?;
+        std::os::unix::fs::fchown(file, attrs.uid, attrs.gid).map_err(err)?;
     }
     // After chown, which clears set-id bits.
     if let Some(mode) = attrs.mode {
-        fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(err)?;
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(err)?;
     }
     Ok(())
 }
@@ -1468,6 +1706,8 @@ pub struct ZoneRenderOptions {
     /// Seconds to wait for the zone's lock (0 to one day).
     #[serde(default, deserialize_with = "coerce::opt_seconds::<_, 0, DAY>")]
     pub lock_timeout: Option<u64>,
+    #[serde(default, deserialize_with = "coerce::opt_boolean")]
+    pub follow_symlink: Option<bool>,
 }
 
 impl ZoneRenderOptions {
@@ -1554,6 +1794,7 @@ impl ZoneRenderOptions {
         if let Some(t) = self.lock_timeout {
             write.lock_timeout = Some(Duration::from_secs(t));
         }
+        write.follow_symlink = self.follow_symlink.unwrap_or(false);
         Ok((spec, records, write))
     }
 }
@@ -1595,12 +1836,7 @@ pub fn zone_render(opts: ZoneRenderOptions, inv: &Invocation) -> Result<Reply, F
         ));
     }
     if inv.diff {
-        reply.diff = Some(json!({
-            "before": cap_lines(outcome.before.as_deref().unwrap_or(""), DIFF_MAX_LINES),
-            "after": cap_lines(&outcome.after, DIFF_MAX_LINES),
-            "before_header": path,
-            "after_header": path,
-        }));
+        reply.diff = Some(outcome.diff(&path));
     }
     Ok(reply)
 }

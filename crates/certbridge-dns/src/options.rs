@@ -131,6 +131,8 @@ pub struct ZoneInput {
     #[serde(default)]
     pub group: Option<serde_json::Value>,
     #[serde(default)]
+    pub follow_symlink: Option<serde_json::Value>,
+    #[serde(default)]
     pub reload: Option<CommandInput>,
     #[serde(default)]
     pub rndc_conf: Option<String>,
@@ -489,6 +491,7 @@ fn zone_plan(i: usize, z: &ZoneInput) -> Result<ZonePlan, String> {
                 ("mode", &z.mode),
                 ("owner", &z.owner),
                 ("group", &z.group),
+                ("follow_symlink", &z.follow_symlink),
             ] {
                 if let Some(v) = value {
                     render.insert(key.into(), v.clone());
@@ -552,6 +555,7 @@ fn zone_plan(i: usize, z: &ZoneInput) -> Result<ZonePlan, String> {
                 ("mode", z.mode.is_some()),
                 ("owner", z.owner.is_some()),
                 ("group", z.group.is_some()),
+                ("follow_symlink", z.follow_symlink.is_some()),
                 ("reload", z.reload.is_some()),
                 ("rndc_conf", z.rndc_conf.is_some()),
                 ("freeze", z.freeze.is_some()),

@@ -4,9 +4,8 @@
 
 use crate::error::PublishError;
 use crate::options::FileZone;
-use certbridge_core::fsutil::Lock;
 use certbridge_core::names::{DomainName, TxtDigest};
-use certbridge_core::zone::{self, ZoneError};
+use certbridge_core::zone::{self, ZoneError, ZoneFile};
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
 use tokio::time::{timeout_at, Instant};
@@ -139,26 +138,42 @@ pub async fn publish(
     check_mode: bool,
     deadline: Instant,
 ) -> Result<ZoneResult, PublishError> {
-    let path = fz.write.path.clone();
+    // The path is checked (not a directory; a symbolic link only with `follow_symlink`) and
+    // its directory opened once, before the lock beside it is taken; lock, read and write
+    // all go through that one handle.
+    let file = ZoneFile::open(&fz.write.path, fz.write.follow_symlink).map_err(|e| {
+        PublishError::WriteZone {
+            zone: origin.as_str().into(),
+            detail: e.to_string(),
+        }
+    })?;
     // One lock per zone, shared with zone_render, held from reading the old values until the
     // server has been told to reload.
     let _lock = if check_mode {
         None
     } else {
         let wait = deadline.saturating_duration_since(Instant::now());
-        Some(
-            Lock::acquire(&zone::lock_path(&path), wait).map_err(|source| PublishError::Lock {
-                zone: origin.as_str().into(),
-                source,
-            })?,
-        )
+        Some(file.lock(wait).map_err(|source| PublishError::Lock {
+            zone: origin.as_str().into(),
+            source,
+        })?)
     };
     let frozen = fz.freeze && !check_mode;
     if frozen {
         // named writes its journal into the file on freeze: read the file after it.
         run_command(origin, &rndc(fz, "freeze", origin), deadline).await?;
     }
-    let written = write_zone(origin, fz, wanted, now, keep_seconds, check_mode, deadline).await;
+    let written = write_zone(
+        origin,
+        fz,
+        &file,
+        wanted,
+        now,
+        keep_seconds,
+        check_mode,
+        deadline,
+    )
+    .await;
     if frozen {
         // Thaw even when writing failed, so the zone takes updates again; thaw reloads it.
         let thawed = run_command(origin, &rndc(fz, "thaw", origin), deadline).await;
@@ -173,9 +188,11 @@ pub async fn publish(
     Ok(result)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn write_zone(
     origin: &DomainName,
     fz: &FileZone,
+    file: &ZoneFile,
     wanted: &BTreeMap<DomainName, BTreeSet<TxtDigest>>,
     now: u64,
     keep_seconds: u64,
@@ -184,7 +201,7 @@ async fn write_zone(
 ) -> Result<(ZoneResult, bool), PublishError> {
     let path = &fz.write.path;
     let mut warnings = Vec::new();
-    let old = match zone::read_rendered(path) {
+    let old = match file.read_rendered() {
         Ok(old) => old,
         Err(ZoneError::NotRendered) => {
             warnings.push(format!(
@@ -219,7 +236,8 @@ async fn write_zone(
         zone: origin.as_str().into(),
         detail: e.to_string(),
     };
-    let mut outcome = zone::apply(&fz.spec, &records, &preview_opts).map_err(render_err)?;
+    let mut outcome =
+        zone::apply_to(file, &fz.spec, &records, &preview_opts).map_err(render_err)?;
     if !check_mode && outcome.changed {
         if outcome.content_changed && fz.default_reload && !fz.freeze {
             // `rndc reload` refuses a zone that takes dynamic updates: find out before writing.
@@ -230,7 +248,7 @@ async fn write_zone(
                 });
             }
         }
-        outcome = zone::apply(&fz.spec, &records, &fz.write).map_err(|e| match e {
+        outcome = zone::apply_to(file, &fz.spec, &records, &fz.write).map_err(|e| match e {
             ZoneError::ValidationFailed { .. } => PublishError::WriteZone {
                 zone: origin.as_str().into(),
                 detail: format!("{e}; the old zone file is unchanged and still served"),
@@ -238,13 +256,7 @@ async fn write_zone(
             other => render_err(other),
         })?;
     }
-    let shown = path.display().to_string();
-    let diff = serde_json::json!({
-        "before": zone::cap_lines(outcome.before.as_deref().unwrap_or(""), zone::DIFF_MAX_LINES),
-        "after": zone::cap_lines(&outcome.after, zone::DIFF_MAX_LINES),
-        "before_header": shown,
-        "after_header": shown,
-    });
+    let diff = outcome.diff(&path.display().to_string());
     Ok((
         ZoneResult {
             changed: outcome.changed,
