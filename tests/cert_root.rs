@@ -363,3 +363,205 @@ fn a_run_waits_for_the_holder_or_gives_up_naming_the_lock_and_its_pid() {
         holder_done.as_secs_f64()
     );
 }
+
+/// What services read in `cert`'s directory, or why it is not one matching set.
+fn served(root: &Path, cert: &str) -> Result<support::certset::Seen, String> {
+    let names = CERTS.iter().find(|(c, _)| *c == cert).unwrap().1;
+    let first = dir_of(names);
+    support::certset::read_set(&root.join("certs").join(&first), &first, names)
+}
+
+#[test]
+fn a_stable_name_that_points_elsewhere_is_repaired_and_owes_the_handler() {
+    for plant in [
+        "link elsewhere",
+        "real file",
+        "dangling link",
+        "current elsewhere",
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let a = args(root, json!({}));
+        assert!(!run_module("acme_request", &a).failed());
+        assert!(!run_module("acme_finalize", &a).failed());
+        let ack = run_module(
+            "acme_finalize",
+            &args(root, json!({"only": [], "ack": ["main", "wild"]})),
+        );
+        assert!(!ack.failed(), "{}", ack.json);
+        let good = served(root, "main").unwrap();
+        let dir = root.join("certs").join(dir_of(CERTS[0].1));
+        let wild = root.join("certs").join(dir_of(CERTS[1].1));
+        // Another cert's key, outside certbridge's reach.
+        let other = root.join("other.key");
+        std::fs::copy(wild.join("privkey.pem"), &other).unwrap();
+        let other_before = std::fs::read(&other).unwrap();
+        let key = dir.join("privkey.pem");
+        match plant {
+            "link elsewhere" => {
+                std::fs::remove_file(&key).unwrap();
+                std::os::unix::fs::symlink(&other, &key).unwrap();
+            }
+            "real file" => {
+                std::fs::remove_file(&key).unwrap();
+                std::fs::copy(&other, &key).unwrap();
+            }
+            "dangling link" => {
+                std::fs::remove_file(&key).unwrap();
+                std::os::unix::fs::symlink(root.join("gone/privkey.pem"), &key).unwrap();
+            }
+            _ => {
+                // `current` at a copy of the other cert's files: every name follows it.
+                let elsewhere = root.join("elsewhere");
+                std::fs::create_dir(&elsewhere).unwrap();
+                for f in std::fs::read_dir(wild.join("current")).unwrap().flatten() {
+                    std::fs::copy(f.path(), elsewhere.join(f.file_name())).unwrap();
+                }
+                std::fs::remove_file(dir.join("current")).unwrap();
+                std::os::unix::fs::symlink(&elsewhere, dir.join("current")).unwrap();
+            }
+        }
+        assert_ne!(served(root, "main"), Ok(good.clone()), "{plant}");
+        // Check mode writes nothing.
+        let check = run_module(
+            "acme_request",
+            &args(root, json!({"_ansible_check_mode": true})),
+        );
+        assert!(!check.failed(), "{plant}: {}", check.json);
+        assert_ne!(
+            served(root, "main"),
+            Ok(good.clone()),
+            "{plant}: check mode repaired"
+        );
+
+        let req = run_module("acme_request", &a);
+        assert!(!req.failed(), "{plant}: {}", req.json);
+        assert!(req.changed(), "{plant}: {}", req.json);
+        assert_eq!(
+            req.json["unacked"],
+            json!(["main"]),
+            "{plant}: {}",
+            req.json
+        );
+        assert_eq!(req.json["pending"], json!([]), "{plant}: {}", req.json);
+        assert_eq!(req.json["certs"]["main"]["action"], "ok", "{plant}");
+        assert_eq!(served(root, "main"), Ok(good.clone()), "{plant}");
+        assert_eq!(
+            std::fs::read_link(&key).unwrap(),
+            Path::new("current/privkey.pem"),
+            "{plant}"
+        );
+        assert!(
+            std::fs::read_link(dir.join("current"))
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("gen-"),
+            "{plant}"
+        );
+        assert_eq!(std::fs::read(&other).unwrap(), other_before, "{plant}");
+        let log = std::fs::read_to_string(root.join("certbridge.log")).unwrap();
+        assert!(log.contains("layout_repaired"), "{plant}: {log}");
+        let fin = run_module("acme_finalize", &a);
+        assert_eq!(
+            fin.json["updated"],
+            json!(["main"]),
+            "{plant}: {}",
+            fin.json
+        );
+        let ack = run_module(
+            "acme_finalize",
+            &args(root, json!({"only": [], "ack": ["main"]})),
+        );
+        assert!(!ack.failed(), "{}", ack.json);
+        let req = run_module("acme_request", &a);
+        assert!(!req.changed(), "{plant}: repaired again: {}", req.json);
+        assert_eq!(req.json["unacked"], json!([]), "{plant}: {}", req.json);
+    }
+}
+
+#[test]
+fn forced_reissues_replace_a_stable_name_planted_between_request_and_finalize() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let a = args(root, json!({}));
+    assert!(!run_module("acme_request", &a).failed());
+    assert!(!run_module("acme_finalize", &a).failed());
+    let dir = root.join("certs").join(dir_of(CERTS[0].1));
+    let wild = root.join("certs").join(dir_of(CERTS[1].1));
+    let other = root.join("other.key");
+    std::fs::copy(wild.join("privkey.pem"), &other).unwrap();
+    let key = dir.join("privkey.pem");
+    for round in 0..2 {
+        let forced = args(root, json!({"force": ["main"]}));
+        let req = run_module("acme_request", &forced);
+        assert_eq!(req.json["pending"], json!(["main"]), "{}", req.json);
+        // Planted after acme_request looked: the install itself must not keep it.
+        std::fs::remove_file(&key).unwrap();
+        std::os::unix::fs::symlink(&other, &key).unwrap();
+        let fin = run_module("acme_finalize", &a);
+        assert!(!fin.failed(), "round {round}: {}", fin.json);
+        assert_eq!(
+            fin.json["updated"],
+            json!(["main", "wild"]),
+            "round {round}"
+        );
+        assert_eq!(
+            std::fs::read_link(&key).unwrap(),
+            Path::new("current/privkey.pem"),
+            "round {round}"
+        );
+        assert!(
+            matches!(
+                served(root, "main"),
+                Ok(support::certset::Seen::Complete(_))
+            ),
+            "round {round}: {:?}",
+            served(root, "main")
+        );
+        let req = run_module("acme_request", &a);
+        assert_eq!(req.json["certs"]["main"]["reason"], "valid", "{}", req.json);
+        assert!(!req.changed(), "{}", req.json);
+    }
+}
+
+#[test]
+fn a_stable_name_that_cannot_be_replaced_fails_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let a = args(root, json!({}));
+    assert!(!run_module("acme_request", &a).failed());
+    assert!(!run_module("acme_finalize", &a).failed());
+    let dir = root.join("certs").join(dir_of(CERTS[0].1));
+    let key = dir.join("privkey.pem");
+    std::fs::remove_file(&key).unwrap();
+    std::fs::create_dir(&key).unwrap();
+    std::fs::write(key.join("keep"), "someone's").unwrap();
+    let req = run_module("acme_request", &a);
+    assert!(req.failed(), "{}", req.json);
+    let msg = req.msg();
+    assert!(
+        msg.contains("cert main") && msg.contains(&key.display().to_string()),
+        "{msg}"
+    );
+    // The other cert is still decided and reported.
+    assert_eq!(req.json["certs"]["wild"]["action"], "ok", "{}", req.json);
+    let fin = run_module("acme_finalize", &a);
+    assert!(fin.failed(), "{}", fin.json);
+    assert!(
+        fin.msg().contains(&key.display().to_string()),
+        "{}",
+        fin.msg()
+    );
+    assert_eq!(
+        std::fs::read_to_string(key.join("keep")).unwrap(),
+        "someone's"
+    );
+    // Moved away: the next run puts the link back.
+    std::fs::remove_dir_all(&key).unwrap();
+    let req = run_module("acme_request", &a);
+    assert!(!req.failed() && req.changed(), "{}", req.json);
+    assert!(matches!(
+        served(root, "main"),
+        Ok(support::certset::Seen::Complete(_))
+    ));
+}

@@ -424,3 +424,331 @@ fn fifty_random_kills_during_install_leave_old_or_new_and_the_next_run_completes
         "only {running} kills hit a running process: calibrate the window"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Installed but not recorded: a kill between a cert's swap and the save of its metadata must
+// not lose the handler (issue 13). The next run, acme_request or acme_finalize, records what is
+// installed, reports the cert as updated/unacked, and orders nothing new.
+
+/// Every crash point between a cert's swap and the save of its metadata, in run order
+/// (`{cert}`: the cert killed).
+const WINDOW: [&str; 6] = [
+    "after_swap",
+    "before_prune",
+    "after_prune",
+    "before_meta_save",
+    "temp_written:{cert}.json",
+    "before_rename:{cert}.json",
+];
+
+/// Runs the crash build with `CERTBRIDGE_CRASH_AT=point` and `extra` options; asserts it died
+/// there.
+fn crash_at(root: &Path, point: &str, extra: Value) {
+    let a = args_file(root, &args(root, extra));
+    let status = Command::new(crash_finalize())
+        .arg(a)
+        .env("CERTBRIDGE_CRASH_AT", point)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(libc_sigabrt()),
+        "{point}: the run ended with {status:?}, not at the crash point"
+    );
+}
+
+fn cert_dir(root: &Path, cert: &str) -> PathBuf {
+    let names = CERTS.iter().find(|(c, _)| *c == cert).unwrap().1;
+    root.join("certs").join(dir_of(names))
+}
+
+/// The metadata acme_request and acme_finalize keep for `cert`.
+fn meta(root: &Path, cert: &str) -> Value {
+    let p = root.join(format!("certs/.certbridge/certs/{cert}.json"));
+    serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap()
+}
+
+/// The serial of the certificate services read for `cert`.
+fn installed_serial(root: &Path, cert: &str) -> String {
+    let pem = std::fs::read_to_string(cert_dir(root, cert).join("cert.pem")).unwrap();
+    certbridge_acme::certinfo::leaf_info_pem(&pem, "cert.pem")
+        .unwrap()
+        .serial
+}
+
+fn current_gen(root: &Path, cert: &str) -> PathBuf {
+    std::fs::read_link(cert_dir(root, cert).join("current")).unwrap()
+}
+
+fn pending_key(root: &Path, cert: &str) -> PathBuf {
+    root.join(format!("certs/.certbridge/pending/{cert}.key"))
+}
+
+/// Issues every cert and acknowledges the handlers: a quiet cert root.
+fn quiet_root(root: &Path) {
+    request(root, false);
+    let fin = run_module("acme_finalize", &args(root, json!({})));
+    assert!(!fin.failed(), "{}", fin.json);
+    ack_all(root);
+}
+
+fn ack_all(root: &Path) {
+    let ack = run_module(
+        "acme_finalize",
+        &args(root, json!({"only": [], "ack": ["alpha", "beta", "gamma"]})),
+    );
+    assert!(!ack.failed(), "{}", ack.json);
+    assert_eq!(ack.json["updated"], json!([]), "{}", ack.json);
+}
+
+/// After a kill left `killed` installed but unrecorded (the others in `pending` still to
+/// finalize): the next runs record it, owe its handler (and no other's), and order nothing.
+/// `request_first`: acme_request is the next run, else acme_finalize.
+fn assert_caught_up(root: &Path, killed: &str, pending: &[&str], request_first: bool, when: &str) {
+    let serial = installed_serial(root, killed);
+    let gen = current_gen(root, killed);
+    assert_ne!(
+        meta(root, killed)["serial"],
+        json!(serial),
+        "{when}: the kill did not hit the window"
+    );
+    let mut updated: Vec<&str> = pending.iter().copied().chain([killed]).collect();
+    updated.sort();
+    let check_request = |req: &support::ModuleRun, pending: &[&str]| {
+        assert!(!req.failed(), "{when}: {}", req.json);
+        assert!(!req.changed(), "{when}: a new order: {}", req.json);
+        assert_eq!(req.json["pending"], json!(pending), "{when}: {}", req.json);
+        assert_eq!(req.json["certs"][killed]["action"], "ok", "{when}");
+    };
+    if request_first {
+        let req = run_module("acme_request", &args(root, json!({})));
+        check_request(&req, pending);
+        assert_eq!(req.json["unacked"], json!([killed]), "{when}: {}", req.json);
+        let m = meta(root, killed);
+        assert_eq!(m["serial"], json!(serial), "{when}: {m}");
+        assert_eq!(m["handler_owed"], json!(true), "{when}: {m}");
+        assert_eq!(m["pending"], Value::Null, "{when}: {m}");
+        assert!(!pending_key(root, killed).exists(), "{when}");
+    }
+    let fin = run_module("acme_finalize", &args(root, json!({})));
+    assert!(!fin.failed(), "{when}: {}", fin.json);
+    assert_eq!(fin.json["updated"], json!(updated), "{when}: {}", fin.json);
+    if !request_first {
+        assert_eq!(
+            fin.json["certs"][killed]["serial"],
+            json!(serial),
+            "{when}: {}",
+            fin.json
+        );
+    }
+    assert_eq!(current_gen(root, killed), gen, "{when}: installed again");
+    assert_eq!(installed_serial(root, killed), serial, "{when}");
+    let m = meta(root, killed);
+    assert_eq!(m["serial"], json!(serial), "{when}: {m}");
+    assert_eq!(m["pending"], Value::Null, "{when}: {m}");
+    assert!(!pending_key(root, killed).exists(), "{when}");
+    let req = run_module("acme_request", &args(root, json!({})));
+    check_request(&req, &[]);
+    assert_eq!(req.json["unacked"], json!(updated), "{when}: {}", req.json);
+    ack_all(root);
+    let req = run_module("acme_request", &args(root, json!({})));
+    assert_eq!(req.json["unacked"], json!([]), "{when}: {}", req.json);
+    assert!(!req.changed(), "{when}: {}", req.json);
+}
+
+#[test]
+fn a_kill_between_swap_and_metadata_save_still_owes_the_handler_and_orders_nothing() {
+    crash_finalize();
+    let mut cases = 0;
+    for point in WINDOW {
+        for request_first in [true, false] {
+            // First issuance: alpha dies in the window, beta and gamma are still to finalize.
+            let tmp = tempfile::tempdir().unwrap();
+            let root = tmp.path();
+            request(root, false);
+            let p = point.replace("{cert}", "alpha");
+            crash_at(root, &p, json!({}));
+            snapshot(root, &format!("{p} (first issuance)"));
+            let when = format!("{p} (first issuance, request first: {request_first})");
+            assert_caught_up(root, "alpha", &["beta", "gamma"], request_first, &when);
+
+            // Reissue of beta alone: alpha and gamma, acknowledged, must stay quiet.
+            let tmp = tempfile::tempdir().unwrap();
+            let root = tmp.path();
+            quiet_root(root);
+            let old = snapshot(root, "before");
+            let req = run_module("acme_request", &args(root, json!({"force": ["beta"]})));
+            assert_eq!(req.json["pending"], json!(["beta"]), "{}", req.json);
+            let p = point.replace("{cert}", "beta");
+            crash_at(root, &p, json!({}));
+            let now = snapshot(root, &p);
+            assert_eq!((now[0] == old[0], now[1] == old[1]), (true, false), "{p}");
+            let when = format!("{p} (reissue, request first: {request_first})");
+            assert_caught_up(root, "beta", &[], request_first, &when);
+            cases += 2;
+        }
+    }
+    println!("killed between swap and metadata save: {cases} cases, every handler owed once, no new order");
+}
+
+#[test]
+fn a_kill_during_rollback_before_the_metadata_save_owes_the_handler() {
+    crash_finalize();
+    for point in [
+        "after_swap",
+        "before_meta_save",
+        "temp_written:beta.json",
+        "before_rename:beta.json",
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        quiet_root(root);
+        let first = installed_serial(root, "beta");
+        request(root, true);
+        let fin = run_module("acme_finalize", &args(root, json!({})));
+        assert!(!fin.failed(), "{}", fin.json);
+        ack_all(root);
+        assert_ne!(installed_serial(root, "beta"), first);
+        crash_at(root, point, json!({"rollback": ["beta"]}));
+        snapshot(root, point);
+        assert_eq!(installed_serial(root, "beta"), first, "{point}");
+        let req = run_module("acme_request", &args(root, json!({})));
+        assert!(!req.failed() && !req.changed(), "{point}: {}", req.json);
+        assert_eq!(req.json["pending"], json!([]), "{point}");
+        assert_eq!(
+            req.json["unacked"],
+            json!(["beta"]),
+            "{point}: {}",
+            req.json
+        );
+        assert_eq!(meta(root, "beta")["serial"], json!(first), "{point}");
+        let fin = run_module("acme_finalize", &args(root, json!({})));
+        assert_eq!(
+            fin.json["updated"],
+            json!(["beta"]),
+            "{point}: {}",
+            fin.json
+        );
+        assert_eq!(installed_serial(root, "beta"), first, "{point}");
+        ack_all(root);
+    }
+}
+
+#[test]
+fn a_kill_while_acknowledging_fires_again_only_the_handlers_whose_ack_was_lost() {
+    crash_finalize();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    request(root, false);
+    let fin = run_module("acme_finalize", &args(root, json!({})));
+    assert_eq!(fin.json["updated"], json!(["alpha", "beta", "gamma"]));
+    // The acknowledging run dies saving beta's metadata: alpha's ack is kept.
+    crash_at(
+        root,
+        "before_rename:beta.json",
+        json!({"only": [], "ack": ["alpha", "beta", "gamma"]}),
+    );
+    let req = run_module("acme_request", &args(root, json!({})));
+    assert_eq!(
+        req.json["unacked"],
+        json!(["beta", "gamma"]),
+        "{}",
+        req.json
+    );
+    let fin = run_module("acme_finalize", &args(root, json!({})));
+    assert_eq!(
+        fin.json["updated"],
+        json!(["beta", "gamma"]),
+        "{}",
+        fin.json
+    );
+    assert!(!fin.changed(), "{}", fin.json);
+    ack_all(root);
+}
+
+/// Temp files of `dir` (names `.<name>.tmp.<pid>...`).
+fn temps(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with('.') && n.contains(".tmp.")
+        })
+        .map(|e| e.path())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn temp_files_a_kill_leaves_are_owner_only_and_go_at_the_next_run() {
+    use std::os::unix::fs::PermissionsExt;
+    crash_finalize();
+    let reserved = |root: &Path, sub: &str| root.join("certs/.certbridge").join(sub);
+    // (crash point, where its temp file is, holds a private key)
+    type TempDir = fn(&Path) -> PathBuf;
+    let cases: [(&str, TempDir, bool); 3] = [
+        (
+            "temp_written:alpha.key",
+            |r| r.join("certs/.certbridge/pending"),
+            true,
+        ),
+        (
+            "temp_written:alpha.json",
+            |r| r.join("certs/.certbridge/certs"),
+            false,
+        ),
+        ("temp_link:current", |r| cert_dir(r, "alpha"), false),
+    ];
+    for (point, dir_of_temp, private) in cases {
+        for next in ["acme_request", "acme_finalize"] {
+            let tmp = tempfile::tempdir().unwrap();
+            let root = tmp.path();
+            request(root, false);
+            crash_at(root, point, json!({}));
+            let dir = dir_of_temp(root);
+            let left = temps(&dir);
+            assert_eq!(left.len(), 1, "{point}: {left:?}");
+            let m = std::fs::symlink_metadata(&left[0]).unwrap();
+            if m.is_file() {
+                let mode = m.permissions().mode() & 0o777;
+                assert_eq!(
+                    mode & 0o077,
+                    0,
+                    "{point}: {} is {mode:o}",
+                    left[0].display()
+                );
+            }
+            if private {
+                let text = std::fs::read_to_string(&left[0]).unwrap();
+                assert!(text.contains("PRIVATE KEY"), "{point}: {text}");
+            }
+            let run = run_module(next, &args(root, json!({})));
+            assert!(!run.failed(), "{point}, {next}: {}", run.json);
+            assert_eq!(temps(&dir), Vec::<PathBuf>::new(), "{point}, {next}");
+            for sub in ["certs", "pending", "accounts", "selfsign"] {
+                if reserved(root, sub).is_dir() {
+                    assert_eq!(temps(&reserved(root, sub)), Vec::<PathBuf>::new(), "{sub}");
+                }
+            }
+            let fin = run_module("acme_finalize", &args(root, json!({})));
+            assert!(!fin.failed(), "{}", fin.json);
+            assert_eq!(
+                fin.json["updated"],
+                json!(["alpha", "beta", "gamma"]),
+                "{point}, {next}"
+            );
+            for (cert, names) in CERTS {
+                let d = root.join("certs").join(dir_of(names));
+                assert!(
+                    matches!(read_set(&d, &dir_of(names), names), Ok(Seen::Complete(_))),
+                    "{point}, {next}: {cert}"
+                );
+                assert_eq!(temps(&d), Vec::<PathBuf>::new(), "{point}, {next}: {cert}");
+            }
+        }
+    }
+}

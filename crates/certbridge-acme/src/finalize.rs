@@ -8,9 +8,10 @@ use crate::certinfo::{self, IssuedSet};
 use crate::config::{self, Config};
 use crate::eventlog::EventLog;
 use crate::policy::SELF_SIGN_DIRECTORY;
-use crate::request::record_failure;
+use crate::request::{catch_up, record_failure, remove_leftovers};
 use crate::selfsign::TestCa;
-use crate::store::{Meta, PendingOrder};
+use crate::store::{Meta, PendingOrder, Reconciled};
+use certbridge_core::crash_point;
 use certbridge_core::protocol::{Failure, Invocation, Reply};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -148,30 +149,30 @@ pub async fn run<C: CaConnector>(
     let deadline = Instant::now() + cfg.timeout;
     let store = &cfg.store;
     let mut out = Outcome::default();
+    let acked = |cert: &str| own.ack.iter().flatten().any(|c| c == cert);
     if check_mode {
         // Say what would happen; touch nothing.
         for spec in &cfg.certs {
-            let meta = store
-                .load_meta(spec.name.as_str())
-                .ok()
-                .flatten()
-                .unwrap_or_default();
+            let name = spec.name.as_str();
+            let loaded = store.load_meta(name).ok().flatten();
+            let had_meta = loaded.is_some();
+            let mut meta = loaded.unwrap_or_default();
+            if acked(name) {
+                meta.handler_owed = false;
+            }
+            // What a killed run installed but did not record is owed (repairs: not in check mode).
+            let _ = catch_up(cfg, spec, &mut meta, had_meta, false, log, crate::now());
             let selected = own
                 .only
                 .as_ref()
-                .is_none_or(|o| o.iter().any(|c| c == spec.name.as_str()));
+                .is_none_or(|o| o.iter().any(|c| c == name));
             if (meta.pending.is_some() && selected)
-                || own
-                    .rollback
-                    .iter()
-                    .flatten()
-                    .any(|c| c == spec.name.as_str())
+                || own.rollback.iter().flatten().any(|c| c == name)
             {
                 out.changed = true;
             }
-            let acked = own.ack.iter().flatten().any(|c| c == spec.name.as_str());
-            if meta.handler_owed && !acked {
-                out.updated.insert(spec.name.as_str().to_owned());
+            if meta.handler_owed {
+                out.updated.insert(name.to_owned());
             }
         }
         return Ok(out);
@@ -179,22 +180,54 @@ pub async fn run<C: CaConnector>(
     let _lock = store
         .lock(cfg.timeout)
         .map_err(|e| Failure::new(e.to_string()))?;
+    remove_leftovers(cfg, log, &mut out.warnings);
     let mut metas: BTreeMap<String, Meta> = BTreeMap::new();
+    // What each cert's metadata file holds (the default when there is none): saved only
+    // when it differs.
+    let mut saved: BTreeMap<String, Meta> = BTreeMap::new();
+    let start = crate::now();
     for spec in &cfg.certs {
-        let m = store
-            .load_meta(spec.name.as_str())
-            .map_err(|e| Failure::new(e.to_string()))?
-            .unwrap_or_default();
-        metas.insert(spec.name.as_str().to_owned(), m);
-    }
-    let original = metas.clone();
-    for cert in own.ack.iter().flatten() {
-        if let Some(m) = metas.get_mut(cert) {
+        let name = spec.name.as_str();
+        let loaded = store
+            .load_meta(name)
+            .map_err(|e| Failure::new(e.to_string()))?;
+        let had_meta = loaded.is_some();
+        let mut m = loaded.unwrap_or_default();
+        saved.insert(name.to_owned(), m.clone());
+        // Acknowledgements first: they are about what earlier runs reported, which the
+        // metadata records. What `catch_up` finds next was never reported, so never acked.
+        if acked(name) {
             if m.handler_owed {
-                log.event("ack", json!({"cert": cert}));
+                log.event("ack", json!({"cert": name}));
             }
             m.handler_owed = false;
         }
+        let c = catch_up(cfg, spec, &mut m, had_meta, true, log, start);
+        if !c.repaired.is_empty() {
+            out.changed = true;
+        }
+        if let Some(e) = c.repair_failed {
+            out.failures
+                .push((name.to_owned(), local_failure(e.to_string())));
+        }
+        if let (Reconciled::OrderInstalled { .. } | Reconciled::Adopted { .. }, Some(leaf)) =
+            (&c.reconciled, c.on_disk.leaf)
+        {
+            out.certs.insert(
+                name.to_owned(),
+                Installed {
+                    serial: leaf.serial,
+                    not_after: leaf.not_after,
+                    issuer: leaf.issuer,
+                    dir: store.cert_dir(&spec.dir).display().to_string(),
+                },
+            );
+        }
+        metas.insert(name.to_owned(), m);
+    }
+    // Acknowledgements and what was caught up are kept before anything else can fail.
+    for cert in metas.keys() {
+        save_if_changed(cfg, cert, &metas, &mut saved)?;
     }
     for cert in own.rollback.iter().flatten() {
         let Some(spec) = cfg.cert(cert) else { continue };
@@ -204,11 +237,7 @@ pub async fn run<C: CaConnector>(
         let on_disk = store.read_installed(&spec.dir);
         let m = metas.entry(cert.clone()).or_default();
         if let Some(leaf) = on_disk.leaf {
-            m.serial = Some(leaf.serial.clone());
-            m.not_after = Some(leaf.not_after);
-            m.issuer = Some(leaf.issuer.clone());
-            m.names = leaf.names.iter().cloned().collect();
-            m.key_type = leaf.key_type;
+            m.adopt_installed(&leaf);
             out.certs.insert(
                 cert.clone(),
                 Installed {
@@ -222,6 +251,7 @@ pub async fn run<C: CaConnector>(
         m.handler_owed = true;
         out.changed = true;
         log.event("rollback", json!({"cert": cert}));
+        save_if_changed(cfg, cert, &metas, &mut saved)?;
     }
 
     let selected: Vec<(String, PendingOrder)> = cfg
@@ -244,6 +274,7 @@ pub async fn run<C: CaConnector>(
     for (cert, pending) in self_signed {
         let result = sign_locally(cfg, &cert, &pending, now);
         finish(cfg, &cert, &pending, result, &mut metas, &mut out, log, now);
+        save_if_changed(cfg, &cert, &metas, &mut saved)?;
     }
     let mut acme = acme;
     if let (Some(server), false) = (
@@ -299,6 +330,7 @@ pub async fn run<C: CaConnector>(
                         log,
                         crate::now(),
                     );
+                    save_if_changed(cfg, cert, &metas, &mut saved)?;
                 }
             }
             Err(f) => {
@@ -322,14 +354,12 @@ pub async fn run<C: CaConnector>(
         if m.handler_owed {
             out.updated.insert(cert.clone());
         }
-        if original.get(cert) != Some(m) {
-            store
-                .save_meta(cert, m)
-                .map_err(|e| Failure::new(e.to_string()))?;
-        }
+        save_if_changed(cfg, cert, &metas, &mut saved)?;
     }
+    crash_point!("after_metas_saved");
     // Only once the metadata no longer points at the order: a crash before this leaves the
-    // key the order was finalized with, so a rerun downloads a certificate that matches it.
+    // key the order was finalized with, so a rerun downloads a certificate that matches it
+    // (and a key left by a crash after it goes at the next run).
     for (cert, m) in &metas {
         if m.pending.is_none() {
             let _ = store.clear_pending_key(cert);
@@ -354,24 +384,7 @@ fn finish(
     let m = metas.entry(cert.to_owned()).or_default();
     match result {
         Ok(set) => {
-            m.names = pending.names.clone();
-            m.key_type = Some(pending.key_type);
-            m.directory = Some(pending.directory.clone());
-            m.staging = pending.staging;
-            m.self_signed = pending.self_sign;
-            m.account_url = pending.account_url.clone();
-            m.profile = pending.profile.clone();
-            // Renewal information was about the replaced certificate.
-            m.ari = None;
-            m.serial = Some(set.leaf.serial.clone());
-            m.not_after = Some(set.leaf.not_after);
-            m.issuer = Some(set.leaf.issuer.clone());
-            m.issued_at = Some(now);
-            m.pending = None;
-            m.failures = 0;
-            m.retry_not_before = None;
-            m.last_problem = None;
-            m.handler_owed = true;
+            m.record_issued(pending, &set.leaf, now);
             out.changed = true;
             log.event(
                 "installed",
@@ -390,6 +403,29 @@ fn finish(
             out.failures.push((cert.to_owned(), f));
         }
     }
+}
+
+/// Saves `cert`'s metadata when it differs from what its file holds. Each cert's metadata is
+/// saved as soon as it changes (an install, a rollback), so a kill later in the run loses no
+/// other cert's record or acknowledgement.
+fn save_if_changed(
+    cfg: &Config,
+    cert: &str,
+    metas: &BTreeMap<String, Meta>,
+    saved: &mut BTreeMap<String, Meta>,
+) -> Result<(), Failure> {
+    let Some(m) = metas.get(cert) else {
+        return Ok(());
+    };
+    if saved.get(cert) == Some(m) {
+        return Ok(());
+    }
+    crash_point!("before_meta_save");
+    cfg.store
+        .save_meta(cert, m)
+        .map_err(|e| Failure::new(e.to_string()))?;
+    saved.insert(cert.to_owned(), m.clone());
+    Ok(())
 }
 
 fn local_failure(message: String) -> CaFailure {

@@ -11,7 +11,7 @@ use crate::eventlog::EventLog;
 use crate::metrics::{self, CertMetrics};
 use crate::policy::{self, Action, Decision, Wanted};
 use crate::policy::{AriAnswer, Reason};
-use crate::store::{AriState, OnDisk};
+use crate::store::{AriState, OnDisk, Reconciled, StoreError};
 use crate::store::{Meta, PendingOrder};
 use certbridge_core::protocol::{coerce, limits, Failure, Invocation, Reply};
 use serde::{Deserialize, Serialize};
@@ -114,13 +114,15 @@ pub struct Outcome {
     pub pending: Vec<String>,
     pub unacked: Vec<String>,
     pub orders_created: usize,
+    /// Certs whose service-facing names were repaired.
+    pub repaired: usize,
     pub failures: Vec<(String, CaFailure)>,
     pub warnings: Vec<String>,
 }
 
 impl Outcome {
     pub fn into_reply(self) -> Result<Reply, Failure> {
-        let mut reply = Reply::changed(self.orders_created > 0);
+        let mut reply = Reply::changed(self.orders_created > 0 || self.repaired > 0);
         reply.set("certs", &self.certs);
         reply.set("acme_txt_required", &self.txt);
         reply.set("pending", &self.pending);
@@ -185,6 +187,87 @@ struct CertState<'a> {
     on_disk: OnDisk,
     /// Why the stored order was not resumed (set when a new one was made instead).
     order_reason: Option<String>,
+}
+
+/// What [`catch_up`] did to one cert.
+pub(crate) struct CaughtUp {
+    /// What is installed, read after any repair.
+    pub on_disk: OnDisk,
+    /// Service-facing names repaired (the handler is then owed).
+    pub repaired: Vec<String>,
+    /// Why a name could not be repaired (it names the file).
+    pub repair_failed: Option<StoreError>,
+    pub reconciled: Reconciled,
+}
+
+/// Brings one cert's metadata, just loaded, in step with its directory, before anything is
+/// decided on it: repairs the names the store owns (`repair`: under the lock only), then
+/// records what a killed run installed but did not record (see [`crate::store::Store::reconcile`]).
+/// `had_meta`: the metadata file existed (a cert without one is taken as found).
+pub(crate) fn catch_up(
+    cfg: &Config,
+    spec: &CertSpec,
+    meta: &mut Meta,
+    had_meta: bool,
+    repair: bool,
+    log: &EventLog,
+    now: i64,
+) -> CaughtUp {
+    let store = &cfg.store;
+    let cert = spec.name.as_str();
+    let (repaired, repair_failed) = if repair {
+        match store.repair_layout(&spec.dir, meta.serial.as_deref()) {
+            Ok(r) => (r, None),
+            Err(e) => (Vec::new(), Some(e)),
+        }
+    } else {
+        (Vec::new(), None)
+    };
+    if !repaired.is_empty() {
+        // Services may have read other files than ours: they should reload.
+        meta.handler_owed = true;
+        log.event(
+            "layout_repaired",
+            json!({"cert": cert, "dir": store.cert_dir(&spec.dir), "names": repaired}),
+        );
+    }
+    let on_disk = store.read_installed(&spec.dir);
+    let order_url = meta.pending.as_ref().and_then(|p| p.url.clone());
+    let reconciled = if had_meta {
+        store.reconcile(cert, &spec.dir, meta, &on_disk, now)
+    } else {
+        Reconciled::InStep
+    };
+    match &reconciled {
+        Reconciled::InStep => {}
+        Reconciled::OrderInstalled { serial } => log.event(
+            "install_recorded",
+            json!({"cert": cert, "order_url": order_url, "serial": serial}),
+        ),
+        Reconciled::Adopted { serial } => {
+            log.event("installed_adopted", json!({"cert": cert, "serial": serial}))
+        }
+    }
+    CaughtUp {
+        on_disk,
+        repaired,
+        repair_failed,
+        reconciled,
+    }
+}
+
+/// Removes what killed runs left in the cert root (under the lock); a failure is a warning.
+pub(crate) fn remove_leftovers(cfg: &Config, log: &EventLog, warnings: &mut Vec<String>) {
+    match cfg
+        .store
+        .remove_leftovers(cfg.certs.iter().map(|s| s.dir.as_str()))
+    {
+        Ok(removed) if !removed.is_empty() => {
+            log.event("leftovers_removed", json!({"paths": removed}));
+        }
+        Ok(_) => {}
+        Err(e) => warnings.push(format!("cannot remove what a killed run left: {e}")),
+    }
 }
 
 /// The decision for one cert, as the policy sees it.
@@ -348,17 +431,39 @@ pub async fn run<C: CaConnector>(
         )
     };
     let mut out = Outcome::default();
+    if !check_mode {
+        remove_leftovers(cfg, log, &mut out.warnings);
+    }
     let mut states = Vec::new();
     for spec in &cfg.certs {
         let loaded = store
             .load_meta(spec.name.as_str())
             .map_err(|e| Failure::new(e.to_string()))?;
-        let on_disk = store.read_installed(&spec.dir);
-        let decision = decide_one(cfg, spec, loaded.as_ref(), &on_disk, now);
+        let had_meta = loaded.is_some();
+        let mut meta = loaded.unwrap_or_default();
+        // Check mode writes nothing: it repairs nothing, but sees what a killed run installed.
+        let caught = catch_up(cfg, spec, &mut meta, had_meta, !check_mode, log, now);
+        if !caught.repaired.is_empty() {
+            out.repaired += 1;
+        }
+        if let Some(e) = caught.repair_failed {
+            // The cert is still decided (and ordered); its install fails the same way until
+            // the file is moved away.
+            out.failures.push((
+                spec.name.as_str().to_owned(),
+                CaFailure {
+                    message: e.to_string(),
+                    problem: None,
+                    retry_after: None,
+                },
+            ));
+        }
+        let on_disk = caught.on_disk;
+        let decision = decide_one(cfg, spec, had_meta.then_some(&meta), &on_disk, now);
         states.push(CertState {
             spec,
-            had_meta: loaded.is_some(),
-            meta: loaded.unwrap_or_default(),
+            had_meta,
+            meta,
             decision,
             not_after: on_disk.leaf.as_ref().map(|l| l.not_after),
             on_disk,
@@ -408,6 +513,8 @@ pub async fn run<C: CaConnector>(
                     st.meta.pending =
                         Some(new_pending(cfg, st.spec, None, None, Vec::new(), None, now));
                     out.orders_created += 1;
+                    // A new order gets a new key.
+                    let _ = store.clear_pending_key(st.spec.name.as_str());
                 }
             }
         } else {
@@ -431,10 +538,10 @@ pub async fn run<C: CaConnector>(
 
     for st in &mut states {
         let name = st.spec.name.as_str().to_owned();
-        // A cert that no longer needs issuing forgets its order in flight (see abandon_orders).
+        // A cert that no longer needs issuing forgets its order in flight (see abandon_orders;
+        // its key goes once the metadata no longer names the order).
         if st.decision.action == Action::Ok && st.meta.pending.is_some() && !check_mode {
             st.meta.pending = None;
-            let _ = store.clear_pending_key(&name);
         }
         if st.decision.action == Action::Issue && st.meta.pending.is_some() {
             out.pending.push(name.clone());
@@ -477,6 +584,13 @@ pub async fn run<C: CaConnector>(
                         .save_meta(st.spec.name.as_str(), &st.meta)
                         .map_err(|e| Failure::new(e.to_string()))?;
                 }
+            }
+        }
+        // Keys of orders no metadata names any more (forgotten above, recorded as installed
+        // by `catch_up`, or left by a run killed before it removed them).
+        for st in &states {
+            if st.meta.pending.is_none() {
+                let _ = store.clear_pending_key(st.spec.name.as_str());
             }
         }
         if let Some(path) = &metrics_file {

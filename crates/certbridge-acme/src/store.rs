@@ -140,6 +140,58 @@ pub struct AriState {
     pub last_error: Option<String>,
 }
 
+impl Meta {
+    /// Records `pending`'s certificate (`leaf`) as installed at `now`: what a successful
+    /// acme_finalize records, whether it saw the install through or a later run finds it.
+    pub fn record_issued(&mut self, pending: &PendingOrder, leaf: &LeafInfo, now: i64) {
+        self.names = pending.names.clone();
+        self.key_type = Some(pending.key_type);
+        self.directory = Some(pending.directory.clone());
+        self.staging = pending.staging;
+        self.self_signed = pending.self_sign;
+        self.account_url = pending.account_url.clone();
+        self.profile = pending.profile.clone();
+        // Renewal information was about the replaced certificate.
+        self.ari = None;
+        self.serial = Some(leaf.serial.clone());
+        self.not_after = Some(leaf.not_after);
+        self.issuer = Some(leaf.issuer.clone());
+        self.issued_at = Some(now);
+        self.pending = None;
+        self.failures = 0;
+        self.retry_not_before = None;
+        self.last_problem = None;
+        self.handler_owed = true;
+    }
+
+    /// Records the facts of an installed certificate that no order of this metadata explains
+    /// (a rollback, or a generation whose order was forgotten), and owes the handler.
+    pub fn adopt_installed(&mut self, leaf: &LeafInfo) {
+        if self.serial.as_deref() != Some(leaf.serial.as_str()) {
+            self.ari = None;
+        }
+        self.serial = Some(leaf.serial.clone());
+        self.not_after = Some(leaf.not_after);
+        self.issuer = Some(leaf.issuer.clone());
+        self.names = leaf.names.iter().cloned().collect();
+        self.key_type = leaf.key_type;
+        self.handler_owed = true;
+    }
+}
+
+/// What [`Store::reconcile`] found when it compared a cert's metadata with its directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reconciled {
+    /// The metadata records what is installed.
+    InStep,
+    /// The installed certificate is the pending order's (a run was killed between the swap
+    /// and saving the metadata): recorded as that order's success, the order is done.
+    OrderInstalled { serial: String },
+    /// Another certificate is installed than recorded (a killed rollback, or an install whose
+    /// order is not the pending one): its facts are adopted.
+    Adopted { serial: String },
+}
+
 /// The service-facing file names, given the directory's name (`<dir>.key`, `<dir>.cer`).
 pub fn service_files(dir_name: &str) -> Vec<(String, FileRole)> {
     vec![
@@ -314,34 +366,41 @@ impl Store {
 
     /// The DER of the installed leaf (for its ARI id), if any.
     pub fn installed_leaf_der(&self, dir_name: &str) -> Option<Vec<u8>> {
-        let dir = self.cert_dir(dir_name);
-        let path = if dir.join("current").is_symlink() {
-            dir.join("current/cert.pem")
-        } else {
-            dir.join(format!("{dir_name}.cer"))
-        };
-        let pem = fs::read_to_string(path).ok()?;
+        let (cert_path, _, _) = self.installed_paths(dir_name)?;
+        let pem = fs::read_to_string(cert_path).ok()?;
         certinfo::pem_certs(&pem, "the installed certificate")
             .ok()?
             .into_iter()
             .next()
     }
 
-    /// Reads what is installed in `<root>/<dir_name>/`: our layout, or acme.sh's real files.
-    pub fn read_installed(&self, dir_name: &str) -> OnDisk {
+    /// Where the installed certificate and key are: in the generation `current` names (never
+    /// through a `current` that points anywhere else), or acme.sh's real files.
+    fn installed_paths(&self, dir_name: &str) -> Option<(PathBuf, PathBuf, Layout)> {
         let dir = self.cert_dir(dir_name);
-        let (cert_path, key_path, layout) = if dir.join("current").is_symlink() {
-            (
-                dir.join("current/cert.pem"),
-                dir.join("current/privkey.pem"),
-                Layout::Managed,
-            )
+        if is_symlink(&dir.join("current")) {
+            let gen = dir.join(gen_link(&dir, "current")?);
+            Some(match gen_files(&gen, dir_name) {
+                Some((cert, key)) => (cert, key, Layout::Managed),
+                None => (
+                    gen.join("cert.pem"),
+                    gen.join("privkey.pem"),
+                    Layout::Managed,
+                ),
+            })
         } else {
-            (
+            Some((
                 dir.join(format!("{dir_name}.cer")),
                 dir.join(format!("{dir_name}.key")),
                 Layout::AcmeSh,
-            )
+            ))
+        }
+    }
+
+    /// Reads what is installed in `<root>/<dir_name>/`: our layout, or acme.sh's real files.
+    pub fn read_installed(&self, dir_name: &str) -> OnDisk {
+        let Some((cert_path, key_path, layout)) = self.installed_paths(dir_name) else {
+            return OnDisk::missing();
         };
         let (Ok(cert_pem), Ok(key_pem)) = (
             fs::read_to_string(&cert_path),
@@ -357,6 +416,129 @@ impl Store {
             key_matches: certinfo::key_matches(&key_pem, &leaf),
             leaf: Some(leaf),
         }
+    }
+
+    /// Makes `meta` (loaded under the lock) agree with what is installed in `dir_name`. The
+    /// swap of `current` and the save of the metadata cannot be one step: a run killed between
+    /// them leaves a new certificate that the metadata does not record. When the installed
+    /// serial is not the recorded one, the installed certificate is the truth: if its key is
+    /// the pending order's key it is that order's result (recorded exactly as acme_finalize
+    /// records a success; the caller removes the pending key once `meta` is saved), else its
+    /// facts are adopted. Either way the handler is owed: services may have read new files.
+    /// `on_disk` is [`Store::read_installed`] of `dir_name`.
+    pub fn reconcile(
+        &self,
+        cert: &str,
+        dir_name: &str,
+        meta: &mut Meta,
+        on_disk: &OnDisk,
+        now: i64,
+    ) -> Reconciled {
+        let Some(leaf) = on_disk.leaf.as_ref() else {
+            return Reconciled::InStep;
+        };
+        if on_disk.layout != Layout::Managed || meta.serial.as_deref() == Some(&leaf.serial) {
+            return Reconciled::InStep;
+        }
+        // acme.sh's files moved into generation 0 by a run killed before its swap: the same
+        // certificate services read before, which no metadata recorded.
+        let gen = gen_link(&self.cert_dir(dir_name), "current");
+        if meta.serial.is_none() && gen.as_deref() == Some("gen-0") {
+            return Reconciled::InStep;
+        }
+        let serial = leaf.serial.clone();
+        let order_key = meta.pending.as_ref().and_then(|_| {
+            fs::read_to_string(self.pending_key_path(cert))
+                .ok()
+                .filter(|pem| certinfo::key_matches(pem, leaf))
+        });
+        match (meta.pending.clone(), order_key) {
+            (Some(pending), Some(_)) => {
+                meta.record_issued(&pending, leaf, now);
+                Reconciled::OrderInstalled { serial }
+            }
+            _ => {
+                meta.adopt_installed(leaf);
+                Reconciled::Adopted { serial }
+            }
+        }
+    }
+
+    /// Checks the names this store owns in a managed cert directory (one with a `current`
+    /// link) and repairs what is wrong, never following what it replaces. `current` must be
+    /// a link to a `gen-N` directory of the cert dir; when it is not, it is pointed at the
+    /// complete generation whose certificate has `serial` (the recorded one), else at the
+    /// newest complete generation, else removed (the cert then reads as missing and is issued
+    /// again). Every service-facing name must be a symlink to `current/<name>`; anything else
+    /// (a real file, a link elsewhere, a dangling one) is replaced by that link. Returns the
+    /// names repaired; a name that cannot be replaced (a directory) is an error naming it.
+    pub fn repair_layout(
+        &self,
+        dir_name: &str,
+        serial: Option<&str>,
+    ) -> Result<Vec<String>, StoreError> {
+        let dir = self.cert_dir(dir_name);
+        if !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir())
+            || !is_symlink(&dir.join("current"))
+        {
+            return Ok(Vec::new());
+        }
+        let mut repaired = Vec::new();
+        if gen_link(&dir, "current").is_none() {
+            match best_generation(&dir, dir_name, serial) {
+                Some(gen) => replace_symlink(&dir, "current", Path::new(&gen))?,
+                None => {
+                    let p = dir.join("current");
+                    fs::remove_file(&p).map_err(io_err("cannot remove", &p))?;
+                }
+            }
+            repaired.push("current".to_owned());
+        }
+        for (name, _) in service_files(dir_name) {
+            let want = PathBuf::from("current").join(&name);
+            if fs::read_link(dir.join(&name)).ok().as_deref() != Some(want.as_path()) {
+                replace_symlink(&dir, &name, &want)?;
+                repaired.push(name);
+            }
+        }
+        if !repaired.is_empty() {
+            fsutil::sync_dir(&dir).map_err(io_err("cannot sync", &dir))?;
+        }
+        Ok(repaired)
+    }
+
+    /// Removes what killed runs leave behind (call under the lock, when no other run can be
+    /// writing): temp files of atomic writes in `.certbridge/` (metadata, order keys,
+    /// accounts, the test CA), and in each of `dir_names` temp symlinks and generations that
+    /// neither `current` nor `previous` names (only when `current` is sound). Returns what was
+    /// removed.
+    pub fn remove_leftovers<'a>(
+        &self,
+        dir_names: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Vec<PathBuf>, StoreError> {
+        let mut removed = Vec::new();
+        for sub in ["certs", "pending", "accounts", "selfsign"] {
+            let d = self.reserved().join(sub);
+            let Ok(entries) = fs::read_dir(&d) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let p = entry.path();
+                if is_temp_name(&entry.file_name().to_string_lossy())
+                    && fs::symlink_metadata(&p).is_ok_and(|m| !m.is_dir())
+                {
+                    fs::remove_file(&p).map_err(io_err("cannot remove", &p))?;
+                    removed.push(p);
+                }
+            }
+        }
+        for dir_name in dir_names {
+            let dir = self.cert_dir(dir_name);
+            if fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+                removed.extend(self.prune(&dir)?);
+            }
+        }
+        Ok(removed)
     }
 
     fn dir_mode(&self) -> u32 {
@@ -429,27 +611,28 @@ impl Store {
         fsutil::sync_dir(&gen_dir).map_err(io_err("cannot sync", &gen_dir))?;
         crash_point!("after_generation_fsynced");
 
-        // Stable names: symlinks through `current` (absent names get theirs now; they dangle
-        // only while `current` does not have them yet, i.e. before the first swap).
+        // Stable names: symlinks through `current`, whatever stood there (a link elsewhere, a
+        // dangling one, a real file: replaced, never followed). Absent names get theirs now;
+        // they dangle only while `current` does not have them yet, i.e. before the first swap.
         for (name, _) in &files {
-            let link = dir.join(name);
             let want = PathBuf::from("current").join(name);
-            if fs::read_link(&link).ok().as_deref() != Some(want.as_path())
-                && fs::symlink_metadata(&link).is_err()
-            {
+            if fs::read_link(dir.join(name)).ok().as_deref() != Some(want.as_path()) {
                 replace_symlink(&dir, name, &want)?;
             }
         }
-        let old = fs::read_link(dir.join("current")).ok();
-        if let Some(old) = &old {
-            replace_symlink(&dir, "previous", old)?;
+        // Only a sound `current` becomes `previous` (a link planted elsewhere is dropped).
+        if let Some(old) = gen_link(&dir, "current") {
+            replace_symlink(&dir, "previous", Path::new(&old))?;
         }
         crash_point!("before_swap");
         replace_symlink(&dir, "current", Path::new(&gen))?;
         fsutil::sync_dir(&dir).map_err(io_err("cannot sync", &dir))?;
+        // From here until the caller saves the metadata, the metadata lags behind the files;
+        // `reconcile` at the next run catches up.
         crash_point!("after_swap");
         crash_point!("before_prune");
         self.prune(&dir)?;
+        crash_point!("after_prune");
         Ok(gen)
     }
 
@@ -497,41 +680,51 @@ impl Store {
         fsutil::sync_dir(dir).map_err(io_err("cannot sync", dir))
     }
 
-    /// Removes every generation but `current` and `previous`, and leftovers of crashed runs.
-    fn prune(&self, dir: &Path) -> Result<(), StoreError> {
-        let keep: Vec<PathBuf> = ["current", "previous"]
-            .iter()
-            .filter_map(|l| fs::read_link(dir.join(l)).ok())
+    /// Removes every generation but `current` and `previous`, and leftovers of crashed runs
+    /// (temp symlinks `.<name>.tmp.<pid>`). Generations are removed only while `current` names
+    /// one (else nothing tells which one services need). Returns what was removed.
+    fn prune(&self, dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+        let current = gen_link(dir, "current");
+        let keep: Vec<String> = [current.clone(), gen_link(dir, "previous")]
+            .into_iter()
+            .flatten()
             .collect();
+        let mut removed = Vec::new();
         let entries = fs::read_dir(dir).map_err(io_err("cannot list", dir))?;
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name_str = name.to_string_lossy();
-            if name_str.starts_with("gen-")
-                && !keep.iter().any(|k| k.as_os_str() == name.as_os_str())
-            {
-                let p = entry.path();
-                fs::remove_dir_all(&p).map_err(io_err("cannot remove", &p))?;
-            } else if name_str.starts_with(".") && name_str.contains(".tmp.") {
-                let _ = fs::remove_file(entry.path());
+            let p = entry.path();
+            let Ok(m) = fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if gen_number(&name_str).is_some() && m.is_dir() {
+                if current.is_some() && !keep.iter().any(|k| *k == name_str) {
+                    fs::remove_dir_all(&p).map_err(io_err("cannot remove", &p))?;
+                    removed.push(p);
+                }
+            } else if is_temp_name(&name_str) && !m.is_dir() {
+                fs::remove_file(&p).map_err(io_err("cannot remove", &p))?;
+                removed.push(p);
             }
         }
-        Ok(())
+        Ok(removed)
     }
 
-    /// Swaps `current` back to `previous` (and `previous` to what was current).
+    /// Swaps `current` back to `previous` (and `previous` to what was current). Both must be
+    /// generations of the directory.
     pub fn rollback(&self, dir_name: &str) -> Result<(), StoreError> {
         let dir = self.cert_dir(dir_name);
-        let prev = fs::read_link(dir.join("previous"))
-            .ok()
-            .filter(|p| dir.join(p).is_dir())
+        let prev = gen_link(&dir, "previous")
+            .filter(|p| gen_link(&dir, "current").as_ref() != Some(p))
             .ok_or_else(|| StoreError::NoPrevious(dir.clone()))?;
-        let cur = fs::read_link(dir.join("current")).ok();
+        let cur = gen_link(&dir, "current");
         crash_point!("before_swap");
-        replace_symlink(&dir, "current", &prev)?;
+        replace_symlink(&dir, "current", Path::new(&prev))?;
+        // Until the caller saves the metadata, `reconcile` at the next run catches up.
         crash_point!("after_swap");
         if let Some(cur) = cur {
-            replace_symlink(&dir, "previous", &cur)?;
+            replace_symlink(&dir, "previous", Path::new(&cur))?;
         }
         fsutil::sync_dir(&dir).map_err(io_err("cannot sync", &dir))
     }
@@ -593,17 +786,96 @@ pub fn key_type_of(key: &rcgen::KeyPair) -> Option<KeyType> {
     }
 }
 
+fn is_symlink(p: &Path) -> bool {
+    fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink())
+}
+
+/// N of a generation directory's name `gen-N` (decimal digits only).
+fn gen_number(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("gen-")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The generation `dir/<link>` points at: a plain `gen-N` that is a real directory of `dir`.
+/// None for anything else (absent, not a symlink, a target elsewhere), never followed.
+pub fn gen_link(dir: &Path, link: &str) -> Option<String> {
+    let target = fs::read_link(dir.join(link)).ok()?;
+    let name = target.to_str()?;
+    gen_number(name)?;
+    fs::symlink_metadata(dir.join(name))
+        .is_ok_and(|m| m.is_dir())
+        .then(|| name.to_owned())
+}
+
+/// A name of a temp file or temp symlink this crate's writes make (`.<name>.tmp.<pid>...`).
+fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.') && name.contains(".tmp.")
+}
+
+/// The certificate and key files of a generation directory: the certbot names, or the
+/// acme.sh names in generation 0 migrated from an acme.sh directory. Regular files only.
+fn gen_files(gen: &Path, dir_name: &str) -> Option<(PathBuf, PathBuf)> {
+    let is_file = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| m.is_file());
+    [
+        ("cert.pem".to_owned(), "privkey.pem".to_owned()),
+        (format!("{dir_name}.cer"), format!("{dir_name}.key")),
+    ]
+    .into_iter()
+    .map(|(c, k)| (gen.join(c), gen.join(k)))
+    .find(|(c, k)| is_file(c) && is_file(k))
+}
+
+/// The generation to point a broken `current` at: the one holding a complete set (every
+/// service file, a key matching the certificate) with serial `serial`, else the newest
+/// complete one.
+fn best_generation(dir: &Path, dir_name: &str, serial: Option<&str>) -> Option<String> {
+    let mut gens: Vec<(u64, String)> = fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_owned();
+            let n = gen_number(&name)?;
+            fs::symlink_metadata(e.path())
+                .is_ok_and(|m| m.is_dir())
+                .then_some((n, name))
+        })
+        .collect();
+    gens.sort();
+    let complete = |name: &str| -> Option<String> {
+        let gen = dir.join(name);
+        let all = service_files(dir_name)
+            .iter()
+            .all(|(f, _)| fs::symlink_metadata(gen.join(f)).is_ok_and(|m| m.is_file()));
+        if !all {
+            return None;
+        }
+        let cert = fs::read_to_string(gen.join("cert.pem")).ok()?;
+        let key = fs::read_to_string(gen.join("privkey.pem")).ok()?;
+        let leaf = certinfo::leaf_info_pem(&cert, "cert.pem").ok()?;
+        certinfo::key_matches(&key, &leaf).then_some(leaf.serial)
+    };
+    let mut newest = None;
+    for (_, name) in gens.iter().rev() {
+        let Some(found) = complete(name) else {
+            continue;
+        };
+        if serial == Some(found.as_str()) {
+            return Some(name.clone());
+        }
+        newest.get_or_insert_with(|| name.clone());
+    }
+    newest
+}
+
 /// The next generation number: one above every `gen-N` present (crashed leftovers included).
 fn next_generation(dir: &Path) -> Result<u64, StoreError> {
     let entries = fs::read_dir(dir).map_err(io_err("cannot list", dir))?;
     let max = entries
         .flatten()
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()
-                .and_then(|n| n.strip_prefix("gen-"))
-                .and_then(|n| n.parse::<u64>().ok())
-        })
+        .filter_map(|e| e.file_name().to_str().and_then(gen_number))
         .max();
     Ok(max.map(|m| m + 1).unwrap_or(1))
 }
@@ -614,6 +886,7 @@ fn replace_symlink(dir: &Path, name: &str, target: &Path) -> Result<(), StoreErr
     let _ = fs::remove_file(&tmp);
     std::os::unix::fs::symlink(target, &tmp).map_err(io_err("cannot create the symlink", &tmp))?;
     let dst = dir.join(name);
+    crash_point!("temp_link", &dst);
     fs::rename(&tmp, &dst).map_err(|e| {
         let _ = fs::remove_file(&tmp);
         io_err("cannot replace", &dst)(e)
@@ -722,6 +995,220 @@ mod tests {
         assert!(!store.pending_key_path("c").exists());
         let rsa = KeyType::Rsa2048.generate().unwrap();
         assert_eq!(key_type_of(&rsa), Some(KeyType::Rsa2048));
+    }
+
+    fn pending_for(names: &[&str]) -> PendingOrder {
+        PendingOrder {
+            url: None,
+            created_at: 0,
+            directory: "self-sign".into(),
+            account_url: None,
+            names: names.iter().map(|s| s.to_string()).collect(),
+            key_type: KeyType::EcP256,
+            staging: true,
+            self_sign: true,
+            challenges: Vec::new(),
+            profile: None,
+            replaces: None,
+        }
+    }
+
+    #[test]
+    fn reconcile_records_an_unrecorded_install_as_its_orders_and_adopts_a_rollback() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::new(root.path(), None);
+        store.ensure_reserved().unwrap();
+        let names = ["r.example.test"];
+        let a = issue(&store, &names);
+        store.install("r.example.test", &a).unwrap();
+        let mut meta = Meta::default();
+        meta.record_issued(&pending_for(&names), &a.leaf, 1);
+        meta.handler_owed = false;
+        let on_disk = store.read_installed("r.example.test");
+        assert_eq!(
+            store.reconcile("r", "r.example.test", &mut meta, &on_disk, 2),
+            Reconciled::InStep
+        );
+        assert!(!meta.handler_owed);
+
+        // An order in flight whose key is persisted; its certificate is installed, then the
+        // run dies before saving the metadata.
+        let b = issue(&store, &names);
+        meta.pending = Some(pending_for(&names));
+        let key_path = store.pending_key_path("r");
+        fs::write(&key_path, &b.key_pem).unwrap();
+        store.install("r.example.test", &b).unwrap();
+        let on_disk = store.read_installed("r.example.test");
+        assert_eq!(
+            store.reconcile("r", "r.example.test", &mut meta, &on_disk, 3),
+            Reconciled::OrderInstalled {
+                serial: b.leaf.serial.clone()
+            }
+        );
+        let mut want = Meta::default();
+        want.record_issued(&pending_for(&names), &b.leaf, 3);
+        assert_eq!(meta, want, "exactly what a successful finalize records");
+
+        // A rollback whose metadata save was lost: the installed facts are adopted, the
+        // pending order (another key) is kept.
+        meta.handler_owed = false;
+        meta.pending = Some(pending_for(&names));
+        store.rollback("r.example.test").unwrap();
+        let on_disk = store.read_installed("r.example.test");
+        assert_eq!(
+            store.reconcile("r", "r.example.test", &mut meta, &on_disk, 4),
+            Reconciled::Adopted {
+                serial: a.leaf.serial.clone()
+            }
+        );
+        assert_eq!(meta.serial.as_deref(), Some(a.leaf.serial.as_str()));
+        assert!(meta.handler_owed && meta.pending.is_some());
+    }
+
+    #[test]
+    fn broken_stable_names_and_current_are_repaired_without_following_them() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::new(root.path(), None);
+        store.ensure_reserved().unwrap();
+        let names = ["s.example.test"];
+        let sets: Vec<IssuedSet> = (0..2).map(|_| issue(&store, &names)).collect();
+        for set in &sets {
+            store.install("s.example.test", set).unwrap();
+        }
+        let dir = store.cert_dir("s.example.test");
+        assert_eq!(
+            store.repair_layout("s.example.test", None).unwrap(),
+            Vec::<String>::new()
+        );
+        let other = root.path().join("other.pem");
+        fs::write(&other, "not ours").unwrap();
+        fs::remove_file(dir.join("privkey.pem")).unwrap();
+        std::os::unix::fs::symlink(&other, dir.join("privkey.pem")).unwrap();
+        fs::remove_file(dir.join("cert.pem")).unwrap();
+        fs::write(dir.join("cert.pem"), "a real file").unwrap();
+        fs::remove_file(dir.join("chain.pem")).unwrap();
+        std::os::unix::fs::symlink("nowhere/chain.pem", dir.join("chain.pem")).unwrap();
+        fs::remove_file(dir.join("fullchain.pem")).unwrap();
+        // `current` planted outside the directory: never read, pointed back at the generation
+        // the metadata records (the older one here, not the newest).
+        let elsewhere = root.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        fs::write(elsewhere.join("cert.pem"), &sets[0].cert_pem).unwrap();
+        fs::write(elsewhere.join("privkey.pem"), &sets[0].key_pem).unwrap();
+        fs::remove_file(dir.join("current")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.join("current")).unwrap();
+        assert_eq!(
+            store.read_installed("s.example.test").layout,
+            Layout::Missing
+        );
+        assert!(store.installed_leaf_der("s.example.test").is_none());
+        let mut fixed = store
+            .repair_layout("s.example.test", Some(&sets[0].leaf.serial))
+            .unwrap();
+        fixed.sort();
+        assert_eq!(
+            fixed,
+            [
+                "cert.pem",
+                "chain.pem",
+                "current",
+                "fullchain.pem",
+                "privkey.pem"
+            ]
+        );
+        assert_eq!(fs::read_to_string(&other).unwrap(), "not ours");
+        assert_eq!(read(&dir, "privkey.pem"), sets[0].key_pem);
+        assert_eq!(read(&dir, "cert.pem"), sets[0].cert_pem);
+        assert_eq!(
+            read(&dir, "fullchain.pem"),
+            format!("{}{}", sets[0].cert_pem, sets[0].chain_pem)
+        );
+        let on_disk = store.read_installed("s.example.test");
+        assert_eq!(on_disk.leaf.unwrap().serial, sets[0].leaf.serial);
+        // Without a recorded serial: the newest complete generation.
+        fs::remove_file(dir.join("current")).unwrap();
+        std::os::unix::fs::symlink("gen-../..", dir.join("current")).unwrap();
+        assert_eq!(
+            store.repair_layout("s.example.test", None).unwrap(),
+            ["current"]
+        );
+        assert_eq!(read(&dir, "cert.pem"), sets[1].cert_pem);
+        // A name that is a directory cannot be replaced: the error names it.
+        fs::remove_file(dir.join("ca.cer")).unwrap();
+        fs::create_dir(dir.join("ca.cer")).unwrap();
+        fs::write(dir.join("ca.cer/x"), "x").unwrap();
+        let err = store
+            .repair_layout("s.example.test", None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&dir.join("ca.cer").display().to_string()),
+            "{err}"
+        );
+        // An install replaces whatever stands at a stable name, too.
+        fs::remove_dir_all(dir.join("ca.cer")).unwrap();
+        std::os::unix::fs::symlink(&other, dir.join("ca.cer")).unwrap();
+        let next = issue(&store, &names);
+        store.install("s.example.test", &next).unwrap();
+        assert_eq!(read(&dir, "ca.cer"), next.chain_pem);
+        assert_eq!(fs::read_to_string(&other).unwrap(), "not ours");
+    }
+
+    #[test]
+    fn leftovers_of_killed_runs_are_removed_and_nothing_else() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::new(root.path(), None);
+        store.ensure_reserved().unwrap();
+        let names = ["t.example.test"];
+        for _ in 0..2 {
+            let set = issue(&store, &names);
+            store.install("t.example.test", &set).unwrap();
+        }
+        let dir = store.cert_dir("t.example.test");
+        let planted = [
+            store.reserved().join("pending/.t.key.tmp.4242.0"),
+            store.reserved().join("certs/.t.json.tmp.4242.0"),
+            store.reserved().join("accounts/.x.json.tmp.4242.1"),
+        ];
+        for p in &planted {
+            fs::write(p, "left by a kill").unwrap();
+        }
+        std::os::unix::fs::symlink("gen-9", dir.join(".current.tmp.4242")).unwrap();
+        std::os::unix::fs::symlink("current/cert.pem", dir.join(".cert.pem.tmp.4242")).unwrap();
+        // A complete generation a killed install never swapped in.
+        fs::create_dir(dir.join("gen-9")).unwrap();
+        fs::write(dir.join("gen-9/privkey.pem"), "key").unwrap();
+        let kept = [
+            store.reserved().join("certs/t.json"),
+            store.pending_key_path("t"),
+        ];
+        for p in &kept {
+            fs::write(p, "{}").unwrap();
+        }
+        let mut removed = store.remove_leftovers(["t.example.test"]).unwrap();
+        removed.sort();
+        let mut want: Vec<PathBuf> = planted.to_vec();
+        want.extend([
+            dir.join(".cert.pem.tmp.4242"),
+            dir.join(".current.tmp.4242"),
+            dir.join("gen-9"),
+        ]);
+        want.sort();
+        assert_eq!(removed, want);
+        for p in &kept {
+            assert!(p.exists(), "{}", p.display());
+        }
+        assert!(dir.join("gen-1").is_dir() && dir.join("gen-2").is_dir());
+        assert!(!read(&dir, "cert.pem").is_empty());
+        // A `current` that names no generation: no generation is removed.
+        fs::create_dir(dir.join("gen-10")).unwrap();
+        fs::remove_file(dir.join("current")).unwrap();
+        std::os::unix::fs::symlink("/", dir.join("current")).unwrap();
+        assert_eq!(
+            store.remove_leftovers(["t.example.test"]).unwrap(),
+            Vec::<PathBuf>::new()
+        );
+        assert!(dir.join("gen-10").is_dir());
     }
 
     #[test]

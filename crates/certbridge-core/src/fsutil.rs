@@ -46,10 +46,12 @@ pub fn atomic_write(
         .mode
         .or(existing.as_ref().map(|m| m.permissions().mode() & 0o7777))
         .unwrap_or(0o644);
+    // Owner-only from the open (the umask can only narrow it): a private key is never readable
+    // by anyone else, even in a temp file a kill leaves behind. The final mode comes below.
     let (tmp_path, mut tmp) = temp_file(&dir, path, 0o600)?;
     let result = (|| {
         tmp.write_all(data)?;
-        crate::crash_point!("temp_written");
+        crate::crash_point!("temp_written", path);
         let uid = attrs.uid.or(existing.as_ref().map(|m| m.uid()));
         let gid = attrs.gid.or(existing.as_ref().map(|m| m.gid()));
         if uid.is_some() || gid.is_some() {
@@ -61,9 +63,9 @@ pub fn atomic_write(
         if let Some(check) = validate {
             check(&tmp_path)?;
         }
-        crate::crash_point!("before_rename");
+        crate::crash_point!("before_rename", path);
         fs::rename(&tmp_path, path)?;
-        crate::crash_point!("after_rename");
+        crate::crash_point!("after_rename", path);
         sync_dir(&dir)
     })();
     if result.is_err() {
@@ -608,7 +610,8 @@ fn describe_holder(file: &mut File, path: &Path) -> String {
 
 /// Crash points for the crash-consistency tests: with the `crash-points` feature, a process
 /// whose `CERTBRIDGE_CRASH_AT` names this point dies on the spot (SIGKILL-like: no cleanup).
-/// Without the feature this expands to nothing.
+/// Without the feature this expands to nothing. `crash_point!(name, path)` also answers to
+/// `name:<file name of path>`, to die at one write among many (`before_rename:alpha.json`).
 #[macro_export]
 macro_rules! crash_point {
     ($name:expr) => {
@@ -617,12 +620,26 @@ macro_rules! crash_point {
             $crate::fsutil::maybe_crash($name);
         }
     };
+    ($name:expr, $path:expr) => {
+        #[cfg(feature = "crash-points")]
+        {
+            $crate::fsutil::maybe_crash_for($name, $path);
+        }
+    };
 }
 
 #[cfg(feature = "crash-points")]
 pub fn maybe_crash(name: &str) {
     if std::env::var("CERTBRIDGE_CRASH_AT").as_deref() == Ok(name) {
         std::process::abort();
+    }
+}
+
+#[cfg(feature = "crash-points")]
+pub fn maybe_crash_for(name: &str, path: &Path) {
+    maybe_crash(name);
+    if let Some(file) = path.file_name() {
+        maybe_crash(&format!("{name}:{}", file.to_string_lossy()));
     }
 }
 
@@ -659,6 +676,41 @@ mod tests {
         assert_eq!(
             fs::metadata(&p).unwrap().permissions().mode() & 0o777,
             0o640
+        );
+    }
+
+    #[test]
+    fn atomic_write_temp_files_are_owner_only_from_the_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k.key");
+        // An existing world-readable target: the temp file still starts owner-only.
+        fs::write(&p, b"old").unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        let (tmp, f) = temp_file(dir.path(), &p, 0o600).unwrap();
+        let mode = f.metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & 0o077, 0, "temp file created {mode:o}");
+        assert!(tmp
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(".k.key.tmp."));
+        drop(f);
+        fs::remove_file(&tmp).unwrap();
+        // A private target: the temp file the validator sees is 0600, and so is the result.
+        let attrs = FileAttrs {
+            mode: Some(0o600),
+            ..Default::default()
+        };
+        let seen = std::cell::Cell::new(0);
+        let check = |t: &Path| -> io::Result<()> {
+            seen.set(fs::symlink_metadata(t)?.permissions().mode() & 0o7777);
+            Ok(())
+        };
+        atomic_write(&p, b"new", &attrs, Some(&check)).unwrap();
+        assert_eq!(seen.get(), 0o600);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o7777,
+            0o600
         );
     }
 
