@@ -27,8 +27,7 @@ use hyper::body::Incoming;
 use hyper::{header, Request, Response, StatusCode};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{json, Map, Value};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -649,24 +648,7 @@ impl Upstream {
             .strip_suffix("/dir")
             .unwrap_or_else(|| panic!("upstream directory {directory_url} does not end in /dir"))
             .to_owned();
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(ca_file).expect("read upstream CA file") {
-            roots
-                .add(cert.expect("upstream CA PEM"))
-                .expect("upstream CA certificate");
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .build();
+        let connector = crate::raw_http::https_connector(ca_file);
         Upstream {
             origin,
             client: Client::builder(TokioExecutor::new()).build(connector),

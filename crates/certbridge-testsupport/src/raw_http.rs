@@ -3,7 +3,8 @@
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
@@ -31,17 +32,11 @@ impl RawAnswer {
     }
 }
 
-/// One request with exactly `headers` (hyper adds no `User-Agent` or `Content-Type` of its
-/// own), trusting the PEM roots in `ca_file`; an answer within 30 s or a panic.
-pub async fn raw_request(
-    method: &str,
-    url: &str,
-    ca_file: &Path,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> RawAnswer {
+/// An HTTPS-only HTTP/1 connector on the ring provider trusting only the PEM roots in
+/// `ca_file` (the bed's or the proxy's CA).
+pub fn https_connector(ca_file: &Path) -> HttpsConnector<HttpConnector> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca_file).expect("ca_file") {
+    for cert in CertificateDer::pem_file_iter(ca_file).expect("read the CA file") {
         roots.add(cert.expect("a PEM certificate")).expect("a root");
     }
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -51,12 +46,24 @@ pub async fn raw_request(
     .expect("TLS versions")
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only()
         .enable_http1()
-        .build();
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(https);
+        .build()
+}
+
+/// One request with exactly `headers` (hyper adds no `User-Agent` or `Content-Type` of its
+/// own), trusting the PEM roots in `ca_file`; an answer within 30 s or a panic.
+pub async fn raw_request(
+    method: &str,
+    url: &str,
+    ca_file: &Path,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> RawAnswer {
+    let client: Client<_, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(https_connector(ca_file));
     let mut req = hyper::Request::builder().method(method).uri(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
