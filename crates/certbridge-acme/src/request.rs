@@ -1409,10 +1409,10 @@ mod tests {
         params.not_after = time::OffsetDateTime::from_unix_timestamp(now + 80 * 86_400).unwrap();
         let cert = params.self_signed(&key).unwrap();
         let dir = cfg.store.cert_dir("main.example.test");
-        std::fs::create_dir_all(dir.join("g1")).unwrap();
-        std::fs::write(dir.join("g1/cert.pem"), cert.pem()).unwrap();
-        std::fs::write(dir.join("g1/privkey.pem"), key.serialize_pem()).unwrap();
-        std::os::unix::fs::symlink("g1", dir.join("current")).unwrap();
+        std::fs::create_dir_all(dir.join("gen-1")).unwrap();
+        std::fs::write(dir.join("gen-1/cert.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("gen-1/privkey.pem"), key.serialize_pem()).unwrap();
+        std::os::unix::fs::symlink("gen-1", dir.join("current")).unwrap();
         let ca = FakeCa::default();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
