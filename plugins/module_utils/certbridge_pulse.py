@@ -336,8 +336,9 @@ def pulse_check(round_, finalize_results):
     ``finalize_results`` maps each host of round_["finalize"] to its registered
     letsencrypt_finalize (None when play 3 registered nothing there)."""
     if not round_:
-        return ("play 1 ran no certbridge task (no pulse round was built): is another role named "
-                "letsencrypt-request-certs found first (a roles/ directory next to your playbook)?")
+        return ("no pulse round was built: every host failed in play 1, or play 1 ran no certbridge "
+                "task (is another role named letsencrypt-request-certs found first, e.g. in a roles/ "
+                "directory next to your playbook?)")
     hosts = list(round_.get("finalize") or [])
     ran = [h for h in hosts if isinstance(finalize_results.get(h), dict)
            and (finalize_results[h].get("round") == round_.get("id") or finalize_results[h].get("unreachable"))]
