@@ -79,13 +79,15 @@ _UNSET = object()
 
 
 def _role_spec(role_path):
-    """The `main` entry point's options of the role at role_path ({} when it has none)."""
+    """The options of the role at role_path: its `main` entry point, or the only entry of a role
+    without tasks (letsencrypt-common's `shared`); {} when it has none."""
     for ext in (".yml", ".yaml"):
         path = os.path.join(role_path, "meta", "argument_specs" + ext)
         if os.path.exists(path):
             with open(path, encoding="utf-8") as handle:
                 data = yaml.load(handle, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
-            main = (data.get("argument_specs") or {}).get("main") or {}
+            entries = data.get("argument_specs") or {}
+            main = entries.get("main") or next(iter(entries.values()), None) or {}
             return main.get("options") or {}
     return {}
 
@@ -395,7 +397,12 @@ class ActionModule(ActionBase):
     def _role_vars(self, task_vars):
         """The role's variables (those of its argument spec), templated once, as a lookup."""
         role = getattr(self._task, "_role", None)
-        self._spec = _role_spec(role._role_path) if role is not None else {}
+        self._spec = {}
+        if role is not None:
+            # The role's dependencies first (letsencrypt-common: the variables shared by plays 1 and 3).
+            for dep in role.get_all_dependencies():
+                self._spec.update(_role_spec(dep._role_path))
+            self._spec.update(_role_spec(role._role_path))
         cache = {}
 
         def var(name, default=None):
