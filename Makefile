@@ -6,7 +6,7 @@ MODULES  := acme_request acme_txt_publish acme_finalize zone_render
 CARGO    ?= cargo
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: all deps modules demo test test-rust test-ansible lint bench clean
+.PHONY: all deps modules collection demo test test-rust test-ansible lint bench clean
 
 all: modules
 
@@ -18,6 +18,10 @@ deps:
 modules:
 	$(CARGO) build --release --locked --target $(TARGET) --bins
 	for m in $(MODULES); do install -m 0755 target/$(TARGET)/release/$$m modules/$$m; done
+
+# The certbridge.acme collection tarball, assembled from the checkout (target/collection/).
+collection: modules
+	scripts/build-collection
 
 # The main job: a full pulse against a local Pebble CA + BIND nameserver, twice.
 demo: deps modules

@@ -1,0 +1,466 @@
+# certbridge: the `letsencrypt_pulse` action runs one step of the pulse on one host, in one task.
+"""One step of the certbridge pulse: request (play 1), round (once, play 1), finalize or
+acknowledge (play 3), check (the last play), certcheck (letsencrypt-config-certcheck).
+
+Every task of a pulse costs a forked worker per host, whatever it does; on a no-op pulse the
+module call is the only work there is. So each step here does, inside one task, what would
+otherwise take several:
+
+- it validates the role's variables against the role's ``meta/argument_specs.yml`` (the pulse
+  enters the roles at ``tasks_from: pulse``, which has no spec, so Ansible adds no separate
+  validation task per host);
+- ``request`` first fails the host, before any order, for a cert without a
+  ``letsencrypt updated <cert>`` handler, an OpenDev variable certbridge replaced, or a role of
+  the pulse shadowed by another of the same name; then runs acme_request;
+- it runs the certbridge module, either as the plain binary module (``letsencrypt_module_mode:
+  transfer``) or, with ``installed``, through the pipelinable ``certbridge_exec`` module that
+  hands the same arguments to the binary the setup role installed;
+- ``finalize`` notifies each updated certificate's handler itself; ``acknowledge`` (after the
+  handlers ran) records the acknowledgement, prunes when asked, and fails the host for
+  everything that was not finished.
+
+The decisions themselves are plain functions in module_utils/certbridge_pulse.py.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+
+import yaml
+
+from ansible.errors import AnsibleActionFail
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from ansible.plugins.action import ActionBase
+from ansible.utils.display import Display
+
+try:  # installed as the certbridge.acme collection
+    from ansible_collections.certbridge.acme.plugins.module_utils import certbridge_pulse as pulse
+except ImportError:  # a checkout: plugins/ is on ansible.cfg's plugin paths, not a collection
+    import importlib.util
+
+    _spec = importlib.util.spec_from_file_location(
+        "certbridge_pulse", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                         "module_utils", "certbridge_pulse.py"))
+    pulse = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(pulse)
+
+DOCUMENTATION = r"""
+short_description: Run one step of the certbridge pulse on one host
+description:
+  - Used by the certbridge roles and the pulse playbook; not meant for playbooks of their own.
+    The module's options are built from the role's variables (letsencrypt_*); any other option
+    given to the task is passed to the module as it is.
+  - finalize and acknowledge read the pulse round of play 1 (hostvars of localhost,
+    letsencrypt_round), the DNS host's letsencrypt_publish and this host's
+    letsencrypt_request and letsencrypt_finalize.
+options:
+  step:
+    description: request (acme_request), round, finalize or acknowledge (acme_finalize), check, certcheck.
+    type: str
+    choices: [request, round, finalize, acknowledge, check, certcheck]
+    required: true
+  dns_hosts:
+    description: round only - the hosts letsencrypt_dns_group matches.
+    type: list
+  hosts:
+    description: certcheck only - the hosts letsencrypt_group matches.
+    type: list
+"""
+
+display = Display()
+MODULE_MODES = ("transfer", "installed")
+DEFAULT_MODULE_DIR = "/usr/local/lib/certbridge"
+CONTROL_ARGS = frozenset(("step", "dns_hosts", "hosts"))
+STEPS = ("request", "round", "finalize", "acknowledge", "check", "certcheck")
+# The roles the pulse plays after play 1, under their checkout names.
+LATER_ROLES = ("letsencrypt-install-txt-record", "letsencrypt-create-certs")
+_UNSET = object()
+
+
+def _role_spec(role_path):
+    """The options of the role at role_path: its `main` entry point, or the only entry of a role
+    without tasks (letsencrypt-common's `shared`); {} when it has none."""
+    for ext in (".yml", ".yaml"):
+        path = os.path.join(role_path, "meta", "argument_specs" + ext)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as handle:
+                data = yaml.load(handle, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+            entries = data.get("argument_specs") or {}
+            main = entries.get("main") or next(iter(entries.values()), None) or {}
+            return main.get("options") or {}
+    return {}
+
+
+def _play_handler_names(play, templar):
+    """Every handler name and listen topic the play knows: its own and its roles'."""
+    blocks = list(play.handlers or [])
+    try:
+        blocks.extend(play.compile_roles_handlers())
+    except Exception:  # the play's own list already holds them once compiled by the executor
+        pass
+    known = set()
+    for block in blocks:
+        for handler in getattr(block, "block", [block]):
+            name = handler.name
+            if name:
+                try:
+                    name = templar.template(name)
+                except Exception:  # an untemplatable name cannot be notified by name either
+                    pass
+                known.add(str(name))
+            for topic in handler.listen or []:
+                known.add(str(topic))
+    return known
+
+
+def _extra_var_names():
+    """Names given with -e, so a letsencrypt_force from inventory can be told apart."""
+    try:
+        from ansible.parsing.dataloader import DataLoader
+        from ansible.utils.vars import load_extra_vars
+
+        return set(load_extra_vars(DataLoader()).keys())
+    except Exception:
+        return set()
+
+
+class ActionModule(ActionBase):
+    """One pulse step; the module runs on the host, everything else on the controller."""
+
+    TRANSFERS_FILES = False
+    _supports_check_mode = True
+
+    def run(self, tmp=None, task_vars=None):
+        task_vars = task_vars or {}
+        result = super().run(tmp, task_vars)
+        try:
+            return self._step(result, task_vars)
+        finally:
+            # The temp dir the module calls shared on the host.
+            self._remove_tmp_path(self._connection._shell.tmpdir)
+
+    def _step(self, result, task_vars):
+        args = dict(self._task.args)
+        step = args.get("step")
+        if step not in STEPS:
+            raise AnsibleActionFail("step must be one of %s; got %r" % (", ".join(STEPS), step))
+        if step == "round":
+            return self._round(result, args, task_vars)
+        if step == "check":
+            return self._check(result, task_vars)
+        role_vars = self._role_var = self._role_vars(task_vars)
+        invalid = self._validate_role_vars(role_vars)
+        if invalid:
+            result.update(failed=True, msg=invalid)
+            return result
+        if step == "certcheck":
+            return self._certcheck(result, args, role_vars, task_vars)
+        # Options given to the task win over those built from the role's variables.
+        module_args = pulse.module_args(step, role_vars)
+        module_args.update((k, v) for k, v in args.items() if k not in CONTROL_ARGS)
+
+        if step == "request":
+            return self._request(result, module_args, task_vars)
+        if step == "finalize":
+            return self._finalize(result, module_args, task_vars)
+        return self._acknowledge(result, module_args, task_vars)
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def _request(self, result, module_args, task_vars):
+        """Refuse what would fail later (before any order), then run acme_request. A CA error
+        does not fail the task (the host stays in the pulse so its other certs finish); play 3
+        fails the host for it. ``stop_host`` marks what must fail the host here."""
+        problems = pulse.replaced_variables(task_vars)
+        problems.extend(self._shadowed_roles())
+        missing = self._missing_handlers(module_args.get("certs"), task_vars)
+        if missing:
+            problems.append(
+                "define a handler (or a listen topic) for each certificate of this host in "
+                "letsencrypt_handlers_file; missing: " + ", ".join(repr(m) for m in missing))
+            result["missing_handlers"] = missing
+        if problems:
+            result.update(stop_host=True, request_failed=True, msg="; ".join(problems))
+            return result
+        module_result = self._run_module("acme_request", module_args, task_vars)
+        result.update(module_result)
+        if module_result.get("failed"):
+            result["request_failed"] = True
+        result["stop_host"] = False
+        return result
+
+    def _round(self, result, args, task_vars):
+        """The pulse round, once, from every play-1 host's result (stored on localhost)."""
+        hostvars = task_vars.get("hostvars") or {}
+        dns_group = self._templar.template(task_vars.get("letsencrypt_dns_group", "adns"))
+        try:
+            round_ = pulse.build_round(hostvars, list(task_vars.get("ansible_play_hosts") or []), dns_group,
+                                       list(args.get("dns_hosts") or []), _extra_var_names())
+        except ValueError as err:
+            raise AnsibleActionFail(str(err))
+        for warning in round_["warnings"]:
+            display.warning(warning)
+        result.update(changed=False, ansible_facts={"letsencrypt_round": round_})
+        return result
+
+    def _check(self, result, task_vars):
+        """The last play: fail the pulse when play 1 or play 3 ran no certbridge task."""
+        hostvars = task_vars.get("hostvars") or {}
+        try:
+            round_ = pulse.plain(hostvars["localhost"]["letsencrypt_round"])
+        except Exception:  # never set: play 1 ran no certbridge step
+            round_ = None
+        results = {}
+        for host in (round_ or {}).get("finalize") or []:
+            try:
+                results[host] = pulse.plain(hostvars[host]["letsencrypt_finalize"])
+            except Exception:  # not registered there
+                results[host] = None
+        problem = pulse.pulse_check(round_, results)
+        result.update(changed=False, failed=bool(problem), msg=problem or "the pulse ran certbridge's plays")
+        return result
+
+    def _certcheck(self, result, args, var, task_vars):
+        """OpenDev's certcheck lines for every host letsencrypt_group matches (never an empty
+        list for a pattern that matches nothing)."""
+        hosts = list(args.get("hosts") or [])
+        group = var("letsencrypt_group", "letsencrypt")
+        if not hosts:
+            result.update(failed=True, msg="letsencrypt_group %r matches no host: set it to the group or "
+                          "host pattern of the pulse's play 1 (e.g. letsencrypt:!disabled)" % group)
+            return result
+        hostvars = task_vars.get("hostvars") or {}
+        lines = []
+        for host in sorted(hosts):
+            try:
+                certs = pulse.plain(hostvars[host]["letsencrypt_certs"]) or {}
+            except KeyError:  # a host without certificates
+                certs = {}
+            lines.extend(pulse.certcheck_entries(certs))
+        result.update(changed=False, lines=lines, hosts=sorted(hosts))
+        return result
+
+    def _finalize(self, result, module_args, task_vars):
+        """Stop or check handlers, run acme_finalize, notify one handler per updated cert."""
+        view = self._view(task_vars)
+        result["round"] = view["round_id"]
+        if view["stop"]:
+            result.update(failed=True, msg=view["stop"])
+            return result
+        only = view["finalize"]
+        handlers_for = only + [c for c in view["unacked"] if c not in only]
+        wanted = [pulse.HANDLER_PREFIX + cert for cert in handlers_for]
+        if not wanted:
+            result.update(changed=False, updated=[], msg="nothing to finalize")
+            return result
+        play = self._task.get_play()
+        known = _play_handler_names(play, self._templar) if play is not None else set()
+        missing = [name for name in wanted if name not in known]
+        if missing:
+            result.update(
+                failed=True,
+                missing_handlers=missing,
+                msg="define a handler (or a listen topic) for each certificate of this host in "
+                "the play that runs letsencrypt-create-certs; missing: "
+                + ", ".join(repr(m) for m in missing),
+            )
+            return result
+
+        module_args.setdefault("only", only)
+        module_result = self._run_module("acme_finalize", module_args, task_vars)
+        updated = [str(c) for c in module_result.get("updated") or []]
+        result.update(module_result)
+        # A failed cert does not stop the others: their handlers still run, and the
+        # acknowledge step fails the host with this message afterwards.
+        if module_result.get("failed"):
+            result["failed"] = False
+            result["finalize_failure"] = str(module_result.get("msg") or "acme_finalize failed")
+        result["updated"] = updated
+        if self._task.check_mode:
+            renotify = [c for c in handlers_for if c not in only]
+            result["msg"] = "would finalize %s; would notify %s" % (
+                ", ".join(only) or "nothing", ", ".join(renotify) or "nothing more")
+        elif updated:
+            result["changed"] = True
+            # Ansible notifies what a changed result names here; a task-level `notify` could
+            # not depend on this task's own result.
+            result["_ansible_notify"] = [pulse.HANDLER_PREFIX + cert for cert in updated]
+        return result
+
+    def _acknowledge(self, result, module_args, task_vars):
+        """Acknowledge the updates whose handlers ran, prune, then fail for what is unfinished."""
+        result["changed"] = False
+        finalized = pulse.plain(task_vars.get("letsencrypt_finalize")) or {}
+        ack = module_args.get("ack", [str(c) for c in finalized.get("updated") or []])
+        if ack and not self._task.check_mode:
+            acked = self._run_module("acme_finalize", dict(module_args, only=[], ack=ack), task_vars)
+            if acked.get("failed"):
+                result.update(failed=True, msg="acme_finalize (acknowledge): %s" % acked.get("msg"))
+                return result
+            result["acknowledged"] = ack
+        if pulse.truthy(self._role_var("letsencrypt_prune", False)):
+            declared = pulse.cert_dirs(module_args.get("certs"))
+            removed = self._prune(module_args.get("cert_root"), declared, task_vars)
+            if isinstance(removed, str):
+                result.update(failed=True, msg=removed)
+                return result
+            result["pruned"] = removed
+            result["changed"] = bool(removed)
+        problems = pulse.unfinished(self._view(task_vars), finalized)
+        if problems:
+            result.update(failed=True, msg="; ".join(problems))
+        return result
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _view(self, task_vars):
+        """This host's part of the round (see certbridge_pulse.host_view)."""
+        hostvars = task_vars.get("hostvars") or {}
+        try:
+            round_ = pulse.plain(hostvars["localhost"]["letsencrypt_round"]) or {}
+        except Exception:  # not set: play 1 did not run in this playbook
+            round_ = {}
+        publish = {}
+        dns_hosts = list(round_.get("dns_hosts") or [])
+        if dns_hosts:
+            try:
+                publish = pulse.plain(hostvars[dns_hosts[0]]["letsencrypt_publish"]) or {}
+            except Exception:  # not set: play 2 did not run on it (--limit)
+                publish = {}
+        request = pulse.plain(task_vars.get("letsencrypt_request")) or {}
+        view = pulse.host_view(task_vars.get("inventory_hostname"), round_, request, publish)
+        view["round_id"] = round_.get("id")
+        return view
+
+    def _handlers_file(self, task_vars):
+        """Where letsencrypt-create-certs imports its handlers from (None: not found)."""
+        raw = task_vars.get("letsencrypt_handlers_file", "site.yml")
+        path = str(self._templar.template(raw))
+        if os.path.isabs(path):
+            return path if os.path.exists(path) else None
+        role = getattr(self._task, "_role", None)
+        roles_dir = os.path.dirname(role._role_path) if role is not None else ""
+        for name in ("letsencrypt-create-certs", "letsencrypt_create_certs"):
+            candidate = os.path.join(roles_dir, name, "handlers", path)
+            if os.path.exists(candidate):
+                return candidate
+        return None
+
+    def _missing_handlers(self, certs, task_vars):
+        """Handler names play 3 would notify for these certs and that the handlers file lacks."""
+        if not certs or not pulse.truthy(task_vars.get("letsencrypt_handler_check", True)):
+            return []
+        path = self._handlers_file(task_vars)
+        if path is None:
+            display.warning("letsencrypt_handlers_file %r not found from play 1: handlers are checked in "
+                            "play 3 only" % task_vars.get("letsencrypt_handlers_file", "site.yml"))
+            return []
+        known, seen, todo = [], set(), [path]
+        while todo:
+            current = todo.pop()
+            if current in seen or not os.path.exists(current):
+                continue
+            seen.add(current)
+            with open(current, encoding="utf-8") as handle:
+                entries = yaml.safe_load(handle) or []
+            for topic in pulse.handler_topics(entries):
+                try:
+                    known.append(str(self._templar.template(topic)))
+                except Exception:  # an untemplatable name cannot be notified by name either
+                    known.append(topic)
+            todo.extend(os.path.join(os.path.dirname(current), str(self._templar.template(f)))
+                        for f in pulse.handler_imports(entries))
+        return pulse.missing_handlers(certs, known)
+
+    def _shadowed_roles(self):
+        """A later role of the pulse that Ansible would load from elsewhere (a roles/ directory
+        next to the playbook, an earlier roles_path entry) instead of next to this one."""
+        role = getattr(self._task, "_role", None)
+        if role is None or getattr(role, "_role_collection", None):
+            return []  # a collection's roles are named by FQCN: nothing can shadow them
+        ours = os.path.dirname(os.path.realpath(role._role_path))
+        from ansible import constants as C
+
+        search = [os.path.join(self._loader.get_basedir(), "roles")] + list(C.DEFAULT_ROLES_PATH or [])
+        out = []
+        for name in LATER_ROLES:
+            for base in search:
+                candidate = os.path.join(base, name)
+                if os.path.isdir(candidate):
+                    if os.path.realpath(candidate) != os.path.join(ours, name):
+                        out.append("the role %s at %s shadows certbridge's (%s): remove or rename it"
+                                   % (name, candidate, os.path.join(ours, name)))
+                    break
+        return out
+
+    def _role_vars(self, task_vars):
+        """The role's variables (those of its argument spec), templated once, as a lookup."""
+        role = getattr(self._task, "_role", None)
+        self._spec = {}
+        if role is not None:
+            # The role's dependencies first (letsencrypt-common: the variables shared by plays 1 and 3).
+            for dep in role.get_all_dependencies():
+                self._spec.update(_role_spec(dep._role_path))
+            self._spec.update(_role_spec(role._role_path))
+        cache = {}
+
+        def var(name, default=None):
+            if name not in cache:
+                cache[name] = self._templar.template(task_vars[name]) if name in task_vars else default
+            return cache[name]
+
+        return var
+
+    def _validate_role_vars(self, var):
+        """The role's argument spec, checked against the variables as validate_argument_spec
+        would; returns the error message, or "" when they are valid."""
+        if not self._spec:
+            return ""
+        provided = {name: var(name) for name in self._spec if var(name, _UNSET) is not _UNSET}
+        checked = ArgumentSpecValidator(self._spec).validate(provided, validate_role_argument_spec=True)
+        if checked.error_messages:
+            return "Validation of the %s role's variables failed:\n%s" % (
+                self._task._role.get_name(), "\n".join(checked.error_messages))
+        return ""
+
+    def _run_module(self, name, module_args, task_vars):
+        """Runs a certbridge module the way letsencrypt_module_mode says."""
+        mode = self._templar.template(task_vars.get("letsencrypt_module_mode", "transfer"))
+        if mode == "transfer":
+            return self._execute_module(module_name=name, module_args=module_args, task_vars=task_vars)
+        if mode == "installed":
+            module_dir = self._templar.template(task_vars.get("letsencrypt_module_dir", DEFAULT_MODULE_DIR))
+            return self._execute_module(
+                module_name="certbridge_exec",
+                module_args={"binary": posixpath.join(str(module_dir), name), "args": module_args},
+                task_vars=task_vars,
+            )
+        raise AnsibleActionFail(
+            "letsencrypt_module_mode must be one of %s, not %r" % (", ".join(MODULE_MODES), mode))
+
+    def _prune(self, cert_root, declared_dirs, task_vars):
+        """Removes cert directories under cert_root that hold a certificate but are not declared;
+        returns the removed paths, or an error message."""
+        if not cert_root:
+            return "prune needs cert_root"
+        found = self._execute_module(
+            module_name="ansible.builtin.find",
+            module_args={"paths": cert_root, "patterns": ["current", "fullchain.pem", "fullchain.cer"],
+                         "file_type": "any", "recurse": True, "depth": 2},
+            task_vars=task_vars,
+        )
+        if found.get("failed"):
+            return "prune: could not list %s: %s" % (cert_root, found.get("msg"))
+        keep = {posixpath.join(cert_root, d) for d in declared_dirs}
+        keep.update((cert_root.rstrip("/"), posixpath.join(cert_root, ".certbridge")))
+        stale = sorted({posixpath.dirname(f["path"]) for f in found.get("files") or []} - keep)
+        for path in stale:
+            removed = self._execute_module(
+                module_name="ansible.builtin.file",
+                module_args={"path": path, "state": "absent"},
+                task_vars=task_vars,
+            )
+            if removed.get("failed"):
+                return "prune: could not remove %s: %s" % (path, removed.get("msg"))
+        return stale

@@ -1,0 +1,348 @@
+# certbridge: the pulse's controller-side logic (round, option mapping, checks), free of Ansible objects.
+"""What the ``letsencrypt_pulse`` action decides, as plain functions over plain data.
+
+The action (plugins/action/letsencrypt_pulse.py) feeds these with hostvars, the role's variables
+and module results; everything here is testable without a play (tests/python/).
+
+The round is built once per pulse, on the controller, from what play 1 produced; it is stored on
+``localhost`` and drives the later plays: play 2 publishes ``records`` on ``dns_hosts``, play 3
+runs on ``finalize``. Only hosts that completed play 1 in this run count, and each round has a
+fresh id, so values of an earlier run or of an unreachable host can never be published.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import secrets
+import time
+
+# Let's Encrypt's ACME directories: the one place the Python side names them.
+LE_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
+LE_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
+
+HANDLER_PREFIX = "letsencrypt updated "
+BOOLEANS_TRUE = frozenset(("y", "yes", "on", "1", "true", "t", "1.0"))
+BOOLEANS_FALSE = frozenset(("n", "no", "off", "0", "false", "f", "0.0", ""))
+
+# Module option <- role variable, sent only when the variable is set (not empty, not null).
+OPTIONAL_ARGS = {
+    "ca_file": "letsencrypt_ca_file",
+    "account_email": "letsencrypt_account_email",
+    "eab_kid": "letsencrypt_eab_kid",
+    "eab_hmac_key": "letsencrypt_eab_hmac_key",
+    "proxy": "letsencrypt_proxy",
+    "profile": "letsencrypt_profile",
+    "group": "letsencrypt_key_group",
+}
+
+# OpenDev variables certbridge does not take as they are, with what replaces them. A host that
+# sets one fails in play 1 with this text, before any order (never a silent production cert).
+REPLACED_VARIABLES = {
+    "letsencrypt_test_only": (
+        "letsencrypt_test_only was split by OpenDev itself into letsencrypt_use_staging "
+        "(Let's Encrypt's staging CA) and letsencrypt_self_sign_only (no CA, a local test CA "
+        "signs); set those instead and remove letsencrypt_test_only"),
+}
+
+
+def truthy(value):
+    """Ansible's truth for a variable that may arrive as a string from -e ("false" is false)."""
+    if isinstance(value, str):
+        return value.strip().lower() not in BOOLEANS_FALSE
+    return bool(value)
+
+
+def force(value):
+    """letsencrypt_force: true/false, or cert names; -e gives strings ("true", "a,b")."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in BOOLEANS_TRUE or text in BOOLEANS_FALSE:
+            return text in BOOLEANS_TRUE
+        return [name.strip() for name in value.split(",") if name.strip()]
+    return value
+
+
+def plain(value):
+    """A registered result or fact as a plain dict (or the value itself)."""
+    return dict(value) if hasattr(value, "keys") else value
+
+
+def spec_names(spec):
+    """The names of one letsencrypt_certs entry as given (a list, or a dict with names)."""
+    names = spec.get("names", []) if isinstance(spec, dict) else spec
+    return list(names or [])
+
+
+def normalise(name):
+    """One name as acme_request normalises it: no ":port", lower case, no trailing dot."""
+    return str(name).split(":")[0].strip().lower().rstrip(".")
+
+
+def cert_names(spec):
+    """The normalised, de-duplicated names of one letsencrypt_certs entry."""
+    out = []
+    for name in spec_names(spec):
+        name = normalise(name)
+        if name and name not in out:
+            out.append(name)
+    return out
+
+
+def cert_dir(spec):
+    """The directory name of one cert: its first name without "*." (None without names)."""
+    names = cert_names(spec)
+    if not names:
+        return None
+    return names[0][2:] if names[0].startswith("*.") else names[0]
+
+
+def cert_dirs(certs):
+    """Directory names of the declared certs."""
+    return [d for d in (cert_dir(spec) for spec in (certs or {}).values()) if d]
+
+
+def certcheck_entries(certs):
+    """OpenDev's certcheck lines: "<first name> <port>" per cert, port 443 unless given."""
+    out = []
+    for spec in (certs or {}).values():
+        names = spec_names(spec)
+        if not names:
+            continue
+        _, _, port = str(names[0]).partition(":")
+        out.append("%s %s" % (cert_dir(spec), port.strip() or "443"))
+    return out
+
+
+def module_args(step, var):
+    """acme_request's (step request) or acme_finalize's options from the role's variables.
+
+    ``var(name, default=None)`` looks a variable up. Returns only options that are set."""
+    staging = truthy(var("letsencrypt_use_staging", False))
+    args = {
+        "certs": var("letsencrypt_certs", {}),
+        "directory": var("letsencrypt_directory")
+        or (var("letsencrypt_staging_directory", LE_STAGING) if staging
+            else var("letsencrypt_production_directory", LE_PRODUCTION)),
+        "staging": staging,
+        "cert_root": var("letsencrypt_cert_root"),
+        "key_type": var("letsencrypt_key_type"),
+        "self_sign": truthy(var("letsencrypt_self_sign_only", False))
+        or truthy(var("letsencrypt_self_generate_tokens", False)),
+        "log_file": posixpath.join(str(var("letsencrypt_log_dir")), "certbridge.log")
+        if var("letsencrypt_log_dir") else None,
+        "request_timeout": var("letsencrypt_http_timeout"),
+    }
+    for option, name in OPTIONAL_ARGS.items():
+        if var(name) not in (None, ""):
+            args[option] = var(name)
+    if step == "request":
+        args["timeout"] = var("letsencrypt_request_timeout")
+        args["ari_interval"] = var("letsencrypt_ari_interval")
+        args["force"] = force(var("letsencrypt_force", False))
+        if var("letsencrypt_renew_days") is not None:
+            args["renew_days"] = var("letsencrypt_renew_days")
+        if var("letsencrypt_metrics_file"):
+            args["metrics_file"] = var("letsencrypt_metrics_file")
+    else:
+        args["timeout"] = var("letsencrypt_finalize_timeout")
+        if step == "finalize" and var("letsencrypt_dns_check"):
+            args["dns_check"] = var("letsencrypt_dns_check")
+    return {k: v for k, v in args.items() if v is not None}
+
+
+def replaced_variables(defined):
+    """Messages for the OpenDev variables among ``defined`` that certbridge replaced."""
+    return [REPLACED_VARIABLES[name] for name in sorted(REPLACED_VARIABLES) if name in defined]
+
+
+def handler_topics(entries):
+    """Names and listen topics of a handlers list (a parsed YAML handlers file)."""
+    known = []
+    for entry in entries or []:
+        if not isinstance(entry, dict):
+            continue
+        for topic in [entry.get("name")] + _as_list(entry.get("listen")):
+            if topic and str(topic) not in known:
+                known.append(str(topic))
+    return known
+
+
+def handler_imports(entries):
+    """Files a handlers list imports (import_tasks / include_tasks entries without a name of
+    their own that could be notified are followed by the caller)."""
+    out = []
+    for entry in entries or []:
+        if isinstance(entry, dict):
+            for key in ("import_tasks", "ansible.builtin.import_tasks"):
+                if isinstance(entry.get(key), str):
+                    out.append(entry[key])
+    return out
+
+
+def _as_list(value):
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def missing_handlers(certs, known):
+    """Handler names ("letsencrypt updated <cert>") of certs with neither a handler nor a
+    listen topic of that name."""
+    known = set(known)
+    return [HANDLER_PREFIX + str(cert) for cert in (certs or {}) if HANDLER_PREFIX + str(cert) not in known]
+
+
+def _get(hostvars_of_host, name, default=None):
+    try:
+        if name in hostvars_of_host:
+            return hostvars_of_host[name]
+    except Exception:  # an undefined or unrenderable value counts as unset
+        return default
+    return default
+
+
+def request_failed(result):
+    """Whether play 1's step failed on a host (the task itself never fails for a CA error)."""
+    return bool(result.get("failed") or result.get("request_failed"))
+
+
+def backoff_without_certificate(host, result, now):
+    """Warnings for certs in backoff that hold no valid certificate: named at every pulse."""
+    out = []
+    for cert, decision in sorted((result.get("certs") or {}).items()):
+        if not isinstance(decision, dict) or decision.get("reason") != "backoff":
+            continue
+        not_after = decision.get("not_after")
+        if not_after is not None and not_after > now:
+            continue
+        retry = decision.get("retry_not_before")
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(retry)) if retry else "unknown"
+        held = "no certificate" if not_after is None else "an expired certificate"
+        out.append("%s: certificate %s holds %s and is in backoff after a CA failure; next try "
+                   "at %s (letsencrypt_force=%s retries now)" % (host, cert, held, when, cert))
+    return out
+
+
+def build_round(hostvars, play_hosts, dns_group, dns_hosts, extra_vars=(), now=None):
+    """Summarise play 1: records to publish, hosts to finalize, the DNS host, warnings.
+
+    ``hostvars`` maps host -> its variables (letsencrypt_request is play 1's result);
+    ``dns_hosts`` is what ``letsencrypt_dns_group`` (a group or a host pattern) matches."""
+    if not isinstance(play_hosts, (list, tuple)):
+        raise ValueError("play_hosts must be a list of host names")
+    now = int(time.time()) if now is None else now
+    records, finalize, warnings = [], [], []
+    failed, decisions = {}, {}
+    forced_in_inventory = []
+    for host in play_hosts:
+        hv = hostvars[host]
+        result = plain(_get(hv, "letsencrypt_request", None))
+        if not isinstance(result, dict) or result.get("unreachable"):
+            continue
+        if request_failed(result):
+            failed[host] = str(result.get("msg", "acme_request failed"))
+        warnings.extend(backoff_without_certificate(host, result, now))
+        for cert, decision in (result.get("certs") or {}).items():
+            if isinstance(decision, dict) and decision.get("action", "ok") != "ok":
+                decisions.setdefault(host, {})[cert] = "%s (%s)" % (decision.get("action"), decision.get("reason"))
+        pending = list(result.get("pending") or [])
+        unacked = list(result.get("unacked") or [])
+        if truthy(_get(hv, "letsencrypt_force", False)) and "letsencrypt_force" not in extra_vars:
+            forced_in_inventory.append(host)
+        if truthy(_get(hv, "letsencrypt_self_generate_tokens", False)):
+            certs = _get(hv, "letsencrypt_certs", {}) or {}
+            for cert in pending:
+                for name in cert_names(certs.get(cert, [])):
+                    records.append({
+                        "host": host,
+                        "cert": cert,
+                        "name": name,
+                        "record": "_acme-challenge." + (name[2:] if name.startswith("*.") else name),
+                        "value": secrets.token_urlsafe(32),
+                    })
+        else:
+            for value in result.get("acme_txt_required") or []:
+                record = dict(value)
+                record["host"] = host
+                records.append(record)
+        if pending or unacked or host in failed or truthy(_get(hv, "letsencrypt_prune", False)):
+            finalize.append(host)
+    if forced_in_inventory:
+        warnings.append(
+            "letsencrypt_force is set in the inventory for %s: every pulse reissues these "
+            "certificates. Pass it once with -e instead." % ", ".join(sorted(forced_in_inventory)))
+    dns_hosts = list(dns_hosts or [])
+    problem = ""
+    if records and len(dns_hosts) != 1:
+        problem = (
+            "letsencrypt_dns_group %r must match exactly one host (the DNS primary that "
+            "publishes the dns-01 values); it matches %d: %s"
+            % (dns_group, len(dns_hosts), ", ".join(dns_hosts) or "none"))
+    return {
+        "id": "%d-%s" % (time.time_ns(), secrets.token_hex(4)),
+        "hosts": list(play_hosts),
+        "records": records,
+        "finalize": finalize,
+        # Per host, the certs acme_request decided to (re)issue, with the reason.
+        "decisions": decisions,
+        "failed": failed,
+        "dns_group": dns_group,
+        # Play 2 runs only when there is something to publish: a no-op pulse skips it entirely.
+        "dns_hosts": dns_hosts if records and len(dns_hosts) == 1 else [],
+        "problem": problem,
+        "warnings": warnings,
+    }
+
+
+def host_view(me, round_, request, publish):
+    """One host's part of the round for play 3: what to finalize, what was rejected, and why
+    the round cannot go on here (``stop``)."""
+    round_ = round_ or {}
+    request = request or {}
+    publish = publish or {}
+    dns_hosts = list(round_.get("dns_hosts") or [])
+    rejected = [dict(r) for r in publish.get("rejected") or [] if r.get("host") == me]
+    rejected_certs = {str(r.get("cert")) for r in rejected}
+    pending = [str(c) for c in request.get("pending") or []]
+    stop = str(round_.get("problem") or "") if round_ else (
+        "the pulse round of play 1 is missing: run the pulse playbook as a whole")
+    has_records = any(r.get("host") == me for r in round_.get("records") or [])
+    if not stop and has_records and "published" not in publish:
+        stop = ("the dns-01 values of this host were not published: the publishing host %s did "
+                "not run (was it left out by --limit?)" % ", ".join(dns_hosts))
+    return {
+        "stop": stop,
+        "finalize": [c for c in pending if c not in rejected_certs],
+        "unacked": [str(c) for c in request.get("unacked") or []],
+        "rejected": rejected,
+        "request_failure": str(request.get("msg") or "acme_request failed") if request_failed(request) else "",
+    }
+
+
+def unfinished(view, finalized):
+    """What play 3 must fail a host for: rejected values, play 1's and play 3's CA errors."""
+    problems = ["%s (%s) not published: %s; fix: %s" % (r.get("cert"), r.get("name"), r.get("reason"), r.get("fix"))
+                for r in view["rejected"]]
+    if view["request_failure"]:
+        problems.append("acme_request: " + view["request_failure"])
+    if finalized.get("finalize_failure"):
+        problems.append("acme_finalize: " + str(finalized["finalize_failure"]))
+    return problems
+
+
+def pulse_check(round_, finalize_results):
+    """The last play's check: play 1 and play 3 ran certbridge's steps. Returns the problem or "".
+
+    ``finalize_results`` maps each host of round_["finalize"] to its registered
+    letsencrypt_finalize (None when play 3 registered nothing there)."""
+    if not round_:
+        return ("no pulse round was built: every host failed in play 1, or play 1 ran no certbridge "
+                "task (is another role named letsencrypt-request-certs found first, e.g. in a roles/ "
+                "directory next to your playbook?)")
+    hosts = list(round_.get("finalize") or [])
+    ran = [h for h in hosts if isinstance(finalize_results.get(h), dict)
+           and (finalize_results[h].get("round") == round_.get("id") or finalize_results[h].get("unreachable"))]
+    if hosts and not ran:
+        return ("play 3 ran no certbridge task on %s: is another role named letsencrypt-create-certs "
+                "found first (a roles/ directory next to your playbook)?" % ", ".join(hosts))
+    return ""

@@ -1,1 +1,0 @@
-../../letsencrypt-request-certs/action_plugins/letsencrypt_pulse.py
