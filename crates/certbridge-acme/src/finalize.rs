@@ -397,7 +397,7 @@ fn finish(
         Err(f) => {
             log.event(
                 "finalize_failed",
-                json!({"cert": cert, "order_url": pending.url, "problem": f.problem, "message": f.message}),
+                json!({"cert": cert, "order_url": pending.url, "problem": f.problem(), "message": f.message()}),
             );
             record_failure(m, &f, now);
             out.failures.push((cert.to_owned(), f));
@@ -429,11 +429,7 @@ fn save_if_changed(
 }
 
 fn local_failure(message: String) -> CaFailure {
-    CaFailure {
-        message,
-        problem: None,
-        retry_after: None,
-    }
+    CaFailure::Local(message)
 }
 
 fn sign_locally(

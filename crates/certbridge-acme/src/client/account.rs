@@ -132,6 +132,21 @@ impl AccountStore {
         terms_agreed: bool,
         eab: Option<(&str, &[u8])>,
     ) -> Result<AcmeAccount, AcmeError> {
+        self.open_or_create_with(cfg, || cfg.http_client(), email, terms_agreed, eab)
+            .await
+    }
+
+    /// [`AccountStore::open_or_create`] over an HTTP client the caller may share with its other
+    /// requests (one client, one connection pool per run); `http` is called after the
+    /// account options and file are checked.
+    pub(crate) async fn open_or_create_with(
+        &self,
+        cfg: &ClientConfig,
+        http: impl FnOnce() -> Result<AcmeHttpClient, AcmeError>,
+        email: Option<&str>,
+        terms_agreed: bool,
+        eab: Option<(&str, &[u8])>,
+    ) -> Result<AcmeAccount, AcmeError> {
         cfg.validate()?;
         let contact = email.map(contact_for).transpose()?;
         if let Some((kid, key)) = eab {
@@ -147,7 +162,7 @@ impl AccountStore {
             }
         }
         let stored = self.read(&cfg.directory)?;
-        let http = cfg.http_client()?;
+        let http = http()?;
         let stats = http.stats();
 
         if let Some(data) = stored {

@@ -24,7 +24,7 @@ pub struct SubProblemDoc {
 }
 
 impl ProblemDoc {
-    pub(super) fn from_acme(p: &instant_acme::Problem) -> ProblemDoc {
+    pub(crate) fn from_acme(p: &instant_acme::Problem) -> ProblemDoc {
         ProblemDoc {
             kind: p.r#type.clone(),
             detail: p.detail.clone(),
@@ -397,7 +397,7 @@ pub(super) fn api_error(
     }
 }
 
-pub(super) fn map_error(
+pub(crate) fn map_error(
     what: &str,
     e: instant_acme::Error,
     stats: &HttpStats,
@@ -434,7 +434,7 @@ pub(super) fn map_error(
     }
 }
 
-pub(super) fn from_http_failure(what: &str, f: HttpFailure) -> AcmeError {
+pub(crate) fn from_http_failure(what: &str, f: HttpFailure) -> AcmeError {
     match f {
         HttpFailure::Timeout { url, after } => AcmeError::Timeout {
             what: format!("{what} (request to {url})"),

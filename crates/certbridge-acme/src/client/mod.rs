@@ -34,6 +34,9 @@ pub use account::*;
 pub use errors::*;
 pub use order::*;
 
+/// An order's status as the CA reports it.
+pub use instant_acme::OrderStatus;
+
 /// Let's Encrypt's production directory, the default `directory`.
 pub const LETSENCRYPT_PRODUCTION: &str = "https://acme-v02.api.letsencrypt.org/directory";
 /// Let's Encrypt's staging directory.

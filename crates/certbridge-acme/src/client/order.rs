@@ -2,41 +2,6 @@
 
 use super::*;
 
-/// The status of an order, as the CA reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OrderStatus {
-    Pending,
-    Ready,
-    Processing,
-    Valid,
-    Invalid,
-}
-
-impl From<instant_acme::OrderStatus> for OrderStatus {
-    fn from(s: instant_acme::OrderStatus) -> Self {
-        match s {
-            instant_acme::OrderStatus::Pending => OrderStatus::Pending,
-            instant_acme::OrderStatus::Ready => OrderStatus::Ready,
-            instant_acme::OrderStatus::Processing => OrderStatus::Processing,
-            instant_acme::OrderStatus::Valid => OrderStatus::Valid,
-            instant_acme::OrderStatus::Invalid => OrderStatus::Invalid,
-        }
-    }
-}
-
-impl fmt::Display for OrderStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            OrderStatus::Pending => "pending",
-            OrderStatus::Ready => "ready",
-            OrderStatus::Processing => "processing",
-            OrderStatus::Valid => "valid",
-            OrderStatus::Invalid => "invalid",
-        })
-    }
-}
-
 /// One dns-01 value to publish: the CA will look for TXT `value` at `record`
 /// (`_acme-challenge.<identifier without *.>`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,7 +12,7 @@ pub struct PendingChallenge {
 }
 
 /// What the CA says about an order. Authorizations it already holds valid have no challenge.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct OrderInfo {
     pub url: String,
     pub status: OrderStatus,
@@ -58,21 +23,6 @@ pub struct OrderInfo {
     pub profile: Option<String>,
     /// The order's error, if the CA recorded one.
     pub error: Option<ProblemDoc>,
-}
-
-/// The answer of [`AcmeAccount::new_order`].
-pub type NewOrderInfo = OrderInfo;
-/// The answer of [`AcmeAccount::order_state`].
-pub type OrderSnapshot = OrderInfo;
-
-/// A renewal window from the CA's renewal information (RFC 9773).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RenewalWindow {
-    pub start: SystemTime,
-    pub end: SystemTime,
-    /// When to ask again (the server's Retry-After).
-    pub retry_after: SystemTime,
-    pub explanation_url: Option<String>,
 }
 
 /// An account at one CA. Cheap to clone; clones share the connection pool and counters.
@@ -241,7 +191,7 @@ impl AcmeAccount {
         .await?;
         let state = order.state();
         Ok(OrderInfo {
-            status: state.status.into(),
+            status: state.status,
             profile: state.profile.clone(),
             error: state.error.as_ref().map(ProblemDoc::from_acme),
             url: order.url().to_owned(),
@@ -286,7 +236,7 @@ impl AcmeAccount {
         let state = order.state();
         Ok(Some(OrderInfo {
             url: url.to_owned(),
-            status: state.status.into(),
+            status: state.status,
             profile: state.profile.clone(),
             error: state.error.as_ref().map(ProblemDoc::from_acme),
             identifiers,
@@ -338,7 +288,7 @@ impl AcmeAccount {
         let mut readied: HashSet<String> = HashSet::new();
         // Pending -> Ready -> Processing -> Valid; each arm moves the order on or returns.
         for _ in 0..8 {
-            match OrderStatus::from(order.state().status) {
+            match order.state().status {
                 OrderStatus::Pending => {
                     let what = format!("mark the challenges of order {order_url} ready");
                     attempt(&self.stats, &what, deadline, async || {
@@ -393,10 +343,7 @@ impl AcmeAccount {
         }
         Err(AcmeError::Protocol {
             what: format!("finalize order {order_url}"),
-            reason: format!(
-                "the order stays {}",
-                OrderStatus::from(order.state().status)
-            ),
+            reason: format!("the order stays {:?}", order.state().status).to_lowercase(),
         })
     }
 
@@ -440,29 +387,6 @@ impl AcmeAccount {
             problem.detail = Some("the CA gave no reason".into());
         }
         AcmeError::OrderInvalid { url, problem }
-    }
-
-    /// The CA's suggested renewal window for a certificate (RFC 9773); `Ok(None)` when the
-    /// directory offers no renewalInfo.
-    pub async fn renewal_info(&self, cert_der: &[u8]) -> Result<Option<RenewalWindow>, AcmeError> {
-        let der = CertificateDer::from(cert_der);
-        let id = CertificateIdentifier::try_from(&der)
-            .map_err(|reason| AcmeError::BadCertificateId { reason })?;
-        let what = format!("fetch the renewal information of {id}");
-        let fetched = attempt(&self.stats, &what, self.deadline, async || {
-            Ok(self.account.renewal_info(&id).await?)
-        })
-        .await;
-        match fetched {
-            Ok((info, delay)) => Ok(Some(RenewalWindow {
-                start: info.suggested_window.start.into(),
-                end: info.suggested_window.end.into(),
-                retry_after: SystemTime::now() + delay,
-                explanation_url: info.explanation_url,
-            })),
-            Err(AcmeError::Unsupported { .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
     }
 }
 

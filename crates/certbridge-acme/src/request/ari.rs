@@ -73,15 +73,15 @@ pub(super) async fn check_renewal_info<C: CaConnector>(
                     explanation_url: w.explanation_url,
                 },
                 Err(f) => AriAnswer::Failed {
-                    message: f.message,
-                    retry_after: f.retry_after,
+                    message: f.message(),
+                    retry_after: f.retry_after(),
                 },
             })
             .collect(),
         Err(f) => vec![
             AriAnswer::Failed {
-                message: f.message,
-                retry_after: f.retry_after,
+                message: f.message(),
+                retry_after: f.retry_after(),
             };
             due.len()
         ],

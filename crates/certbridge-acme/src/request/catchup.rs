@@ -90,8 +90,8 @@ pub fn record_failure(meta: &mut Meta, failure: &CaFailure, now: i64) {
     meta.retry_not_before = Some(policy::retry_not_before(
         meta.failures,
         now,
-        failure.retry_after,
+        failure.retry_after(),
     ));
     meta.last_failure = Some(now);
-    meta.last_problem = Some(failure.message.clone());
+    meta.last_problem = Some(failure.message());
 }

@@ -270,11 +270,7 @@ pub async fn run<C: CaConnector>(
             // the file is moved away.
             out.failures.push((
                 spec.name.as_str().to_owned(),
-                CaFailure {
-                    message: e.to_string(),
-                    problem: None,
-                    retry_after: None,
-                },
+                CaFailure::local(e.to_string()),
             ));
         }
         let on_disk = caught.on_disk;

@@ -47,7 +47,7 @@ pub(super) async fn abandon_orders<C: CaConnector>(
             for (name, url, _) in &abandoned {
                 out.warnings.push(format!(
                     "cert {name}: the order {url} is no longer needed but cannot be deactivated ({}); it stays pending at the CA until it expires",
-                    f.message
+                    f
                 ));
             }
             return;
@@ -57,7 +57,7 @@ pub(super) async fn abandon_orders<C: CaConnector>(
     for (name, url, owner) in abandoned.into_iter().filter(|(_, _, o)| *o == me) {
         let error = match tokio::time::timeout(left(), account.deactivate_pending(&url)).await {
             Ok(Ok(())) => None,
-            Ok(Err(f)) => Some(f.message),
+            Ok(Err(f)) => Some(f.message()),
             Err(_) => Some("no answer before the deadline".to_owned()),
         };
         log.event(
@@ -103,11 +103,7 @@ pub(super) fn refuse_over_profile_limits(
             "order_refused",
             json!({"cert": spec.name.as_str(), "message": message}),
         );
-        let f = CaFailure {
-            message,
-            problem: None,
-            retry_after: None,
-        };
+        let f = CaFailure::local(message);
         out.failures.push((spec.name.as_str().to_owned(), f));
         false
     });
@@ -194,7 +190,7 @@ pub(super) async fn order_all<C: CaConnector>(
             // Without an account no cert can be ordered: each fails with the same cause.
             log.event(
                 "account_failed",
-                json!({"problem": f.problem, "message": f.message}),
+                json!({"problem": f.problem(), "message": f.message()}),
             );
             for i in to_issue {
                 let st = &mut states[*i];
@@ -224,17 +220,13 @@ pub(super) async fn order_all<C: CaConnector>(
         } else {
             format!("it offers: {}", offered.join(", "))
         };
-        let f = CaFailure {
-            message: format!(
-                "profile `{wanted}` is not offered by the CA at {}; {offers}",
-                cfg.directory
-            ),
-            problem: None,
-            retry_after: None,
-        };
+        let f = CaFailure::local(format!(
+            "profile `{wanted}` is not offered by the CA at {}; {offers}",
+            cfg.directory
+        ));
         log.event(
             "order_failed",
-            json!({"cert": spec.name.as_str(), "message": f.message}),
+            json!({"cert": spec.name.as_str(), "message": f.message()}),
         );
         out.failures.push((spec.name.as_str().to_owned(), f));
         false
@@ -294,7 +286,7 @@ pub(super) async fn order_all<C: CaConnector>(
             Err(f) => {
                 log.event(
                     "order_failed",
-                    json!({"cert": name, "problem": f.problem, "message": f.message}),
+                    json!({"cert": name, "problem": f.problem(), "message": f.message()}),
                 );
                 record_failure(&mut st.meta, &f, now);
                 out.failures.push((name, f));
@@ -331,13 +323,11 @@ pub(super) async fn order_one<A: CaAccount>(
     now: i64,
     deadline: Instant,
 ) -> Result<Ordered, CaFailure> {
-    let timeout = |what: &str| CaFailure {
-        message: format!(
+    let timeout = |what: &str| {
+        CaFailure::local(format!(
             "{what}: no answer from the CA before the deadline ({}s)",
             cfg.timeout.as_secs()
-        ),
-        problem: None,
-        retry_after: None,
+        ))
     };
     let left = || {
         deadline
@@ -386,7 +376,7 @@ pub(super) async fn order_one<A: CaAccount>(
                             }
                         }
                         Ok(None) => "the CA no longer has the stored order".to_owned(),
-                        Err(f) => format!("the stored order cannot be read: {}", f.message),
+                        Err(f) => format!("the stored order cannot be read: {f}"),
                     });
                 }
                 // Stale: free the CA's pending authorizations before ordering anew (best effort).
@@ -403,12 +393,25 @@ pub(super) async fn order_one<A: CaAccount>(
             None => {}
         }
     }
-    let created = tokio::time::timeout(
-        left(),
-        account.new_order(&spec.names, replaces.as_deref(), spec.profile.as_deref()),
-    )
-    .await
-    .map_err(|_| timeout("creating the order"))??;
+    let new_order = |replaces: Option<String>| async move {
+        let asked = account.new_order(&spec.names, replaces.as_deref(), spec.profile.as_deref());
+        tokio::time::timeout(left(), asked)
+            .await
+            .map_err(|_| timeout("creating the order"))?
+            .map(|created| (created, replaces))
+    };
+    let (created, replaces, replaces_dropped) = match new_order(replaces.clone()).await {
+        // The CA refuses `replaces` (alreadyReplaced, no ARI...): once more without it, a
+        // renewal must not fail for it.
+        Err(f) if replaces.is_some() && f.refuses_replaces() => {
+            let (created, _) = new_order(None).await?;
+            (created, None, Some(f.message()))
+        }
+        other => {
+            let (created, sent) = other?;
+            (created, sent, None)
+        }
+    };
     Ok(Ordered {
         pending: new_pending(
             cfg,
@@ -416,11 +419,11 @@ pub(super) async fn order_one<A: CaAccount>(
             Some(created.url),
             Some(account_url.to_owned()),
             created.challenges,
-            created.replaces,
+            replaces,
             now,
         ),
         created: true,
-        replaces_dropped: created.replaces_dropped,
+        replaces_dropped,
         why_new,
     })
 }
