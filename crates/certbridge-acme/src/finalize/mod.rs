@@ -507,3 +507,6 @@ async fn finalize_one<A: CaAccount>(
     certinfo::verify_issued(&chain, &key_pem, &pending.names, crate::now())
         .map_err(|e| local_failure(format!("the CA's certificate was not installed: {e}")))
 }
+
+#[cfg(test)]
+mod tests;
