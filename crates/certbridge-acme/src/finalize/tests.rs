@@ -60,7 +60,12 @@ fn a_pending_order_is_finalized_installed_recorded_and_reported() {
     let cfg = main_config(tmp.path());
     let ca = FakeCa::default();
     request(&cfg, &ca);
-    let url = meta(&cfg, "main").pending.unwrap().url.unwrap();
+    let url = meta(&cfg, "main")
+        .pending
+        .unwrap()
+        .url()
+        .unwrap()
+        .to_owned();
     let out = finalize(&cfg, &ca, &FinalizeOptions::default());
     assert!(out.failures.is_empty(), "{:?}", out.failures);
     assert_eq!(ca.calls().finalized, vec![url]);
@@ -99,7 +104,12 @@ fn an_invalid_order_keeps_its_problem_document_the_order_and_its_key() {
     let cfg = main_config(tmp.path());
     let ca = FakeCa::default();
     request(&cfg, &ca);
-    let url = meta(&cfg, "main").pending.unwrap().url.unwrap();
+    let url = meta(&cfg, "main")
+        .pending
+        .unwrap()
+        .url()
+        .unwrap()
+        .to_owned();
     ca.script().finalize_failure = Some(problem_with(
         "wait for the CA to validate",
         "unauthorized",
@@ -115,7 +125,10 @@ fn an_invalid_order_keeps_its_problem_document_the_order_and_its_key() {
     let out = finalize(&cfg, &ca, &FinalizeOptions::default());
     let key_before = std::fs::read(cfg.store.pending_key_path("main")).unwrap();
     let m = meta(&cfg, "main");
-    assert_eq!(m.pending.as_ref().and_then(|p| p.url.clone()), Some(url));
+    assert_eq!(
+        m.pending.as_ref().and_then(|p| p.url().map(str::to_owned)),
+        Some(url)
+    );
     assert_eq!(m.failures, 1);
     assert!(m.retry_not_before.is_some());
     assert!(cfg.store.read_installed("main.example.test").leaf.is_none());

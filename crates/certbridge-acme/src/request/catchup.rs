@@ -46,7 +46,10 @@ pub(crate) fn catch_up(
         );
     }
     let on_disk = store.read_installed(&spec.dir);
-    let order_url = meta.pending.as_ref().and_then(|p| p.url.clone());
+    let order_url = meta
+        .pending
+        .as_ref()
+        .and_then(|p| p.url().map(str::to_owned));
     let reconciled = if had_meta {
         store.reconcile(cert, &spec.dir, meta, &on_disk, now)
     } else {

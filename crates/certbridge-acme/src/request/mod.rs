@@ -12,7 +12,7 @@ use crate::metrics::{self, CertMetrics};
 use crate::policy::{self, Action, Decision, Wanted};
 use crate::policy::{AriAnswer, Reason};
 use crate::store::{AriState, OnDisk, Reconciled, StoreError};
-use crate::store::{Meta, PendingOrder};
+use crate::store::{CaOrder, Meta, OrderAt, PendingOrder};
 use certbridge_core::protocol::{coerce, limits, Failure, Invocation, Reply};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -325,8 +325,7 @@ pub async fn run<C: CaConnector>(
                     .as_ref()
                     .is_none_or(|p| !same_request(p, st.spec, cfg));
                 if fresh {
-                    st.meta.pending =
-                        Some(new_pending(cfg, st.spec, None, None, Vec::new(), None, now));
+                    st.meta.pending = Some(new_pending(cfg, st.spec, OrderAt::SelfSign, now));
                     out.orders_created += 1;
                     // A new order gets a new key.
                     let _ = store.clear_pending_key(st.spec.name.as_str());

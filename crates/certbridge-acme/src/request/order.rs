@@ -23,13 +23,11 @@ pub(super) async fn abandon_orders<C: CaConnector>(
         .filter(|st| st.decision.action == Action::Ok && st.decision.reason != Reason::Backoff)
         .filter_map(|st| {
             let p = st.meta.pending.as_ref()?;
-            if p.self_sign || p.directory != cfg.directory {
-                return None;
-            }
+            let order = p.ca().filter(|_| p.directory == cfg.directory)?;
             Some((
                 st.spec.name.as_str().to_owned(),
-                p.url.clone()?,
-                p.account_url.clone()?,
+                order.url.clone(),
+                order.account_url.clone(),
             ))
         })
         .collect();
@@ -144,31 +142,18 @@ pub(super) fn same_request(p: &PendingOrder, spec: &CertSpec, cfg: &Config) -> b
     p.directory == cfg.directory
         && p.names == spec.sorted_names()
         && p.key_type == spec.key_type
-        && p.self_sign == cfg.self_sign
-        && (cfg.self_sign || p.profile == spec.profile)
+        && p.is_self_sign() == cfg.self_sign
+        && (cfg.self_sign || p.profile() == spec.profile.as_deref())
 }
 
-pub(super) fn new_pending(
-    cfg: &Config,
-    spec: &CertSpec,
-    url: Option<String>,
-    account_url: Option<String>,
-    challenges: Vec<crate::store::ChallengeRecord>,
-    replaces: Option<String>,
-    now: i64,
-) -> PendingOrder {
+pub(super) fn new_pending(cfg: &Config, spec: &CertSpec, at: OrderAt, now: i64) -> PendingOrder {
     PendingOrder {
-        url,
         created_at: now,
         directory: cfg.directory.clone(),
-        account_url,
         names: spec.sorted_names(),
         key_type: spec.key_type,
         staging: cfg.untrusted_target(),
-        self_sign: cfg.self_sign,
-        challenges,
-        profile: spec.profile.clone().filter(|_| !cfg.self_sign),
-        replaces,
+        at,
     }
 }
 
@@ -258,8 +243,8 @@ pub(super) async fn order_all<C: CaConnector>(
             }) => {
                 log.event(
                     if created { "order_created" } else { "order_reused" },
-                    json!({"cert": name, "order_url": pending.url, "values": pending.challenges.len(),
-                           "replaces": pending.replaces, "profile": pending.profile,
+                    json!({"cert": name, "order_url": pending.url(), "values": pending.challenges().len(),
+                           "replaces": pending.ca().and_then(|o| o.replaces.as_deref()), "profile": pending.profile(),
                            "replaces_dropped": replaces_dropped, "stored_order_not_reused": why_new}),
                 );
                 st.order_reason = why_new;
@@ -273,7 +258,7 @@ pub(super) async fn order_all<C: CaConnector>(
                     // A new order gets a new key.
                     let _ = cfg.store.clear_pending_key(&name);
                 }
-                for c in &pending.challenges {
+                for c in pending.challenges() {
                     out.txt.push(TxtRequired {
                         cert: name.clone(),
                         name: c.name.clone(),
@@ -336,15 +321,15 @@ pub(super) async fn order_one<A: CaAccount>(
     };
     let mut why_new = None;
     if let Some(p) = stored {
-        let same_account = p.account_url.as_deref() == Some(account_url);
         let same = same_request(&p, spec, cfg);
-        match p.url.clone() {
-            Some(url) if same_account && same => {
+        match &p.at {
+            OrderAt::Ca(order) if order.account_url == account_url && same => {
+                let url = &order.url;
                 let stale = stale_reason(cfg, spec, now - p.created_at, pending_max_age);
                 if stale.is_some() {
                     why_new = stale;
                 } else {
-                    let state = tokio::time::timeout(left(), account.order_state(&url))
+                    let state = tokio::time::timeout(left(), account.order_state(url))
                         .await
                         .map_err(|_| timeout("reading the pending order"))?;
                     // A CA that forgot the order (restart) or refuses it means a new order.
@@ -361,7 +346,9 @@ pub(super) async fn order_one<A: CaAccount>(
                             );
                             if live && ids == p.names {
                                 let mut reused = p.clone();
-                                reused.challenges = view.challenges;
+                                if let OrderAt::Ca(o) = &mut reused.at {
+                                    o.challenges = view.challenges;
+                                }
                                 return Ok(Ordered {
                                     pending: reused,
                                     created: false,
@@ -380,17 +367,17 @@ pub(super) async fn order_one<A: CaAccount>(
                     });
                 }
                 // Stale: free the CA's pending authorizations before ordering anew (best effort).
-                let _ = tokio::time::timeout(left(), account.deactivate_pending(&url)).await;
+                let _ = tokio::time::timeout(left(), account.deactivate_pending(url)).await;
             }
-            Some(url) if same_account => {
+            OrderAt::Ca(order) if order.account_url == account_url => {
                 why_new =
                     Some("the stored order is for other names, key type or profile".to_owned());
-                let _ = tokio::time::timeout(left(), account.deactivate_pending(&url)).await;
+                let _ = tokio::time::timeout(left(), account.deactivate_pending(&order.url)).await;
             }
-            Some(_) => {
+            OrderAt::Ca(_) => {
                 why_new = Some("the stored order belongs to another account".to_owned());
             }
-            None => {}
+            OrderAt::SelfSign => {}
         }
     }
     let new_order = |replaces: Option<String>| async move {
@@ -416,10 +403,13 @@ pub(super) async fn order_one<A: CaAccount>(
         pending: new_pending(
             cfg,
             spec,
-            Some(created.url),
-            Some(account_url.to_owned()),
-            created.challenges,
-            replaces,
+            OrderAt::Ca(CaOrder {
+                url: created.url,
+                account_url: account_url.to_owned(),
+                challenges: created.challenges,
+                profile: spec.profile.clone(),
+                replaces,
+            }),
             now,
         ),
         created: true,

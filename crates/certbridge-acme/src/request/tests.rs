@@ -201,17 +201,18 @@ fn store_pending(cfg: &Config, ca: &FakeCa, cert: &str, names: &[&str], age: i64
         .insert(STORED.into(), FakeOrder::pending(&sorted));
     let meta = Meta {
         pending: Some(PendingOrder {
-            url: Some(STORED.into()),
             created_at: NOW - age,
             directory: cfg.directory.clone(),
-            account_url: Some(ACCOUNT.into()),
             names: sorted,
             key_type: spec.key_type,
             staging: cfg.untrusted_target(),
-            self_sign: false,
-            challenges: Vec::new(),
-            profile: spec.profile.clone(),
-            replaces: None,
+            at: OrderAt::Ca(CaOrder {
+                url: STORED.into(),
+                account_url: ACCOUNT.into(),
+                challenges: Vec::new(),
+                profile: spec.profile.clone(),
+                replaces: None,
+            }),
         }),
         ..Default::default()
     };
@@ -376,10 +377,11 @@ fn a_first_run_orders_and_returns_the_values_to_publish() {
         "one value per name, the wildcard's on the base name"
     );
     let p = meta(&cfg, "main").pending.expect("order stored");
-    assert_eq!(p.url.as_deref(), Some("https://ca.example.test/order/1"));
-    assert_eq!(p.account_url.as_deref(), Some(ACCOUNT));
-    assert_eq!(p.challenges.len(), 2);
-    assert_eq!(p.replaces, None, "nothing installed, nothing replaced");
+    let order = p.ca().expect("an order at the CA");
+    assert_eq!(order.url, "https://ca.example.test/order/1");
+    assert_eq!(order.account_url, ACCOUNT);
+    assert_eq!(order.challenges.len(), 2);
+    assert_eq!(order.replaces, None, "nothing installed, nothing replaced");
     assert!(out.into_reply().unwrap().changed);
 }
 
@@ -430,7 +432,13 @@ fn a_certificate_due_by_its_lifetime_is_renewed_naming_what_it_replaces() {
     assert_eq!(calls.new_orders[0].replaces, Some(installed_id(&cfg)));
     drop(calls);
     assert_eq!(
-        meta(&cfg, "main").pending.unwrap().replaces,
+        meta(&cfg, "main")
+            .pending
+            .unwrap()
+            .ca()
+            .unwrap()
+            .replaces
+            .clone(),
         Some(installed_id(&cfg))
     );
 }
@@ -453,8 +461,8 @@ fn a_stored_order_the_ca_still_has_is_resumed_with_its_values() {
     assert_eq!(out.txt.len(), 1);
     assert_eq!(out.txt[0].value, "value-for-main.example.test");
     let p = meta(&cfg, "main").pending.unwrap();
-    assert_eq!(p.url.as_deref(), Some(STORED));
-    assert_eq!(p.challenges.len(), 1);
+    assert_eq!(p.url(), Some(STORED));
+    assert_eq!(p.challenges().len(), 1);
     assert!(
         !out.into_reply().unwrap().changed,
         "resuming changes nothing"
@@ -481,7 +489,7 @@ fn a_stored_order_the_ca_forgot_or_invalidated_is_replaced() {
         assert_eq!(out.certs["main"].order_reason.as_deref(), Some(why));
         assert_eq!(out.orders_created, 1);
         let p = meta(&cfg, "main").pending.unwrap();
-        assert_eq!(p.url.as_deref(), Some("https://ca.example.test/order/1"));
+        assert_eq!(p.url(), Some("https://ca.example.test/order/1"));
     }
 }
 
@@ -492,7 +500,9 @@ fn a_stored_order_of_another_account_is_neither_read_nor_deactivated() {
     let ca = FakeCa::default();
     store_pending(&cfg, &ca, "main", &["main.example.test"], 60);
     let mut m = meta(&cfg, "main");
-    m.pending.as_mut().unwrap().account_url = Some("https://ca.example.test/acct/other".into());
+    if let Some(OrderAt::Ca(o)) = m.pending.as_mut().map(|p| &mut p.at) {
+        o.account_url = "https://ca.example.test/acct/other".into();
+    }
     cfg.store.save_meta("main", &m).unwrap();
     let out = run_at(&cfg, &ca, false, 3600);
     let calls = ca.calls();
@@ -759,7 +769,16 @@ fn a_refused_replaces_is_dropped_and_the_order_made_without_it() {
         .find(|w| w.contains("refused `replaces`"))
         .expect("warned");
     assert!(warning.contains("already been replaced"), "{warning}");
-    assert_eq!(meta(&cfg, "main").pending.unwrap().replaces, None);
+    assert_eq!(
+        meta(&cfg, "main")
+            .pending
+            .unwrap()
+            .ca()
+            .unwrap()
+            .replaces
+            .clone(),
+        None
+    );
 }
 
 #[test]

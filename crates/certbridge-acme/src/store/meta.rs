@@ -3,26 +3,143 @@
 use super::*;
 
 /// The order in flight for one cert (written by acme_request, consumed by acme_finalize).
+/// Stored in the flat format of earlier releases ([`PendingOrderFile`]), read back into
+/// these types: an order at a CA always has its URL and account.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "PendingOrderFile", into = "PendingOrderFile")]
 pub struct PendingOrder {
-    /// None for `self_sign` (no CA, nothing to resume).
-    pub url: Option<String>,
     pub created_at: i64,
     pub directory: String,
-    pub account_url: Option<String>,
     pub names: Vec<String>,
     pub key_type: KeyType,
     pub staging: bool,
-    pub self_sign: bool,
+    pub at: OrderAt,
+}
+
+/// Who signs the order in flight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderAt {
+    /// The local test CA (`self_sign`): nothing to resume, nothing to publish.
+    SelfSign,
+    /// An ACME CA.
+    Ca(CaOrder),
+}
+
+/// An order at an ACME CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaOrder {
+    pub url: String,
+    /// The account that made it: only that account can resume or deactivate it.
+    pub account_url: String,
     /// The dns-01 values this order needs (empty when every authorization was valid).
-    #[serde(default)]
     pub challenges: Vec<ChallengeRecord>,
     /// The profile asked for (None: the CA's default).
-    #[serde(default)]
     pub profile: Option<String>,
     /// The ARI id of the certificate this order replaces, when the CA accepted `replaces`.
-    #[serde(default)]
     pub replaces: Option<String>,
+}
+
+impl PendingOrder {
+    /// The order at the CA, unless the local test CA signs it.
+    pub fn ca(&self) -> Option<&CaOrder> {
+        match &self.at {
+            OrderAt::Ca(o) => Some(o),
+            OrderAt::SelfSign => None,
+        }
+    }
+
+    pub fn is_self_sign(&self) -> bool {
+        self.at == OrderAt::SelfSign
+    }
+
+    /// The order's URL (for the log and the reply; None for `self_sign`).
+    pub fn url(&self) -> Option<&str> {
+        self.ca().map(|o| o.url.as_str())
+    }
+
+    /// The dns-01 values to publish (none for `self_sign`).
+    pub fn challenges(&self) -> &[ChallengeRecord] {
+        self.ca().map_or(&[], |o| o.challenges.as_slice())
+    }
+
+    pub fn profile(&self) -> Option<&str> {
+        self.ca().and_then(|o| o.profile.as_deref())
+    }
+}
+
+/// The order in flight as the metadata file holds it (the format every release wrote).
+#[derive(Serialize, Deserialize)]
+struct PendingOrderFile {
+    /// None for `self_sign` (no CA, nothing to resume).
+    url: Option<String>,
+    created_at: i64,
+    directory: String,
+    account_url: Option<String>,
+    names: Vec<String>,
+    key_type: KeyType,
+    staging: bool,
+    self_sign: bool,
+    #[serde(default)]
+    challenges: Vec<ChallengeRecord>,
+    #[serde(default)]
+    profile: Option<String>,
+    #[serde(default)]
+    replaces: Option<String>,
+}
+
+impl TryFrom<PendingOrderFile> for PendingOrder {
+    type Error = String;
+    fn try_from(f: PendingOrderFile) -> Result<Self, String> {
+        let at = match (f.self_sign, f.url, f.account_url) {
+            (true, _, _) => OrderAt::SelfSign,
+            (false, Some(url), Some(account_url)) => OrderAt::Ca(CaOrder {
+                url,
+                account_url,
+                challenges: f.challenges,
+                profile: f.profile,
+                replaces: f.replaces,
+            }),
+            (false, None, _) => return Err("an order at a CA without its URL".into()),
+            (false, Some(_), None) => return Err("an order at a CA without its account".into()),
+        };
+        Ok(PendingOrder {
+            created_at: f.created_at,
+            directory: f.directory,
+            names: f.names,
+            key_type: f.key_type,
+            staging: f.staging,
+            at,
+        })
+    }
+}
+
+impl From<PendingOrder> for PendingOrderFile {
+    fn from(p: PendingOrder) -> Self {
+        let (url, account_url, challenges, profile, replaces, self_sign) = match p.at {
+            OrderAt::SelfSign => (None, None, Vec::new(), None, None, true),
+            OrderAt::Ca(o) => (
+                Some(o.url),
+                Some(o.account_url),
+                o.challenges,
+                o.profile,
+                o.replaces,
+                false,
+            ),
+        };
+        PendingOrderFile {
+            url,
+            created_at: p.created_at,
+            directory: p.directory,
+            account_url,
+            names: p.names,
+            key_type: p.key_type,
+            staging: p.staging,
+            self_sign,
+            challenges,
+            profile,
+            replaces,
+        }
+    }
 }
 
 /// One dns-01 value to publish.
@@ -97,9 +214,9 @@ impl Meta {
         self.key_type = Some(pending.key_type);
         self.directory = Some(pending.directory.clone());
         self.staging = pending.staging;
-        self.self_signed = pending.self_sign;
-        self.account_url = pending.account_url.clone();
-        self.profile = pending.profile.clone();
+        self.self_signed = pending.is_self_sign();
+        self.account_url = pending.ca().map(|o| o.account_url.clone());
+        self.profile = pending.profile().map(str::to_owned);
         // Renewal information was about the replaced certificate.
         self.ari = None;
         self.serial = Some(leaf.serial.clone());

@@ -104,17 +104,12 @@ fn pending_key_is_persisted_and_reused_for_the_same_type() {
 
 fn pending_for(names: &[&str]) -> PendingOrder {
     PendingOrder {
-        url: None,
         created_at: 0,
         directory: "self-sign".into(),
-        account_url: None,
         names: names.iter().map(|s| s.to_string()).collect(),
         key_type: KeyType::EcP256,
         staging: true,
-        self_sign: true,
-        challenges: Vec::new(),
-        profile: None,
-        replaces: None,
+        at: OrderAt::SelfSign,
     }
 }
 
@@ -330,4 +325,85 @@ fn meta_round_trips() {
     store.ensure_reserved().unwrap();
     store.save_meta("x", &meta).unwrap();
     assert_eq!(store.load_meta("x").unwrap(), Some(meta));
+}
+
+/// Metadata files as every release so far wrote them: read into the typed order states and
+/// written back byte for byte.
+#[test]
+fn metadata_of_earlier_releases_reads_into_typed_orders_and_writes_back_unchanged() {
+    let ca_text = include_str!("fixtures/meta-ca-order.json");
+    let meta: Meta = serde_json::from_str(ca_text).unwrap();
+    let pending = meta.pending.as_ref().unwrap();
+    let OrderAt::Ca(order) = &pending.at else {
+        panic!("an order at a CA: {pending:?}")
+    };
+    assert_eq!(
+        order.url,
+        "https://acme-v02.api.letsencrypt.org/acme/order/123/456"
+    );
+    assert_eq!(
+        order.account_url,
+        "https://acme-v02.api.letsencrypt.org/acme/acct/123"
+    );
+    assert_eq!(order.challenges.len(), 1);
+    assert_eq!(order.profile.as_deref(), Some("tlsserver"));
+    assert_eq!(
+        order.replaces.as_deref(),
+        Some("aYhba4dGQEHhs3uEe6CuLN4ByNQ.BKoX")
+    );
+    assert_eq!(meta.ari.as_ref().unwrap().renew_at, Some(1796950000));
+    let self_text = include_str!("fixtures/meta-self-sign.json");
+    let self_meta: Meta = serde_json::from_str(self_text).unwrap();
+    assert_eq!(self_meta.pending.as_ref().unwrap().at, OrderAt::SelfSign);
+    assert!(self_meta.pending.as_ref().unwrap().challenges().is_empty());
+    for (text, meta) in [(ca_text, &meta), (self_text, &self_meta)] {
+        let written = String::from_utf8(serde_json::to_vec_pretty(meta).unwrap()).unwrap();
+        assert_eq!(written, text.trim_end(), "the on-disk format is unchanged");
+    }
+    // Through the store, as the modules read it.
+    let root = tempfile::tempdir().unwrap();
+    let store = Store::new(root.path(), None);
+    store.ensure_reserved().unwrap();
+    std::fs::write(store.meta_path("main"), ca_text).unwrap();
+    assert_eq!(store.load_meta("main").unwrap().as_ref(), Some(&meta));
+}
+
+#[test]
+fn orders_written_before_challenges_profiles_and_replaces_still_read() {
+    let text = r#"{"names":[],"key_type":null,"directory":null,"account_url":null,
+        "profile":null,"serial":null,"not_after":null,"issuer":null,"issued_at":null,
+        "pending":{"url":"https://ca.example.test/order/1","created_at":1,
+          "directory":"https://ca.example.test/dir","account_url":"https://ca.example.test/acct/1",
+          "names":["a.example.test"],"key_type":"ec-p384","staging":false,"self_sign":false},
+        "retry_not_before":null,"last_failure":null,"last_problem":null}"#;
+    let meta: Meta = serde_json::from_str(text).unwrap();
+    let order = meta.pending.as_ref().unwrap().ca().unwrap();
+    assert!(order.challenges.is_empty() && order.profile.is_none() && order.replaces.is_none());
+}
+
+#[test]
+fn an_order_at_a_ca_without_its_url_or_account_is_refused_naming_what_is_missing() {
+    let root = tempfile::tempdir().unwrap();
+    let store = Store::new(root.path(), None);
+    store.ensure_reserved().unwrap();
+    let base = include_str!("fixtures/meta-ca-order.json");
+    for (from, to, missing) in [
+        (
+            r#""url": "https://acme-v02.api.letsencrypt.org/acme/order/123/456""#,
+            r#""url": null"#,
+            "without its URL",
+        ),
+        (
+            r#""account_url": "https://acme-v02.api.letsencrypt.org/acme/acct/123",
+    "names""#,
+            r#""account_url": null,
+    "names""#,
+            "without its account",
+        ),
+    ] {
+        assert!(base.contains(from));
+        std::fs::write(store.meta_path("main"), base.replacen(from, to, 1)).unwrap();
+        let err = store.load_meta("main").unwrap_err().to_string();
+        assert!(err.contains(missing) && err.contains("remove it"), "{err}");
+    }
 }
