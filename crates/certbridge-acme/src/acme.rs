@@ -35,7 +35,7 @@ impl Connector {
 }
 
 /// The client settings for a configuration.
-pub fn client_config(cfg: &Config, deadline: Instant) -> ClientConfig {
+fn client_config(cfg: &Config, deadline: Instant) -> ClientConfig {
     let mut cc = ClientConfig::new(cfg.directory.clone(), deadline);
     cc.ca_file = cfg.ca_file.clone();
     cc.request_timeout = cfg.request_timeout;
@@ -44,7 +44,7 @@ pub fn client_config(cfg: &Config, deadline: Instant) -> ClientConfig {
 }
 
 /// Checks the client settings without disk or network access (part of option validation).
-pub fn preflight(cfg: &Config) -> Result<(), String> {
+pub(crate) fn preflight(cfg: &Config) -> Result<(), String> {
     if cfg.self_sign {
         return Ok(());
     }

@@ -19,16 +19,8 @@ pub struct CreatedOrder {
     pub challenges: Vec<ChallengeRecord>,
 }
 
-/// What a CA's renewal information (RFC 9773) says about one certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RenewalWindow {
-    /// The suggested window, unix seconds.
-    pub start: i64,
-    pub end: i64,
-    /// The CA's Retry-After (unix seconds), when it sent one.
-    pub retry_after: Option<i64>,
-    pub explanation_url: Option<String>,
-}
+/// What a CA's renewal information says about one certificate (the policy's type).
+pub use crate::policy::RenewalWindow;
 
 /// What the CA says about an existing order.
 #[derive(Debug, Clone)]
@@ -169,7 +161,7 @@ pub trait CaConnector {
 
 /// The module's reply, or a failure naming each failed cert with its message, carrying the
 /// partial results and `problems.<cert>` (the CA's problem documents).
-pub fn reply_or_failure(
+pub(crate) fn reply_or_failure(
     mut reply: certbridge_core::protocol::Reply,
     failures: &[(String, CaFailure)],
 ) -> Result<certbridge_core::protocol::Reply, certbridge_core::protocol::Failure> {

@@ -278,20 +278,6 @@ impl AcmeError {
             _ => None,
         }
     }
-
-    /// Configuration errors (bad options or files) as opposed to CA/network failures.
-    pub fn is_config(&self) -> bool {
-        matches!(
-            self,
-            AcmeError::BadCaFile { .. }
-                | AcmeError::NoSystemRoots { .. }
-                | AcmeError::BadDirectory { .. }
-                | AcmeError::BadProxy { .. }
-                | AcmeError::BadEmail { .. }
-                | AcmeError::BadEab { .. }
-                | AcmeError::AccountFile { .. }
-        )
-    }
 }
 
 /// Within one operation: instant-acme's error (maybe retried) or a final client error.

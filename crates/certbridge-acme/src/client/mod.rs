@@ -37,10 +37,6 @@ pub use order::*;
 /// An order's status as the CA reports it.
 pub use instant_acme::OrderStatus;
 
-/// Let's Encrypt's production directory, the default `directory`.
-pub const LETSENCRYPT_PRODUCTION: &str = "https://acme-v02.api.letsencrypt.org/directory";
-/// Let's Encrypt's staging directory.
-pub const LETSENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
 /// Default deadline of each HTTP request.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 

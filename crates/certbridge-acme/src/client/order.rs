@@ -128,20 +128,6 @@ impl AcmeAccount {
         self.account.id()
     }
 
-    pub fn directory(&self) -> &str {
-        &self.directory
-    }
-
-    /// The deadline operations stop at (from [`ClientConfig::deadline`]).
-    pub fn deadline(&self) -> Instant {
-        self.deadline
-    }
-
-    /// Moves the deadline of later operations (e.g. a per-cert budget).
-    pub fn set_deadline(&mut self, deadline: Instant) {
-        self.deadline = deadline;
-    }
-
     /// Requests retried so far because the CA rejected their nonce (all clones together).
     pub fn retries(&self) -> u64 {
         self.stats.bad_nonces()

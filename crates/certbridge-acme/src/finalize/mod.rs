@@ -50,7 +50,7 @@ pub struct FinalizeOptions {
 pub const OWN_KEYS: &[&str] = &["only", "ack", "rollback", "dns_check", "dns_check_timeout"];
 
 /// The parsed `dns_check` option.
-pub fn dns_check_server(own: &FinalizeOptions) -> Result<Option<std::net::SocketAddr>, String> {
+fn dns_check_server(own: &FinalizeOptions) -> Result<Option<std::net::SocketAddr>, String> {
     match own.dns_check.as_deref().map(str::trim) {
         None | Some("") | Some("off") | Some("false") | Some("no") => Ok(None),
         Some(s) => certbridge_core::names::ServerAddr::parse(s, 53)

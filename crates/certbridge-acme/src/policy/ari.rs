@@ -43,18 +43,24 @@ pub fn ari_next_check(a: &AriState, interval: i64) -> i64 {
     })
 }
 
+/// What a CA's renewal information (RFC 9773) says about one certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenewalWindow {
+    /// The suggested window, unix seconds.
+    pub start: i64,
+    pub end: i64,
+    /// The CA's Retry-After (unix seconds), when it sent one.
+    pub retry_after: Option<i64>,
+    pub explanation_url: Option<String>,
+}
+
 /// What one renewal-information check found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AriAnswer {
     /// The directory offers no `renewalInfo`.
     Unsupported,
-    /// The suggested window (unix seconds) and the CA's Retry-After.
-    Window {
-        start: i64,
-        end: i64,
-        retry_after: Option<i64>,
-        explanation_url: Option<String>,
-    },
+    /// The suggested window and the CA's Retry-After.
+    Window(RenewalWindow),
     /// The CA did not answer usefully.
     Failed {
         message: String,
@@ -85,12 +91,12 @@ pub fn ari_update(
     };
     match answer {
         AriAnswer::Unsupported => base,
-        AriAnswer::Window {
+        AriAnswer::Window(RenewalWindow {
             start,
             end,
             retry_after,
             explanation_url,
-        } => {
+        }) => {
             let end = end.max(start);
             let kept = prev.and_then(|p| {
                 (p.window_start == Some(start) && p.window_end == Some(end))

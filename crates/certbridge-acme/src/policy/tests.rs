@@ -372,12 +372,12 @@ fn acme_sh_directory_is_adopted_unless_due_or_not_covering() {
 }
 
 fn window(l: &LeafInfo, start: i64, end: i64, random: u64) -> AriState {
-    let answer = AriAnswer::Window {
+    let answer = AriAnswer::Window(RenewalWindow {
         start,
         end,
         retry_after: None,
         explanation_url: None,
-    };
+    });
     ari_update(
         None,
         &l.serial,
@@ -488,11 +488,13 @@ fn a_failed_check_brings_the_lifetime_rule_back() {
 fn ari_point_is_chosen_once_per_window_and_checks_follow_retry_after() {
     let f = fixture();
     let l = leaf(&f.key, &f.names, NOW - DAY, 90 * DAY);
-    let answer = |start: i64, retry_after: Option<i64>| AriAnswer::Window {
-        start,
-        end: start + DAY,
-        retry_after,
-        explanation_url: None,
+    let answer = |start: i64, retry_after: Option<i64>| {
+        AriAnswer::Window(RenewalWindow {
+            start,
+            end: start + DAY,
+            retry_after,
+            explanation_url: None,
+        })
     };
     let first = ari_update(
         None,

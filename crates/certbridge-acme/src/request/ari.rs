@@ -66,12 +66,7 @@ pub(super) async fn check_renewal_info<C: CaConnector>(
         Ok(Some(list)) => list
             .into_iter()
             .map(|r| match r {
-                Ok(w) => AriAnswer::Window {
-                    start: w.start,
-                    end: w.end,
-                    retry_after: w.retry_after,
-                    explanation_url: w.explanation_url,
-                },
+                Ok(w) => AriAnswer::Window(w),
                 Err(f) => AriAnswer::Failed {
                     message: f.message(),
                     retry_after: f.retry_after(),

@@ -88,7 +88,7 @@ pub(crate) fn remove_leftovers(cfg: &Config, log: &EventLog, warnings: &mut Vec<
 }
 
 /// Records a CA failure for the backoff and the reply.
-pub fn record_failure(meta: &mut Meta, failure: &CaFailure, now: i64) {
+pub(crate) fn record_failure(meta: &mut Meta, failure: &CaFailure, now: i64) {
     meta.failures = meta.failures.saturating_add(1);
     meta.retry_not_before = Some(policy::retry_not_before(
         meta.failures,

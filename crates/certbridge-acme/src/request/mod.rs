@@ -27,9 +27,7 @@ mod order;
 mod tests;
 
 use ari::*;
-pub use catchup::record_failure;
 pub(crate) use catchup::*;
-pub use order::over_profile_limit;
 use order::*;
 
 /// Default of `timeout` for acme_request (seconds).

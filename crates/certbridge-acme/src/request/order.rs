@@ -72,7 +72,7 @@ pub(super) async fn abandon_orders<C: CaConnector>(
 
 /// Why `spec` cannot be ordered at all under the known limits of its profile at this CA
 /// (Let's Encrypt's), naming both numbers; None: it can, or the CA's limits are not known.
-pub fn over_profile_limit(cfg: &Config, spec: &CertSpec) -> Option<String> {
+pub(super) fn over_profile_limit(cfg: &Config, spec: &CertSpec) -> Option<String> {
     if cfg.self_sign {
         return None;
     }
