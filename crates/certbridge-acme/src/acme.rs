@@ -2,8 +2,8 @@
 
 use crate::ca::{CaAccount, CaConnector, CaFailure, CreatedOrder, OrderView, RenewalWindow};
 use crate::client::{
-    from_http_failure, map_error, AccountStore, AcmeAccount, AcmeError, ClientConfig, OrderInfo,
-    ProblemDoc,
+    from_http_failure, map_error, problem_error, AccountStore, AcmeAccount, AcmeError,
+    ClientConfig, OrderInfo, ProblemDoc,
 };
 use crate::config::Config;
 use crate::http::AcmeHttpClient;
@@ -89,11 +89,7 @@ fn http_problem(
         .map(|p| ProblemDoc::from_acme(&p))
         .unwrap_or_default();
     problem.status.get_or_insert(status);
-    AcmeError::Problem {
-        what,
-        problem,
-        retry_after,
-    }
+    problem_error(&what, problem, retry_after)
 }
 
 /// GET of a renewal-information resource: the window, the CA's Retry-After.

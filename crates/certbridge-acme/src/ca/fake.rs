@@ -165,20 +165,7 @@ pub(crate) fn problem_with(
         subproblems,
     };
     let retry_after = retry_after.map(|t| UNIX_EPOCH + Duration::from_secs(t as u64));
-    let e = if problem.is_rate_limited() {
-        AcmeError::RateLimited {
-            what: what.into(),
-            problem,
-            retry_after,
-        }
-    } else {
-        AcmeError::Problem {
-            what: what.into(),
-            problem,
-            retry_after,
-        }
-    };
-    e.into()
+    crate::client::problem_error(what, problem, retry_after).into()
 }
 
 fn issuer_params() -> CertificateParams {

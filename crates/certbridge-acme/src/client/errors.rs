@@ -367,7 +367,15 @@ pub(super) fn api_error(
     p: instant_acme::Problem,
     retry_after: Option<SystemTime>,
 ) -> AcmeError {
-    let problem = ProblemDoc::from_acme(&p);
+    problem_error(what, ProblemDoc::from_acme(&p), retry_after)
+}
+
+/// A problem document as an error: a rate limit, or another refusal.
+pub(crate) fn problem_error(
+    what: &str,
+    problem: ProblemDoc,
+    retry_after: Option<SystemTime>,
+) -> AcmeError {
     if problem.is_rate_limited() {
         AcmeError::RateLimited {
             what: what.into(),
