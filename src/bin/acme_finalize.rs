@@ -4,7 +4,11 @@ fn main() {
         "acme_finalize",
         certbridge_acme::config::SECRET_KEYS,
         |raw: serde_json::Map<String, serde_json::Value>, inv| {
-            certbridge_acme::finalize::module(raw, inv, &certbridge_acme::acme::Connector)
+            certbridge_acme::finalize::module(
+                raw,
+                inv,
+                &certbridge_acme::acme::Connector::default(),
+            )
         },
     )
 }

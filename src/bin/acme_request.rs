@@ -4,7 +4,7 @@ fn main() {
         "acme_request",
         certbridge_acme::config::SECRET_KEYS,
         |raw: serde_json::Map<String, serde_json::Value>, inv| {
-            certbridge_acme::request::module(raw, inv, &certbridge_acme::acme::Connector)
+            certbridge_acme::request::module(raw, inv, &certbridge_acme::acme::Connector::default())
         },
     )
 }

@@ -1,20 +1,41 @@
 //! The host modules' CA trait ([`crate::ca`]) over the ACME client ([`crate::client`]).
 
-use crate::ca::{
-    CaAccount, CaConnector, CaFailure, CreatedOrder, OrderStatus, OrderView, RenewalWindow,
+use crate::ca::{CaAccount, CaConnector, CaFailure, CreatedOrder, OrderView, RenewalWindow};
+use crate::client::{
+    from_http_failure, map_error, problem_error, AccountStore, AcmeAccount, AcmeError,
+    ClientConfig, OrderInfo, ProblemDoc,
 };
-use crate::client::{self, AccountStore, AcmeAccount, AcmeError, ClientConfig, OrderInfo};
 use crate::config::Config;
+use crate::http::AcmeHttpClient;
 use crate::store::ChallengeRecord;
 use certbridge_core::names::Identifier;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
 
-/// Opens accounts with the real client.
-#[derive(Debug, Default)]
-pub struct Connector;
+/// Opens accounts with the real client. One per run: every request of the run (directory,
+/// renewal information, account, orders) goes through one HTTP client, built at first use,
+/// and the account is looked up once.
+#[derive(Default)]
+pub struct Connector {
+    http: Mutex<Option<AcmeHttpClient>>,
+    account: Mutex<Option<AcmeAccount>>,
+}
+
+impl Connector {
+    /// The run's HTTP client (reads `ca_file` or the system bundle the first time).
+    fn http(&self, cc: &ClientConfig) -> Result<AcmeHttpClient, AcmeError> {
+        let mut slot = self.http.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(http) = slot.as_ref() {
+            return Ok(http.clone());
+        }
+        let http = cc.http_client()?;
+        *slot = Some(http.clone());
+        Ok(http)
+    }
+}
 
 /// The client settings for a configuration.
-pub fn client_config(cfg: &Config, deadline: Instant) -> ClientConfig {
+fn client_config(cfg: &Config, deadline: Instant) -> ClientConfig {
     let mut cc = ClientConfig::new(cfg.directory.clone(), deadline);
     cc.ca_file = cfg.ca_file.clone();
     cc.request_timeout = cfg.request_timeout;
@@ -23,28 +44,13 @@ pub fn client_config(cfg: &Config, deadline: Instant) -> ClientConfig {
 }
 
 /// Checks the client settings without disk or network access (part of option validation).
-pub fn preflight(cfg: &Config) -> Result<(), String> {
+pub(crate) fn preflight(cfg: &Config) -> Result<(), String> {
     if cfg.self_sign {
         return Ok(());
     }
     client_config(cfg, Instant::now() + cfg.timeout)
         .validate()
         .map_err(|e| e.to_string())
-}
-
-fn unix(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// A client error as a per-cert failure (message, problem document, Retry-After).
-pub fn failure(e: AcmeError) -> CaFailure {
-    CaFailure {
-        message: e.to_string(),
-        problem: e.problem().and_then(|p| serde_json::to_value(p).ok()),
-        retry_after: e.retry_after().map(unix),
-    }
 }
 
 fn challenges(info: &OrderInfo) -> Vec<ChallengeRecord> {
@@ -58,128 +64,115 @@ fn challenges(info: &OrderInfo) -> Vec<ChallengeRecord> {
         .collect()
 }
 
-fn status(s: client::OrderStatus) -> OrderStatus {
-    match s {
-        client::OrderStatus::Pending => OrderStatus::Pending,
-        client::OrderStatus::Ready => OrderStatus::Ready,
-        client::OrderStatus::Processing => OrderStatus::Processing,
-        client::OrderStatus::Valid => OrderStatus::Valid,
-        client::OrderStatus::Invalid => OrderStatus::Invalid,
-    }
-}
-
-fn plain_failure(message: String) -> CaFailure {
-    CaFailure {
-        message,
-        problem: None,
-        retry_after: None,
-    }
-}
-
 fn left(deadline: Instant) -> Duration {
     deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(1))
 }
 
+fn past_deadline(what: String, deadline: Instant, started: Instant) -> AcmeError {
+    AcmeError::Timeout {
+        what,
+        after: deadline.saturating_duration_since(started),
+    }
+}
+
+/// A non-2xx answer to a GET: the CA's problem document when the body is one (its HTTP status
+/// filled in when it names none), else the status alone.
+fn http_problem(
+    what: String,
+    status: u16,
+    body: &[u8],
+    retry_after: Option<SystemTime>,
+) -> AcmeError {
+    let mut problem: ProblemDoc = serde_json::from_slice::<instant_acme::Problem>(body)
+        .map(|p| ProblemDoc::from_acme(&p))
+        .unwrap_or_default();
+    problem.status.get_or_insert(status);
+    problem_error(&what, problem, retry_after)
+}
+
 /// GET of a renewal-information resource: the window, the CA's Retry-After.
 async fn fetch_window(
-    client: &crate::http::AcmeHttpClient,
+    client: &AcmeHttpClient,
     base: &str,
     cert_id: &str,
     deadline: Instant,
 ) -> Result<RenewalWindow, CaFailure> {
     use instant_acme::HttpClient;
+    let started = Instant::now();
     let url = format!("{}/{cert_id}", base.trim_end_matches('/'));
     let what = format!("renewal information {url}");
     let req = http::Request::get(&url)
         .body(instant_acme::BodyWrapper::default())
-        .map_err(|e| plain_failure(format!("{what}: {e}")))?;
+        .map_err(|e| CaFailure::local(format!("{what}: {e}")))?;
+    let stats = client.stats();
     let work = async {
-        let mut rsp = client
-            .request(req)
-            .await
-            .map_err(|e| plain_failure(format!("{what}: {}", http_error(&e))))?;
+        let mut rsp = client.request(req).await.map_err(|e| {
+            map_error(
+                &what,
+                e,
+                &stats,
+                deadline.saturating_duration_since(started),
+            )
+        })?;
         let body = rsp
             .body
             .into_bytes()
             .await
-            .map_err(|e| plain_failure(format!("{what}: reading the answer: {e}")))?;
-        Ok::<_, CaFailure>((rsp.parts, body))
+            .map_err(|e| AcmeError::Protocol {
+                what: what.clone(),
+                reason: format!("reading the answer: {e}"),
+            })?;
+        Ok::<_, AcmeError>((rsp.parts, body))
     };
     let (parts, body) = tokio::time::timeout(left(deadline), work)
         .await
-        .map_err(|_| plain_failure(format!("{what}: no answer before the deadline")))??;
-    let retry_after = crate::http::parse_retry_after(&parts.headers, SystemTime::now()).map(unix);
+        .map_err(|_| past_deadline(what.clone(), deadline, started))??;
+    let retry_after = crate::http::parse_retry_after(&parts.headers, SystemTime::now());
     if !parts.status.is_success() {
-        let problem: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
-        let detail = problem
-            .as_ref()
-            .and_then(|p| p.get("detail"))
-            .and_then(|d| d.as_str())
-            .unwrap_or("(no detail)")
-            .to_owned();
-        return Err(CaFailure {
-            message: format!("{what}: HTTP {}: {detail}", parts.status.as_u16()),
-            problem,
-            retry_after,
-        });
+        return Err(http_problem(what, parts.status.as_u16(), &body, retry_after).into());
     }
-    let info: instant_acme::RenewalInfo = serde_json::from_slice(&body)
-        .map_err(|e| plain_failure(format!("{what}: not a renewal-information object: {e}")))?;
+    let info: instant_acme::RenewalInfo =
+        serde_json::from_slice(&body).map_err(|e| AcmeError::UnexpectedAnswer {
+            what: what.clone(),
+            reason: format!("not a renewal-information object: {e}"),
+        })?;
     Ok(RenewalWindow {
         start: info.suggested_window.start.unix_timestamp(),
         end: info.suggested_window.end.unix_timestamp(),
-        retry_after,
+        retry_after: retry_after.map(crate::unix),
         explanation_url: info.explanation_url,
     })
-}
-
-/// An HTTP-layer error (connect, TLS, proxy, timeout) as the client's own message.
-fn http_error(e: &instant_acme::Error) -> String {
-    match e {
-        instant_acme::Error::Other(inner) => match inner.downcast_ref::<crate::http::HttpFailure>()
-        {
-            Some(f) => f.to_string(),
-            None => inner.to_string(),
-        },
-        other => other.to_string(),
-    }
-}
-
-/// Whether a newOrder failure is the CA refusing `replaces` (so ordering without it may work):
-/// `alreadyReplaced`, a malformed or conflicting `replaces`, a CA without ARI, or a CA that
-/// did not reflect the field.
-fn replaces_refused(e: &AcmeError) -> bool {
-    match e {
-        AcmeError::Unsupported { .. } | AcmeError::BadCertificateId { .. } => true,
-        AcmeError::Problem { problem, .. } => {
-            matches!(
-                problem.short_kind(),
-                Some("alreadyReplaced") | Some("malformed") | Some("conflict")
-            ) || problem.status == Some(409)
-                || problem
-                    .detail
-                    .as_deref()
-                    .is_some_and(|d| d.to_ascii_lowercase().contains("replace"))
-        }
-        AcmeError::Protocol { reason, .. } => reason.contains("replaces"),
-        _ => false,
-    }
 }
 
 impl CaConnector for Connector {
     type Account = AcmeAccount;
     async fn open(&self, cfg: &Config, deadline: Instant) -> Result<AcmeAccount, CaFailure> {
+        if let Some(account) = self
+            .account
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            return Ok(account.clone());
+        }
         let cc = client_config(cfg, deadline);
         let eab = cfg
             .eab
             .as_ref()
             .map(|(kid, key)| (kid.as_str(), key.as_slice()));
-        AccountStore::new(&cfg.store.root)
-            .open_or_create(&cc, cfg.account_email.as_deref(), cfg.terms_agreed, eab)
-            .await
-            .map_err(failure)
+        let account = AccountStore::new(&cfg.store.root)
+            .open_or_create_with(
+                &cc,
+                || self.http(&cc),
+                cfg.account_email.as_deref(),
+                cfg.terms_agreed,
+                eab,
+            )
+            .await?;
+        *self.account.lock().unwrap_or_else(|e| e.into_inner()) = Some(account.clone());
+        Ok(account)
     }
 
     async fn renewal_info(
@@ -188,18 +181,22 @@ impl CaConnector for Connector {
         deadline: Instant,
         cert_ids: &[String],
     ) -> Result<Option<Vec<Result<RenewalWindow, CaFailure>>>, CaFailure> {
+        let started = Instant::now();
         let cc = client_config(cfg, deadline);
-        let http = cc.http_client().map_err(failure)?;
+        let http = self.http(&cc)?;
         let what = format!("fetch the directory {}", cfg.directory);
         let (status, body) = tokio::time::timeout(left(deadline), http.get(&cfg.directory))
             .await
-            .map_err(|_| plain_failure(format!("{what}: no answer before the deadline")))?
-            .map_err(|e| plain_failure(format!("{what}: {e}")))?;
+            .map_err(|_| past_deadline(what.clone(), deadline, started))?
+            .map_err(|e| from_http_failure(&what, e))?;
         if !status.is_success() {
-            return Err(plain_failure(format!("{what}: HTTP {}", status.as_u16())));
+            return Err(http_problem(what, status.as_u16(), &body, None).into());
         }
-        let directory: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|e| plain_failure(format!("{what}: not a directory object: {e}")))?;
+        let directory: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| AcmeError::UnexpectedAnswer {
+                what: what.clone(),
+                reason: format!("not a directory object: {e}"),
+            })?;
         let Some(base) = directory.get("renewalInfo").and_then(|v| v.as_str()) else {
             return Ok(None);
         };
@@ -229,29 +226,16 @@ impl CaAccount for AcmeAccount {
         replaces: Option<&str>,
         profile: Option<&str>,
     ) -> Result<CreatedOrder, CaFailure> {
-        let mut dropped = None;
-        let mut sent = replaces;
-        let info = match AcmeAccount::new_order(self, names, replaces, profile).await {
-            Err(e) if replaces.is_some() && replaces_refused(&e) => {
-                // Once more without `replaces`: a renewal must not fail for it.
-                dropped = Some(e.to_string());
-                sent = None;
-                AcmeAccount::new_order(self, names, None, profile).await
-            }
-            other => other,
-        }
-        .map_err(failure)?;
+        let info = AcmeAccount::new_order(self, names, replaces, profile).await?;
         Ok(CreatedOrder {
             challenges: challenges(&info),
             url: info.url,
-            replaces: sent.map(str::to_owned),
-            replaces_dropped: dropped,
         })
     }
     async fn order_state(&self, url: &str) -> Result<Option<OrderView>, CaFailure> {
-        let info = AcmeAccount::order_state(self, url).await.map_err(failure)?;
+        let info = AcmeAccount::order_state(self, url).await?;
         Ok(info.map(|i| OrderView {
-            status: status(i.status),
+            status: i.status,
             identifiers: i
                 .identifiers
                 .iter()
@@ -261,10 +245,8 @@ impl CaAccount for AcmeAccount {
         }))
     }
     async fn deactivate_pending(&self, url: &str) -> Result<(), CaFailure> {
-        self.deactivate_pending_authorizations(url)
-            .await
-            .map(|_| ())
-            .map_err(failure)
+        self.deactivate_pending_authorizations(url).await?;
+        Ok(())
     }
     async fn finalize(
         &self,
@@ -272,8 +254,29 @@ impl CaAccount for AcmeAccount {
         csr_der: &[u8],
         deadline: Instant,
     ) -> Result<String, CaFailure> {
-        AcmeAccount::finalize(self, url, csr_der, deadline)
-            .await
-            .map_err(failure)
+        Ok(AcmeAccount::finalize(self, url, csr_der, deadline).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_get_keeps_the_cas_problem_document_and_status() {
+        let body = br#"{"type":"urn:ietf:params:acme:error:malformed","detail":"All requests MUST include a User-Agent header","subproblems":[{"identifier":{"type":"dns","value":"a.example.test"},"type":"urn:ietf:params:acme:error:caa","detail":"no"}]}"#;
+        let e = http_problem("fetch the directory d".into(), 400, body, None);
+        let p = e.problem().expect("problem kept");
+        assert_eq!(p.short_kind(), Some("malformed"));
+        assert_eq!(p.status, Some(400), "the HTTP status fills the gap");
+        assert_eq!(p.subproblems.len(), 1);
+        let text = e.to_string();
+        assert!(
+            text.contains("User-Agent") && text.contains("HTTP 400"),
+            "{text}"
+        );
+        let e = http_problem("fetch the directory d".into(), 503, b"<html>", None);
+        assert_eq!(e.problem().unwrap().status, Some(503));
+        assert!(e.to_string().contains("HTTP 503"), "{e}");
     }
 }

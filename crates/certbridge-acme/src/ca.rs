@@ -2,42 +2,25 @@
 //! [`crate::request`] and [`crate::finalize`] is written against it, and
 //! [`crate::acme`] implements it over [`crate::client`].
 
+use crate::client::{AcmeError, ProblemDoc};
 use crate::store::ChallengeRecord;
 use certbridge_core::names::Identifier;
 use serde_json::Value;
+use std::sync::Arc;
 use std::time::Instant;
 
-/// An order's status as the CA reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OrderStatus {
-    Pending,
-    Ready,
-    Processing,
-    Valid,
-    Invalid,
-}
+/// An order's status as the CA reports it (instant-acme's, the one vocabulary of the crate).
+pub use instant_acme::OrderStatus;
 
 /// A freshly created order: its URL and the dns-01 values still needed.
 #[derive(Debug, Clone)]
 pub struct CreatedOrder {
     pub url: String,
     pub challenges: Vec<ChallengeRecord>,
-    /// The ARI id the order names in `replaces` (None: it names none).
-    pub replaces: Option<String>,
-    /// Why a `replaces` asked for was dropped (the CA rejected it, or offers no ARI).
-    pub replaces_dropped: Option<String>,
 }
 
-/// What a CA's renewal information (RFC 9773) says about one certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RenewalWindow {
-    /// The suggested window, unix seconds.
-    pub start: i64,
-    pub end: i64,
-    /// The CA's Retry-After (unix seconds), when it sent one.
-    pub retry_after: Option<i64>,
-    pub explanation_url: Option<String>,
-}
+/// What a CA's renewal information says about one certificate (the policy's type).
+pub use crate::policy::RenewalWindow;
 
 /// What the CA says about an existing order.
 #[derive(Debug, Clone)]
@@ -49,18 +32,84 @@ pub struct OrderView {
     pub challenges: Vec<ChallengeRecord>,
 }
 
-/// A CA failure for one cert: an actionable message, the problem document (for the log and
-/// the reply), and the CA's Retry-After (unix time) for the backoff.
+/// Why the CA layer failed for one cert: the ACME client's error, kept whole (the CA's
+/// problem document with its type, detail and subproblems, and its Retry-After) until the
+/// module renders its message, or a failure on this side of the CA (a check, a deadline, a
+/// local file).
 #[derive(Debug, Clone)]
-pub struct CaFailure {
-    pub message: String,
-    pub problem: Option<Value>,
-    pub retry_after: Option<i64>,
+pub enum CaFailure {
+    /// The ACME client's error (shared: one account failure fails every cert of the run).
+    Acme(Arc<AcmeError>),
+    /// Not an answer of the CA: what the user should know, as a sentence.
+    Local(String),
+}
+
+impl CaFailure {
+    pub fn local(message: impl Into<String>) -> CaFailure {
+        CaFailure::Local(message.into())
+    }
+
+    /// The CA's problem document, when the failure carries one.
+    pub fn problem(&self) -> Option<&ProblemDoc> {
+        match self {
+            CaFailure::Acme(e) => e.problem(),
+            CaFailure::Local(_) => None,
+        }
+    }
+
+    /// The CA's Retry-After (unix seconds), for the backoff.
+    pub fn retry_after(&self) -> Option<i64> {
+        match self {
+            CaFailure::Acme(e) => e.retry_after().map(crate::unix),
+            CaFailure::Local(_) => None,
+        }
+    }
+
+    /// Whether this newOrder failure is the CA refusing `replaces`, so that ordering without it
+    /// may work.
+    pub fn refuses_replaces(&self) -> bool {
+        matches!(self, CaFailure::Acme(e) if replaces_refused(e))
+    }
+
+    /// The message users read (the CA's problem rendered in full).
+    pub fn message(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl From<AcmeError> for CaFailure {
+    fn from(e: AcmeError) -> Self {
+        CaFailure::Acme(Arc::new(e))
+    }
 }
 
 impl std::fmt::Display for CaFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
+        match self {
+            CaFailure::Acme(e) => e.fmt(f),
+            CaFailure::Local(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Whether a newOrder failure is the CA refusing `replaces` (so ordering without it may work):
+/// `alreadyReplaced`, a malformed or conflicting `replaces`, a CA without ARI, or a CA that
+/// did not reflect the field.
+fn replaces_refused(e: &AcmeError) -> bool {
+    match e {
+        AcmeError::Unsupported { .. } | AcmeError::BadCertificateId { .. } => true,
+        AcmeError::Problem { problem, .. } => {
+            matches!(
+                problem.short_kind(),
+                Some("alreadyReplaced") | Some("malformed") | Some("conflict")
+            ) || problem.status == Some(409)
+                || problem
+                    .detail
+                    .as_deref()
+                    .is_some_and(|d| d.to_ascii_lowercase().contains("replace"))
+        }
+        AcmeError::Protocol { reason, .. } => reason.contains("replaces"),
+        _ => false,
     }
 }
 
@@ -72,8 +121,7 @@ pub trait CaAccount {
     fn retries(&self) -> u64;
     /// The profiles the CA offers (directory `meta.profiles`), by name.
     fn profiles(&self) -> Vec<String>;
-    /// Creates an order. `replaces` (an ARI id) is sent when the CA offers ARI; when the CA
-    /// rejects it (`alreadyReplaced` and the like) the order is created once more without it.
+    /// Creates an order, naming the certificate it `replaces` (an ARI id) when given.
     async fn new_order(
         &self,
         names: &[Identifier],
@@ -113,7 +161,7 @@ pub trait CaConnector {
 
 /// The module's reply, or a failure naming each failed cert with its message, carrying the
 /// partial results and `problems.<cert>` (the CA's problem documents).
-pub fn reply_or_failure(
+pub(crate) fn reply_or_failure(
     mut reply: certbridge_core::protocol::Reply,
     failures: &[(String, CaFailure)],
 ) -> Result<certbridge_core::protocol::Reply, certbridge_core::protocol::Failure> {
@@ -122,13 +170,70 @@ pub fn reply_or_failure(
     }
     let problems: serde_json::Map<String, Value> = failures
         .iter()
-        .map(|(c, f)| (c.clone(), f.problem.clone().unwrap_or(Value::Null)))
+        .map(|(c, f)| {
+            let problem = f.problem().and_then(|p| serde_json::to_value(p).ok());
+            (c.clone(), problem.unwrap_or(Value::Null))
+        })
         .collect();
     reply.set("problems", problems);
     let msg = failures
         .iter()
-        .map(|(c, f)| format!("cert {c}: {}", f.message))
+        .map(|(c, f)| format!("cert {c}: {f}"))
         .collect::<Vec<_>>()
         .join("; ");
     Err(certbridge_core::protocol::Failure::from_reply(msg, reply))
+}
+
+#[cfg(test)]
+pub(crate) mod fake;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::ProblemDoc;
+
+    fn problem(kind: &str, status: Option<u16>, detail: &str) -> AcmeError {
+        AcmeError::Problem {
+            what: "create an order".into(),
+            problem: ProblemDoc {
+                kind: Some(format!("urn:ietf:params:acme:error:{kind}")),
+                detail: Some(detail.into()),
+                status,
+                subproblems: vec![],
+            },
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn refusals_of_replaces_are_told_from_other_failures() {
+        assert!(replaces_refused(&problem(
+            "alreadyReplaced",
+            Some(409),
+            "x"
+        )));
+        assert!(replaces_refused(&problem("malformed", Some(400), "bad")));
+        assert!(replaces_refused(&problem(
+            "serverInternal",
+            Some(500),
+            "Replaces is wrong"
+        )));
+        assert!(replaces_refused(&AcmeError::Unsupported {
+            what: "ARI".into()
+        }));
+        assert!(!replaces_refused(&problem(
+            "rateLimited",
+            Some(429),
+            "too many"
+        )));
+        assert!(!replaces_refused(&problem(
+            "rejectedIdentifier",
+            Some(400),
+            "policy"
+        )));
+        assert!(!replaces_refused(&AcmeError::Unreachable {
+            url: "https://ca.example.test/dir".into(),
+            reason: "refused".into()
+        }));
+    }
 }

@@ -24,8 +24,12 @@ pub mod txtcheck;
 
 /// Unix time now, in seconds (the one clock the modules read; the policy takes it as input).
 pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
+    unix(std::time::SystemTime::now())
+}
+
+/// A point in time as unix seconds (0 before the epoch).
+pub(crate) fn unix(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
 }

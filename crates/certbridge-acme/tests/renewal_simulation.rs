@@ -9,7 +9,7 @@
 //! certificates share one account, the worst case). Prints the figures.
 
 use certbridge_acme::certinfo::{KeyType, LeafInfo};
-use certbridge_acme::policy::{self, Action, AriAnswer, Reason, Wanted};
+use certbridge_acme::policy::{self, Action, AriAnswer, Reason, RenewalWindow, Wanted};
 use certbridge_acme::store::{Layout, Meta, OnDisk};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -170,12 +170,12 @@ fn a_year_of_hourly_pulses_never_lets_a_certificate_expire() {
                         Some(_) => (now - 2 * DAY, now - DAY),
                         None => ca_window(installed),
                     };
-                    AriAnswer::Window {
+                    AriAnswer::Window(RenewalWindow {
                         start,
                         end,
                         retry_after: Some(now + 6 * HOUR),
                         explanation_url: None,
-                    }
+                    })
                 };
                 let state = policy::ari_update(
                     c.meta.ari.as_ref(),

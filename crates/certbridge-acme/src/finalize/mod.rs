@@ -50,7 +50,7 @@ pub struct FinalizeOptions {
 pub const OWN_KEYS: &[&str] = &["only", "ack", "rollback", "dns_check", "dns_check_timeout"];
 
 /// The parsed `dns_check` option.
-pub fn dns_check_server(own: &FinalizeOptions) -> Result<Option<std::net::SocketAddr>, String> {
+fn dns_check_server(own: &FinalizeOptions) -> Result<Option<std::net::SocketAddr>, String> {
     match own.dns_check.as_deref().map(str::trim) {
         None | Some("") | Some("off") | Some("false") | Some("no") => Ok(None),
         Some(s) => certbridge_core::names::ServerAddr::parse(s, 53)
@@ -269,7 +269,7 @@ pub async fn run<C: CaConnector>(
         .collect();
     let now = crate::now();
     let (self_signed, acme): (Vec<_>, Vec<_>) =
-        selected.into_iter().partition(|(_, p)| p.self_sign);
+        selected.into_iter().partition(|(_, p)| p.is_self_sign());
 
     for (cert, pending) in self_signed {
         let result = sign_locally(cfg, &cert, &pending, now);
@@ -288,7 +288,7 @@ pub async fn run<C: CaConnector>(
         let resolver = crate::txtcheck::resolver(server).map_err(Failure::new)?;
         let jobs = acme
             .iter()
-            .map(|(_, p)| crate::txtcheck::wait_visible(&resolver, &p.challenges, check_deadline));
+            .map(|(_, p)| crate::txtcheck::wait_visible(&resolver, p.challenges(), check_deadline));
         let missing = futures_util::future::join_all(jobs).await;
         let mut visible = Vec::new();
         for ((cert, pending), missing) in acme.into_iter().zip(missing) {
@@ -388,7 +388,7 @@ fn finish(
             out.changed = true;
             log.event(
                 "installed",
-                json!({"cert": cert, "order_url": pending.url, "serial": set.leaf.serial,
+                json!({"cert": cert, "order_url": pending.url(), "serial": set.leaf.serial,
                        "not_after": set.leaf.not_after, "issuer": set.leaf.issuer}),
             );
             out.certs
@@ -397,7 +397,7 @@ fn finish(
         Err(f) => {
             log.event(
                 "finalize_failed",
-                json!({"cert": cert, "order_url": pending.url, "problem": f.problem, "message": f.message}),
+                json!({"cert": cert, "order_url": pending.url(), "problem": f.problem(), "message": f.message()}),
             );
             record_failure(m, &f, now);
             out.failures.push((cert.to_owned(), f));
@@ -429,11 +429,7 @@ fn save_if_changed(
 }
 
 fn local_failure(message: String) -> CaFailure {
-    CaFailure {
-        message,
-        problem: None,
-        retry_after: None,
-    }
+    CaFailure::Local(message)
 }
 
 fn sign_locally(
@@ -479,9 +475,10 @@ async fn finalize_one<A: CaAccount>(
     account: &A,
     deadline: Instant,
 ) -> Result<IssuedSet, CaFailure> {
-    let Some(url) = &pending.url else {
+    // The self-signed orders were taken out before (sign_locally).
+    let Some(url) = pending.url() else {
         return Err(local_failure(
-            "the pending order has no URL; run acme_request again".into(),
+            "the pending order is for the local test CA; run acme_request again".into(),
         ));
     };
     if pending.directory != cfg.directory || pending.directory == SELF_SIGN_DIRECTORY {
@@ -511,3 +508,6 @@ async fn finalize_one<A: CaAccount>(
     certinfo::verify_issued(&chain, &key_pem, &pending.names, crate::now())
         .map_err(|e| local_failure(format!("the CA's certificate was not installed: {e}")))
 }
+
+#[cfg(test)]
+mod tests;
