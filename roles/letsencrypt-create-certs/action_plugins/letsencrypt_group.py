@@ -1,0 +1,1 @@
+../../letsencrypt-request-certs/action_plugins/letsencrypt_group.py

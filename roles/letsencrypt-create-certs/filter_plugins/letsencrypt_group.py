@@ -1,0 +1,1 @@
+../../letsencrypt-request-certs/filter_plugins/letsencrypt_group.py
