@@ -37,7 +37,11 @@ fn require_tooling() {
     );
     for m in support::MODULES {
         let bin = modules_dir().join(m);
-        assert!(bin.is_file(), "{} is missing: run `make modules` first", bin.display());
+        assert!(
+            bin.is_file(),
+            "{} is missing: run `make modules` first",
+            bin.display()
+        );
     }
 }
 
@@ -98,7 +102,10 @@ impl Site {
             "letsencrypt_account_email": "hostmaster@example.test",
             "letsencrypt_dns_check": dns,
         });
-        group_vars.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        group_vars
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
         let inventory = json!({"all": {
             "vars": {
                 "ansible_connection": "local",
@@ -130,7 +137,9 @@ impl Site {
 
     fn pulse(&self, extra_vars: Value) -> Run {
         let mut vars = json!({"letsencrypt_handlers_file": self.path("handlers.yml")});
-        vars.as_object_mut().unwrap().extend(extra_vars.as_object().unwrap().clone());
+        vars.as_object_mut()
+            .unwrap()
+            .extend(extra_vars.as_object().unwrap().clone());
         let out = Command::new(venv_bin("ansible-playbook"))
             .arg("-vvv")
             .arg("-i")
@@ -139,9 +148,23 @@ impl Site {
             .arg("-e")
             .arg(vars.to_string())
             .current_dir(self.dir.path())
-            .env("PATH", format!("{}:/usr/sbin:{}", venv_bin("").display(), std::env::var("PATH").unwrap_or_default()))
+            .env(
+                "PATH",
+                format!(
+                    "{}:/usr/sbin:{}",
+                    venv_bin("").display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            )
             .env("ANSIBLE_CONFIG", repo_root().join("ansible.cfg"))
-            .env("ANSIBLE_LIBRARY", format!("{}:{}", modules_dir().display(), repo_root().join("modules").display()))
+            .env(
+                "ANSIBLE_LIBRARY",
+                format!(
+                    "{}:{}",
+                    modules_dir().display(),
+                    repo_root().join("modules").display()
+                ),
+            )
             .env("ANSIBLE_ROLES_PATH", repo_root().join("roles"))
             .env("ANSIBLE_STDOUT_CALLBACK", "ansible.builtin.default")
             .env("ANSIBLE_NOCOLOR", "1")
@@ -150,7 +173,11 @@ impl Site {
             .output()
             .expect("run ansible-playbook");
         Run {
-            output: format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+            output: format!(
+                "{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
             ok: out.status.success(),
         }
     }
@@ -179,10 +206,48 @@ impl Site {
         let mut out = Vec::new();
         for h in hosts {
             let key = self.file(h, "privkey.pem");
-            out.extend(key.lines().filter(|l| !l.starts_with("-----") && l.len() > 16).map(str::to_owned));
-            out.push(std::fs::read_to_string(self.distkey(h)).unwrap().trim().to_owned());
+            out.extend(
+                key.lines()
+                    .filter(|l| !l.starts_with("-----") && l.len() > 16)
+                    .map(str::to_owned),
+            );
+            out.push(
+                std::fs::read_to_string(self.distkey(h))
+                    .unwrap()
+                    .trim()
+                    .to_owned(),
+            );
         }
         out
+    }
+}
+
+impl Site {
+    /// No secret in any file under the members' log dirs or the controller's temp dir.
+    fn assert_no_secrets_in_files(&self, secrets: &[String]) {
+        let mut stack = vec![self.path("ansible-tmp")];
+        stack.extend(SIX.iter().map(|h| self.path(&format!("hosts/{h}/log"))));
+        let mut seen = 0;
+        while let Some(p) = stack.pop() {
+            let Ok(meta) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.extend(
+                    std::fs::read_dir(&p)
+                        .unwrap()
+                        .filter_map(|e| e.ok())
+                        .map(|e| e.path()),
+                );
+            } else if meta.is_file() {
+                let text = String::from_utf8_lossy(&std::fs::read(&p).unwrap()).into_owned();
+                seen += 1;
+                for s in secrets {
+                    assert!(!text.contains(s.as_str()), "a secret in {}", p.display());
+                }
+            }
+        }
+        assert!(seen > 0, "no decision log was written");
     }
 }
 
@@ -196,19 +261,32 @@ impl Run {
     }
     /// `changed=` of each host in the recap.
     fn changed(&self, host: &str) -> u64 {
-        let recap = self.output.split_once("PLAY RECAP").map(|(_, r)| r).unwrap_or("");
+        let recap = self
+            .output
+            .split_once("PLAY RECAP")
+            .map(|(_, r)| r)
+            .unwrap_or("");
         recap
             .lines()
             .find(|l| l.split_whitespace().next() == Some(host))
-            .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("changed=")))
+            .and_then(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("changed="))
+            })
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no recap for {host}:\n{}", self.tail()))
     }
     fn assert_no_secrets(&self, secrets: &[String], what: &str) {
         for s in secrets {
-            assert!(!self.output.contains(s.as_str()), "{what}: a secret appears in the -vvv output");
+            assert!(
+                !self.output.contains(s.as_str()),
+                "{what}: a secret appears in the -vvv output"
+            );
         }
-        assert!(!self.output.contains("PRIVATE KEY-----"), "{what}: a PEM private key in the output");
+        assert!(
+            !self.output.contains("PRIVATE KEY-----"),
+            "{what}: a PEM private key in the output"
+        );
     }
 }
 
@@ -224,7 +302,9 @@ fn orders(proxy: &CaProxy) -> Vec<Value> {
 /// The ARI id (RFC 9773) of `host`'s installed certificate, as the CA proxy computes it.
 fn ari_id(site: &Site, host: &str) -> String {
     let pem = site.file(host, "cert.pem");
-    let der = certbridge_acme::certinfo::pem_certs(&pem, "cert.pem").unwrap().remove(0);
+    let der = certbridge_acme::certinfo::pem_certs(&pem, "cert.pem")
+        .unwrap()
+        .remove(0);
     certbridge_acme::client::ari_cert_id(&der).unwrap()
 }
 
@@ -244,13 +324,26 @@ fn six_members_one_order_one_key_sealed_delivery_join_and_failover() {
     // 1. First pulse: one order, six identical sets, six handlers.
     let first = site.pulse(json!({}));
     first.assert_ok("first pulse");
-    assert_eq!(orders(&proxy).len(), 1, "one order for the group:\n{}", first.tail());
+    assert_eq!(
+        orders(&proxy).len(),
+        1,
+        "one order for the group:\n{}",
+        first.tail()
+    );
     let key = site.file("rgw1", "privkey.pem");
     let chain = site.file("rgw1", "fullchain.pem");
     for m in SIX {
         assert_eq!(site.file(m, "privkey.pem"), key, "{m}: same key as rgw1");
-        assert_eq!(site.file(m, "fullchain.pem"), chain, "{m}: same chain as rgw1");
-        let mode = std::fs::metadata(site.distkey(m)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            site.file(m, "fullchain.pem"),
+            chain,
+            "{m}: same chain as rgw1"
+        );
+        let mode = std::fs::metadata(site.distkey(m))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600, "{m}: distribution key mode");
     }
     let mut fired = site.handler_runs();
@@ -263,7 +356,12 @@ fn six_members_one_order_one_key_sealed_delivery_join_and_failover() {
     let second = site.pulse(json!({}));
     second.assert_ok("second pulse");
     for m in SIX {
-        assert_eq!(second.changed(m), 0, "{m} changed at the second pulse:\n{}", second.tail());
+        assert_eq!(
+            second.changed(m),
+            0,
+            "{m} changed at the second pulse:\n{}",
+            second.tail()
+        );
     }
     assert_eq!(orders(&proxy).len(), 1);
     assert_eq!(site.handler_runs().len(), 6);
@@ -275,7 +373,11 @@ fn six_members_one_order_one_key_sealed_delivery_join_and_failover() {
     let forced = site.pulse(json!({"letsencrypt_force": true}));
     forced.assert_ok("forced pulse");
     let payloads = orders(&proxy);
-    assert_eq!(payloads.len(), 1, "one order for the forced renewal: {payloads:?}");
+    assert_eq!(
+        payloads.len(),
+        1,
+        "one order for the forced renewal: {payloads:?}"
+    );
     assert_eq!(payloads[0]["replaces"], json!(old_id));
     let key2 = site.file("rgw1", "privkey.pem");
     assert_ne!(key2, key, "a new key");
@@ -284,6 +386,8 @@ fn six_members_one_order_one_key_sealed_delivery_join_and_failover() {
     }
     assert_eq!(site.handler_runs().len(), 12);
     forced.assert_no_secrets(&site.secrets(&SIX), "forced pulse");
+    // Nor in any member's decision log or the controller's temp files.
+    site.assert_no_secrets_in_files(&site.secrets(&SIX));
 
     // 4. A member joins: it gets the bundle, nobody orders, only its handler fires.
     proxy.clear_requests();
@@ -312,9 +416,17 @@ fn six_members_one_order_one_key_sealed_delivery_join_and_failover() {
     let key3 = site.file("rgw2", "privkey.pem");
     assert_ne!(key3, key2);
     for m in rest {
-        assert_eq!(site.file(m, "privkey.pem"), key3, "{m}: the failover issuance");
+        assert_eq!(
+            site.file(m, "privkey.pem"),
+            key3,
+            "{m}: the failover issuance"
+        );
     }
-    assert_eq!(site.file("rgw1", "privkey.pem"), key2, "the removed member is left alone");
+    assert_eq!(
+        site.file("rgw1", "privkey.pem"),
+        key2,
+        "the removed member is left alone"
+    );
 
     // 6. Bundles in transit: rgw2 seals to rgw3; one flipped byte, or the bundle handed to
     //    rgw4, is refused with a clear message and nothing is installed.
@@ -330,7 +442,10 @@ fn six_members_one_order_one_key_sealed_delivery_join_and_failover() {
         })
     };
     let status = |m: &str| {
-        let run = run_module_at(&bin, &support::merged(&base(site.root(m), m), &json!({"op": "status"})));
+        let run = run_module_at(
+            &bin,
+            &support::merged(&base(site.root(m), m), &json!({"op": "status"})),
+        );
         support::ok(&run)["public_key"].as_str().unwrap().to_owned()
     };
     let pk3 = status("rgw3");
@@ -341,7 +456,10 @@ fn six_members_one_order_one_key_sealed_delivery_join_and_failover() {
             &json!({"op": "seal", "recipients": {CERT: [{"host": "rgw3", "public_key": pk3}]}}),
         ),
     );
-    let bundle = support::ok(&sealed)["bundles"][CERT]["rgw3"].as_str().unwrap().to_owned();
+    let bundle = support::ok(&sealed)["bundles"][CERT]["rgw3"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert!(!sealed.stdout.contains("PRIVATE KEY"));
     // Make rgw3 lack the cert's newest issuance: roll it back to the previous one, so an
     // accepted bundle would install (and the refusals below are the bundle's, not "held").
@@ -351,22 +469,51 @@ fn six_members_one_order_one_key_sealed_delivery_join_and_failover() {
     flipped[at] = if flipped[at] == b'A' { b'B' } else { b'A' };
     let flipped = String::from_utf8(flipped).unwrap();
     let open = |m: &str, b: &str| {
-        run_module_at(&bin, &support::merged(&base(site.root(m), m), &json!({"op": "open", "bundles": {CERT: b}})))
+        run_module_at(
+            &bin,
+            &support::merged(
+                &base(site.root(m), m),
+                &json!({"op": "open", "bundles": {CERT: b}}),
+            ),
+        )
     };
     let tampered = open("rgw3", &flipped);
-    assert!(tampered.failed(), "a flipped byte must be refused: {}", tampered.json);
-    assert!(tampered.msg().contains("does not open"), "{}", tampered.msg());
-    assert!(tampered.msg().contains("nothing was installed"), "{}", tampered.msg());
+    assert!(
+        tampered.failed(),
+        "a flipped byte must be refused: {}",
+        tampered.json
+    );
+    assert!(
+        tampered.msg().contains("does not open"),
+        "{}",
+        tampered.msg()
+    );
+    assert!(
+        tampered.msg().contains("nothing was installed"),
+        "{}",
+        tampered.msg()
+    );
     assert_eq!(site.file("rgw3", "privkey.pem"), before);
     let replayed = open("rgw4", &bundle);
-    assert!(replayed.failed(), "a bundle for rgw3 must be refused on rgw4: {}", replayed.json);
-    assert!(replayed.msg().contains("addressed to rgw3, not to rgw4"), "{}", replayed.msg());
+    assert!(
+        replayed.failed(),
+        "a bundle for rgw3 must be refused on rgw4: {}",
+        replayed.json
+    );
+    assert!(
+        replayed.msg().contains("addressed to rgw3, not to rgw4"),
+        "{}",
+        replayed.msg()
+    );
     // The genuine bundle opens on rgw3 (it holds that issuance already: nothing to do).
     let genuine = open("rgw3", &bundle);
     assert!(!genuine.failed() && !genuine.changed(), "{}", genuine.json);
     for run in [&tampered, &replayed, &genuine, &sealed] {
         for s in site.secrets(&rest) {
-            assert!(!run.stdout.contains(&s) && !run.stderr.contains(&s), "a secret in a module result");
+            assert!(
+                !run.stdout.contains(&s) && !run.stderr.contains(&s),
+                "a secret in a module result"
+            );
         }
     }
 }
@@ -401,12 +548,19 @@ fn members_declaring_different_names_fail_before_any_order() {
         "rgw2 declares names ['b.example.test'], rgw1 declares names ['a.example.test']",
         "shared_by 'nosuchgroup' is not an inventory group",
     ] {
-        assert!(run.output.contains(needle), "missing {needle:?} in:\n{}", run.tail());
+        assert!(
+            run.output.contains(needle),
+            "missing {needle:?} in:\n{}",
+            run.tail()
+        );
     }
     for h in ["rgw1", "rgw2", "lone"] {
         let entries: Vec<_> = std::fs::read_dir(site.root(h))
             .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
             .unwrap_or_default();
-        assert!(entries.is_empty(), "{h}: nothing may be written: {entries:?}");
+        assert!(
+            entries.is_empty(),
+            "{h}: nothing may be written: {entries:?}"
+        );
     }
 }

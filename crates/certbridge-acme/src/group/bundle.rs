@@ -79,7 +79,9 @@ pub struct Facts {
 impl std::fmt::Debug for Payload {
     // Never print the key.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Payload").field("facts", &self.facts).finish()
+        f.debug_struct("Payload")
+            .field("facts", &self.facts)
+            .finish()
     }
 }
 

@@ -76,6 +76,15 @@ pub fn path(store: &Store) -> PathBuf {
     store.reserved().join("group").join(FILE)
 }
 
+/// Loads this member's key pair without making one (check mode).
+pub fn load(store: &Store) -> Result<Option<DistKey>, String> {
+    let dir_path = store.reserved().join("group");
+    if !dir_path.is_dir() {
+        return Ok(None);
+    }
+    read_or_make(&dir_path, false).map(|k| k.map(|(k, _)| k))
+}
+
 /// Loads this member's key pair, making it (once) when there is none. Returns it and whether
 /// it was made now. A key file that others may read, or that is not a regular file, is refused.
 pub fn load_or_create(store: &Store) -> Result<(DistKey, bool), String> {
@@ -83,10 +92,17 @@ pub fn load_or_create(store: &Store) -> Result<(DistKey, bool), String> {
     let dir_path = store.reserved().join("group");
     if !dir_path.is_dir() {
         std::fs::create_dir(&dir_path)
-            .and_then(|_| std::fs::set_permissions(&dir_path, std::fs::Permissions::from_mode(0o700)))
+            .and_then(|_| {
+                std::fs::set_permissions(&dir_path, std::fs::Permissions::from_mode(0o700))
+            })
             .map_err(|e| format!("cannot create {}: {e}", dir_path.display()))?;
     }
-    let dir = Dir::open(&dir_path).map_err(|e| format!("cannot open {}: {e}", dir_path.display()))?;
+    read_or_make(&dir_path, true).map(|k| k.expect("made when missing"))
+}
+
+fn read_or_make(dir_path: &std::path::Path, make: bool) -> Result<Option<(DistKey, bool)>, String> {
+    let dir =
+        Dir::open(dir_path).map_err(|e| format!("cannot open {}: {e}", dir_path.display()))?;
     let file_path = dir.join(OsStr::new(FILE));
     match dir.open_read(OsStr::new(FILE)) {
         Ok(Some(mut f)) => {
@@ -103,12 +119,14 @@ pub fn load_or_create(store: &Store) -> Result<(DistKey, bool), String> {
                 .map_err(|e| format!("cannot read {}: {e}", file_path.display()))?;
             let bytes = base64::engine::general_purpose::STANDARD.decode(text.trim());
             text.zeroize();
-            let mut bytes = bytes.map_err(|_| format!("{} is not a distribution key", file_path.display()))?;
+            let mut bytes =
+                bytes.map_err(|_| format!("{} is not a distribution key", file_path.display()))?;
             let key = DistKey::from_secret_bytes(&bytes);
             bytes.zeroize();
-            key.map(|k| (k, false))
+            key.map(|k| Some((k, false)))
                 .map_err(|e| format!("{}: {e}", file_path.display()))
         }
+        Ok(None) if !make => Ok(None),
         Ok(None) => {
             let key = DistKey::generate();
             let mut text = base64::engine::general_purpose::STANDARD.encode(key.sk.to_bytes());
@@ -120,7 +138,7 @@ pub fn load_or_create(store: &Store) -> Result<(DistKey, bool), String> {
             let written = fsutil::atomic_write(&file_path, text.as_bytes(), &attrs, None);
             text.zeroize();
             written.map_err(|e| format!("cannot write {}: {e}", file_path.display()))?;
-            Ok((key, true))
+            Ok(Some((key, true)))
         }
         Err(e) => Err(format!("cannot read {}: {e}", file_path.display())),
     }

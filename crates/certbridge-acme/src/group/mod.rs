@@ -73,7 +73,9 @@ pub fn module(raw: Map<String, Value>, inv: &Invocation) -> Result<Reply, Failur
         config::split_options(raw, OWN_KEYS).map_err(|e| Failure::new(e.to_string()))?;
     let cfg = config::validate(common, DEFAULT_TIMEOUT).map_err(|e| Failure::new(e.to_string()))?;
     if own.member.trim().is_empty() {
-        return Err(Failure::new("member: the inventory name of this host is required"));
+        return Err(Failure::new(
+            "member: the inventory name of this host is required",
+        ));
     }
     for spec in &cfg.certs {
         if !own.groups.contains_key(spec.name.as_str()) {
@@ -89,7 +91,9 @@ pub fn module(raw: Map<String, Value>, inv: &Invocation) -> Result<Reply, Failur
         ("bundles", own.bundles.keys().collect()),
     ] {
         if let Some(unknown) = keys.into_iter().find(|c| cfg.cert(c).is_none()) {
-            return Err(Failure::new(format!("{option}: `{unknown}` is not a declared cert")));
+            return Err(Failure::new(format!(
+                "{option}: `{unknown}` is not a declared cert"
+            )));
         }
     }
     for (cert, list) in &own.recipients {
@@ -111,20 +115,25 @@ pub fn module(raw: Map<String, Value>, inv: &Invocation) -> Result<Reply, Failur
     if inv.check_mode && own.op != Op::Status {
         return Ok(Reply::unchanged().with("msg", "check mode: nothing sealed or installed"));
     }
+    if inv.check_mode {
+        // Status only: what is held, and the public key if there is one (none is made).
+        let key = distkey::load(&cfg.store).map_err(Failure::new)?;
+        return Ok(status(&cfg, key.as_ref(), false));
+    }
     let _lock = cfg
         .store
         .lock(cfg.timeout)
         .map_err(|e| Failure::new(e.to_string()))?;
     let (key, made) = distkey::load_or_create(&cfg.store).map_err(Failure::new)?;
     match own.op {
-        Op::Status => Ok(status(&cfg, &key, made)),
+        Op::Status => Ok(status(&cfg, Some(&key), made)),
         Op::Seal => seal_all(&cfg, &own),
         Op::Open => open_all(&cfg, &own, &key, &wires),
     }
 }
 
 /// This member's public key, and per cert what it holds and whether a handler is owed.
-fn status(cfg: &Config, key: &DistKey, made: bool) -> Reply {
+fn status(cfg: &Config, key: Option<&DistKey>, made: bool) -> Reply {
     let mut held = Map::new();
     let mut owed = Vec::new();
     for spec in &cfg.certs {
@@ -136,7 +145,7 @@ fn status(cfg: &Config, key: &DistKey, made: bool) -> Reply {
         }
     }
     Reply::changed(made)
-        .with("public_key", key.public().to_base64())
+        .with("public_key", key.map(|k| k.public().to_base64()))
         .with("held", held)
         .with("owed", owed)
 }
@@ -248,8 +257,7 @@ fn open_one(
     wire: &Wire,
 ) -> Result<Option<Generation>, String> {
     let cert = spec.name.as_str();
-    let (header, payload) =
-        seal::open(wire, &own.member, key, cert).map_err(|e| e.to_string())?;
+    let (header, payload) = seal::open(wire, &own.member, key, cert).map_err(|e| e.to_string())?;
     if header.group != own.groups[cert] {
         return Err(format!(
             "the bundle is for group {}, this member shares the cert with group {}",
@@ -271,11 +279,15 @@ fn open_one(
     let now = crate::now();
     let names = spec.sorted_names();
     let set = certinfo::verify_issued(&payload.fullchain_pem, &payload.key_pem, &names, now)
-        .map_err(|e| format!("the sealed certificate does not fit this member's declaration: {e}"))?;
+        .map_err(|e| {
+            format!("the sealed certificate does not fit this member's declaration: {e}")
+        })?;
     if set.leaf.key_type != Some(spec.key_type) {
         return Err(format!(
             "the sealed key is {}, this member declares {}",
-            set.leaf.key_type.map_or("of an unknown type", |k| k.as_str()),
+            set.leaf
+                .key_type
+                .map_or("of an unknown type", |k| k.as_str()),
             spec.key_type.as_str()
         ));
     }
@@ -293,9 +305,9 @@ fn open_one(
     meta.failures = 0;
     meta.retry_not_before = None;
     meta.last_problem = None;
-    cfg.store
-        .save_meta(cert, &meta)
-        .map_err(|e| format!("installed, but the metadata was not saved (the next run catches up): {e}"))?;
+    cfg.store.save_meta(cert, &meta).map_err(|e| {
+        format!("installed, but the metadata was not saved (the next run catches up): {e}")
+    })?;
     let _ = cfg.store.clear_pending_key(cert);
     Ok(Some(header.generation))
 }

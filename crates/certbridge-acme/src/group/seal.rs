@@ -62,7 +62,12 @@ pub fn seal(header: &Header, recipient_key: &PublicKey, payload: &Payload) -> Re
 
 /// Opens `wire` as `me` (inventory name) with `key`, for cert `cert`: checks the header is
 /// addressed here, then decrypts. The caller checks the payload against `Header::generation`.
-pub fn open(wire: &Wire, me: &str, key: &DistKey, cert: &str) -> Result<(Header, Payload), OpenError> {
+pub fn open(
+    wire: &Wire,
+    me: &str,
+    key: &DistKey,
+    cert: &str,
+) -> Result<(Header, Payload), OpenError> {
     let header = wire.header().map_err(OpenError::Malformed)?;
     if header.version != VERSION {
         return Err(OpenError::Malformed(format!(
@@ -86,8 +91,8 @@ pub fn open(wire: &Wire, me: &str, key: &DistKey, cert: &str) -> Result<(Header,
             want: cert.to_owned(),
         });
     }
-    let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(&wire.enc)
-        .map_err(|_| OpenError::Tampered)?;
+    let enc =
+        <Kem as hpke::Kem>::EncappedKey::from_bytes(&wire.enc).map_err(|_| OpenError::Tampered)?;
     let mut plain = hpke::single_shot_open::<ChaCha20Poly1305, HkdfSha256, Kem>(
         &OpModeR::Base,
         key.secret(),

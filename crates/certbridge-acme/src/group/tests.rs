@@ -54,7 +54,12 @@ fn a_sealed_bundle_opens_only_for_its_member_and_only_untouched() {
     let (key_pem, chain) = issue(ca.path(), crate::now());
     let b = DistKey::generate();
     let c = DistKey::generate();
-    let wire = seal::seal(&header_for("rgw2", &b, &chain), b.public(), &payload(&key_pem, &chain)).unwrap();
+    let wire = seal::seal(
+        &header_for("rgw2", &b, &chain),
+        b.public(),
+        &payload(&key_pem, &chain),
+    )
+    .unwrap();
     // The key is nowhere in the clear part.
     let text = wire.encode();
     assert!(!text.contains("PRIVATE"));
@@ -83,19 +88,28 @@ fn a_sealed_bundle_opens_only_for_its_member_and_only_untouched() {
     // Replayed to another member: its header names rgw2.
     assert_eq!(
         seal::open(&decoded, "rgw3", &c, "rgw-wildcard").err(),
-        Some(OpenError::WrongRecipient { got: "rgw2".into(), want: "rgw3".into() })
+        Some(OpenError::WrongRecipient {
+            got: "rgw2".into(),
+            want: "rgw3".into()
+        })
     );
     // ... and with the header rewritten for rgw3 and its key, the AAD no longer matches.
     let mut forged = decoded.clone();
     forged.header_bytes = serde_json::to_vec(&header_for("rgw3", &c, &chain)).unwrap();
-    assert_eq!(seal::open(&forged, "rgw3", &c, "rgw-wildcard").err(), Some(OpenError::Tampered));
+    assert_eq!(
+        seal::open(&forged, "rgw3", &c, "rgw-wildcard").err(),
+        Some(OpenError::Tampered)
+    );
     // A flip deep in the header's generation (not caught by any clear check).
     let mut w = decoded.clone();
     let at = w.header_bytes.len() - 10;
     w.header_bytes[at] ^= 0x01;
     assert!(seal::open(&w, "rgw2", &b, "rgw-wildcard").is_err());
     // ... or opened as rgw2 by a member holding another key.
-    assert_eq!(seal::open(&decoded, "rgw2", &c, "rgw-wildcard").err(), Some(OpenError::WrongKey));
+    assert_eq!(
+        seal::open(&decoded, "rgw2", &c, "rgw-wildcard").err(),
+        Some(OpenError::WrongKey)
+    );
     // For another cert of the same member.
     assert!(matches!(
         seal::open(&decoded, "rgw2", &b, "other"),
@@ -119,7 +133,12 @@ fn a_header_that_lies_about_its_generation_is_refused() {
 }
 
 /// Runs acme_group on `root` as `member`.
-fn run(root: &std::path::Path, member: &str, op: &str, extra: Value) -> Result<Map<String, Value>, String> {
+fn run(
+    root: &std::path::Path,
+    member: &str,
+    op: &str,
+    extra: Value,
+) -> Result<Map<String, Value>, String> {
     let mut args = json!({
         "certs": {"rgw-wildcard": NAMES},
         "cert_root": root.to_str().unwrap(),
@@ -162,54 +181,115 @@ fn members_install_what_the_issuer_seals_and_never_go_back() {
     install(issuer.path(), &old_key, &old_chain);
 
     let status = run(member.path(), "rgw2", "status", json!({})).unwrap();
-    assert_eq!(status["changed"], json!(true), "the first status makes the key");
+    assert_eq!(
+        status["changed"],
+        json!(true),
+        "the first status makes the key"
+    );
     let pk = status["public_key"].as_str().unwrap().to_owned();
     assert_eq!(status["held"]["rgw-wildcard"], Value::Null);
     let key_file = member.path().join(".certbridge/group/distkey");
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let again = run(member.path(), "rgw2", "status", json!({})).unwrap();
     assert_eq!(again["changed"], json!(false));
-    assert_eq!(again["public_key"].as_str().unwrap(), pk, "the key pair is long-lived");
+    assert_eq!(
+        again["public_key"].as_str().unwrap(),
+        pk,
+        "the key pair is long-lived"
+    );
 
     let recipients = json!({"recipients": {"rgw-wildcard": [
         {"host": "rgw2", "public_key": pk}, {"host": "rgw1", "public_key": pk}]}});
     let sealed = run(issuer.path(), "rgw1", "seal", recipients.clone()).unwrap();
-    let old_bundle = sealed["bundles"]["rgw-wildcard"]["rgw2"].as_str().unwrap().to_owned();
-    assert!(sealed["bundles"]["rgw-wildcard"].get("rgw1").is_none(), "never to itself");
+    let old_bundle = sealed["bundles"]["rgw-wildcard"]["rgw2"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        sealed["bundles"]["rgw-wildcard"].get("rgw1").is_none(),
+        "never to itself"
+    );
 
-    let opened = run(member.path(), "rgw2", "open", json!({"bundles": {"rgw-wildcard": old_bundle}})).unwrap();
+    let opened = run(
+        member.path(),
+        "rgw2",
+        "open",
+        json!({"bundles": {"rgw-wildcard": old_bundle}}),
+    )
+    .unwrap();
     assert_eq!(opened["updated"], json!(["rgw-wildcard"]));
     assert_eq!(file(member.path(), "privkey.pem"), old_key);
-    assert_eq!(file(member.path(), "combined.pem"), file(issuer.path(), "combined.pem"));
+    assert_eq!(
+        file(member.path(), "combined.pem"),
+        file(issuer.path(), "combined.pem")
+    );
     let meta: Value = serde_json::from_str(
-        &std::fs::read_to_string(member.path().join(".certbridge/certs/rgw-wildcard.json")).unwrap(),
+        &std::fs::read_to_string(member.path().join(".certbridge/certs/rgw-wildcard.json"))
+            .unwrap(),
     )
     .unwrap();
     assert_eq!(meta["handler_owed"], json!(true));
     // The same bundle again: nothing to do.
-    let same = run(member.path(), "rgw2", "open", json!({"bundles": {"rgw-wildcard": old_bundle}})).unwrap();
+    let same = run(
+        member.path(),
+        "rgw2",
+        "open",
+        json!({"bundles": {"rgw-wildcard": old_bundle}}),
+    )
+    .unwrap();
     assert_eq!(same["changed"], json!(false));
 
     // A renewal on the issuer reaches the member; the old bundle replayed afterwards is refused.
     let (new_key, new_chain) = issue(ca.path(), now);
     install(issuer.path(), &new_key, &new_chain);
     let sealed = run(issuer.path(), "rgw1", "seal", recipients).unwrap();
-    let new_bundle = sealed["bundles"]["rgw-wildcard"]["rgw2"].as_str().unwrap().to_owned();
-    let opened = run(member.path(), "rgw2", "open", json!({"bundles": {"rgw-wildcard": new_bundle}})).unwrap();
+    let new_bundle = sealed["bundles"]["rgw-wildcard"]["rgw2"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let opened = run(
+        member.path(),
+        "rgw2",
+        "open",
+        json!({"bundles": {"rgw-wildcard": new_bundle}}),
+    )
+    .unwrap();
     assert_eq!(opened["updated"], json!(["rgw-wildcard"]));
-    let err = run(member.path(), "rgw2", "open", json!({"bundles": {"rgw-wildcard": old_bundle}})).unwrap_err();
+    let err = run(
+        member.path(),
+        "rgw2",
+        "open",
+        json!({"bundles": {"rgw-wildcard": old_bundle}}),
+    )
+    .unwrap_err();
     assert!(err.contains("older than the installed"), "{err}");
     assert!(err.contains("nothing was installed"), "{err}");
-    assert_eq!(file(member.path(), "privkey.pem"), new_key, "still the newer key");
+    assert_eq!(
+        file(member.path(), "privkey.pem"),
+        new_key,
+        "still the newer key"
+    );
     assert!(!err.contains("PRIVATE KEY"));
 
     // A bundle for rgw2 handed to rgw3 (another root, another key) is refused.
     let third = tempfile::tempdir().unwrap();
     run(third.path(), "rgw3", "status", json!({})).unwrap();
-    let err = run(third.path(), "rgw3", "open", json!({"bundles": {"rgw-wildcard": new_bundle}})).unwrap_err();
+    let err = run(
+        third.path(),
+        "rgw3",
+        "open",
+        json!({"bundles": {"rgw-wildcard": new_bundle}}),
+    )
+    .unwrap_err();
     assert!(err.contains("addressed to rgw2, not to rgw3"), "{err}");
-    assert!(!third.path().join("cog.example.org").exists(), "nothing installed on rgw3");
+    assert!(
+        !third.path().join("cog.example.org").exists(),
+        "nothing installed on rgw3"
+    );
 }
 
 #[test]
