@@ -4,8 +4,8 @@
 //! BIND publishing the wildcard's dns-01 values. One order for six members, byte-identical key
 //! and chain everywhere, one handler per member; a second pulse changes nothing; a forced
 //! renewal is one order naming the certificate it replaces; a member added later gets the
-//! bundle without an order; an issuer removed from the inventory is replaced by the next
-//! member; a bundle changed by one byte or handed to another member is refused; no key body
+//! bundle without an order; an issuer that is unreachable, or removed from the inventory, is
+//! replaced by the next member, and one that comes back converges without an order; a bundle changed by one byte or handed to another member is refused; no key body
 //! (certificate or distribution key) appears in any output.
 use certbridge_testsupport as support;
 
@@ -82,30 +82,30 @@ impl Site {
         self.path(&format!("hosts/{host}/certs"))
     }
 
-    /// Writes the inventory: `members` (in this order) share the cert through `rgws`.
-    fn inventory(&self, bed: &Testbed, proxy: &CaProxy, members: &[&str], extra: Value) {
+    /// Writes the inventory: `members` (in this order) share the cert through `rgws`; those in
+    /// `down` are unreachable (SSH to a closed port).
+    fn inventory(&self, bed: &Testbed, proxy: &CaProxy, members: &[&str], down: &[&str]) {
         let dns = bed.get("TESTBED_DNS");
         let mut hosts = serde_json::Map::new();
         for m in members {
-            hosts.insert(
-                m.to_string(),
-                json!({
-                    "letsencrypt_cert_root": self.root(m),
-                    "letsencrypt_log_dir": self.path(&format!("hosts/{m}/log")),
-                }),
-            );
+            let mut vars = json!({
+                "letsencrypt_cert_root": self.root(m),
+                "letsencrypt_log_dir": self.path(&format!("hosts/{m}/log")),
+            });
+            if down.contains(m) {
+                vars["ansible_connection"] = json!("ssh");
+                vars["ansible_host"] = json!("127.0.0.1");
+                vars["ansible_port"] = json!(1);
+            }
+            hosts.insert(m.to_string(), vars);
         }
-        let mut group_vars = json!({
+        let group_vars = json!({
             "letsencrypt_certs": {CERT: {"names": [format!("*.{DIR}"), DIR], "shared_by": "rgws"}},
             "letsencrypt_directory": proxy.directory_url(),
             "letsencrypt_ca_file": proxy.ca_file(),
             "letsencrypt_account_email": "hostmaster@example.test",
             "letsencrypt_dns_check": dns,
         });
-        group_vars
-            .as_object_mut()
-            .unwrap()
-            .extend(extra.as_object().unwrap().clone());
         let inventory = json!({"all": {
             "vars": {
                 "ansible_connection": "local",
@@ -127,6 +127,9 @@ impl Site {
                     "letsencrypt_cname_resolver": dns,
                     "letsencrypt_dns_nameservers": [dns],
                     "letsencrypt_publish_state_dir": self.path("hosts/ns-primary/state"),
+                    // Only this run's values: four renewals of one name would otherwise leave 8
+                    // TXT values there, more than a 512-byte UDP answer holds for Pebble.
+                    "letsencrypt_txt_keep_seconds": 0,
                 }}},
                 "letsencrypt": {"children": {"rgws": {}}},
                 "rgws": {"hosts": hosts, "vars": group_vars},
@@ -259,19 +262,24 @@ impl Run {
         let n = self.output.len();
         self.output[n.saturating_sub(12000)..].to_owned()
     }
-    /// `changed=` of each host in the recap.
+    /// `changed=` of `host` in the recap.
     fn changed(&self, host: &str) -> u64 {
+        self.count(host, "changed")
+    }
+    /// A `PLAY RECAP` counter (`changed`, `failed`, ...) of `host`.
+    fn count(&self, host: &str, key: &str) -> u64 {
         let recap = self
             .output
             .split_once("PLAY RECAP")
             .map(|(_, r)| r)
             .unwrap_or("");
+        let prefix = format!("{key}=");
         recap
             .lines()
             .find(|l| l.split_whitespace().next() == Some(host))
             .and_then(|l| {
                 l.split_whitespace()
-                    .find_map(|w| w.strip_prefix("changed="))
+                    .find_map(|w| w.strip_prefix(prefix.as_str()))
             })
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no recap for {host}:\n{}", self.tail()))
@@ -319,7 +327,7 @@ fn six_members_one_order_one_key_sealed_delivery_join_and_failover() {
         ProxyConfig::default().with_ari(),
     );
     let site = Site::new();
-    site.inventory(&bed, &proxy, &SIX, json!({}));
+    site.inventory(&bed, &proxy, &SIX, &[]);
 
     // 1. First pulse: one order, six identical sets, six handlers.
     let first = site.pulse(json!({}));
@@ -392,7 +400,7 @@ fn six_members_one_order_one_key_sealed_delivery_join_and_failover() {
     // 4. A member joins: it gets the bundle, nobody orders, only its handler fires.
     proxy.clear_requests();
     let seven = ["rgw1", "rgw2", "rgw3", "rgw4", "rgw5", "rgw6", "rgw7"];
-    site.inventory(&bed, &proxy, &seven, json!({}));
+    site.inventory(&bed, &proxy, &seven, &[]);
     let joined = site.pulse(json!({}));
     joined.assert_ok("join pulse");
     assert!(orders(&proxy).is_empty(), "a joining member costs no order");
@@ -403,13 +411,26 @@ fn six_members_one_order_one_key_sealed_delivery_join_and_failover() {
         assert_eq!(joined.changed(m), 0, "{m} changed when rgw7 joined");
     }
 
-    // 5. The issuer leaves the inventory; a renewal is ordered by the next member, naming the
-    //    certificate it replaces, and reaches every member left.
+    // 5. The issuer is unreachable: the next member holding the same issuance renews, naming
+    //    the certificate it replaces, and every reachable member follows.
+    proxy.clear_requests();
     let id2 = ari_id(&site, "rgw2");
     let rest = ["rgw2", "rgw3", "rgw4", "rgw5", "rgw6", "rgw7"];
-    site.inventory(&bed, &proxy, &rest, json!({}));
+    site.inventory(&bed, &proxy, &seven, &["rgw1"]);
     let failover = site.pulse(json!({"letsencrypt_force": true}));
-    failover.assert_ok("failover pulse");
+    assert!(
+        failover.output.contains("UNREACHABLE"),
+        "{}",
+        failover.tail()
+    );
+    for m in rest {
+        assert_eq!(
+            failover.count(m, "failed"),
+            0,
+            "{m} failed:\n{}",
+            failover.tail()
+        );
+    }
     let payloads = orders(&proxy);
     assert_eq!(payloads.len(), 1, "{payloads:?}");
     assert_eq!(payloads[0]["replaces"], json!(id2));
@@ -425,10 +446,52 @@ fn six_members_one_order_one_key_sealed_delivery_join_and_failover() {
     assert_eq!(
         site.file("rgw1", "privkey.pem"),
         key2,
+        "the unreachable member is untouched"
+    );
+    assert_eq!(site.handler_runs().len(), 19);
+
+    // 6. It comes back: it converges to the newest issuance without an order (never the
+    //    other way round), and only its handler fires.
+    proxy.clear_requests();
+    site.inventory(&bed, &proxy, &seven, &[]);
+    let back = site.pulse(json!({}));
+    back.assert_ok("the issuer comes back");
+    assert!(
+        orders(&proxy).is_empty(),
+        "no order when a member comes back"
+    );
+    assert_eq!(site.file("rgw1", "privkey.pem"), key3);
+    assert_eq!(site.handler_runs().len(), 20);
+    assert_eq!(site.handler_runs().last().map(String::as_str), Some("rgw1"));
+    for m in rest {
+        assert_eq!(back.changed(m), 0, "{m} changed when rgw1 came back");
+    }
+
+    // 7. It leaves the inventory: a renewal is ordered once, by the next member.
+    proxy.clear_requests();
+    let id3 = ari_id(&site, "rgw2");
+    site.inventory(&bed, &proxy, &rest, &[]);
+    let removed = site.pulse(json!({"letsencrypt_force": true}));
+    removed.assert_ok("after the issuer left");
+    let payloads = orders(&proxy);
+    assert_eq!(payloads.len(), 1, "{payloads:?}");
+    assert_eq!(payloads[0]["replaces"], json!(id3));
+    let key4 = site.file("rgw2", "privkey.pem");
+    assert_ne!(key4, key3);
+    for m in rest {
+        assert_eq!(
+            site.file(m, "privkey.pem"),
+            key4,
+            "{m}: the issuance after rgw1 left"
+        );
+    }
+    assert_eq!(
+        site.file("rgw1", "privkey.pem"),
+        key3,
         "the removed member is left alone"
     );
 
-    // 6. Bundles in transit: rgw2 seals to rgw3; one flipped byte, or the bundle handed to
+    // 8. Bundles in transit: rgw2 seals to rgw3; one flipped byte, or the bundle handed to
     //    rgw4, is refused with a clear message and nothing is installed.
     let bin = modules_dir().join("acme_group");
     let base = |root: PathBuf, member: &str| {
@@ -461,8 +524,6 @@ fn six_members_one_order_one_key_sealed_delivery_join_and_failover() {
         .unwrap()
         .to_owned();
     assert!(!sealed.stdout.contains("PRIVATE KEY"));
-    // Make rgw3 lack the cert's newest issuance: roll it back to the previous one, so an
-    // accepted bundle would install (and the refusals below are the bundle's, not "held").
     let before = site.file("rgw3", "privkey.pem");
     let mut flipped = bundle.clone().into_bytes();
     let at = flipped.len() - 20;

@@ -1,11 +1,11 @@
 //! Sealing a bundle to one member and opening it there: HPKE (RFC 9180) base mode,
-//! DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20Poly1305. The header is the AAD and the
+//! DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM. The header is the AAD and the
 //! recipient's public key is in the info, so a bundle changed in transit, or handed to another
 //! member, does not open.
 
 use super::bundle::{Header, Payload, Wire, VERSION};
 use super::distkey::{DistKey, PublicKey};
-use hpke::aead::ChaCha20Poly1305;
+use hpke::aead::AesGcm256;
 use hpke::kdf::HkdfSha256;
 use hpke::kem::X25519HkdfSha256;
 use hpke::{Deserializable, OpModeR, OpModeS, Serializable};
@@ -44,7 +44,7 @@ pub fn seal(header: &Header, recipient_key: &PublicKey, payload: &Payload) -> Re
     let header_bytes = serde_json::to_vec(header).map_err(|e| e.to_string())?;
     let mut plain = serde_json::to_vec(payload).map_err(|e| e.to_string())?;
     let pk_bytes = recipient_key.to_bytes();
-    let result = hpke::single_shot_seal::<ChaCha20Poly1305, HkdfSha256, Kem>(
+    let result = hpke::single_shot_seal::<AesGcm256, HkdfSha256, Kem>(
         &OpModeS::Base,
         recipient_key.inner(),
         &info(&pk_bytes),
@@ -93,7 +93,7 @@ pub fn open(
     }
     let enc =
         <Kem as hpke::Kem>::EncappedKey::from_bytes(&wire.enc).map_err(|_| OpenError::Tampered)?;
-    let mut plain = hpke::single_shot_open::<ChaCha20Poly1305, HkdfSha256, Kem>(
+    let mut plain = hpke::single_shot_open::<AesGcm256, HkdfSha256, Kem>(
         &OpModeR::Base,
         key.secret(),
         &enc,
