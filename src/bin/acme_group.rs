@@ -3,6 +3,6 @@ fn main() {
     certbridge_core::protocol::run(
         "acme_group",
         certbridge_acme::config::SECRET_KEYS,
-        certbridge_acme::group::module,
+        certbridge_group::module,
     )
 }

@@ -14,7 +14,6 @@ pub mod client;
 pub mod config;
 pub mod eventlog;
 pub mod finalize;
-pub mod group;
 pub mod http;
 pub mod metrics;
 pub mod policy;

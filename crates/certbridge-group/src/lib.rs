@@ -1,4 +1,4 @@
-//! Group certificates: one member of an inventory group orders a cert, every other member gets
+//! certbridge-group: group certificates: one member of an inventory group orders a cert, every other member gets
 //! the same key and chain sealed to its own distribution key, so whoever relays the bundles
 //! (the controller) sees only ciphertext. What the `acme_group` module does:
 //! - `status` (play 1, every member): make the distribution key once, report its public key
@@ -13,10 +13,10 @@ pub mod bundle;
 pub mod distkey;
 pub mod seal;
 
-use crate::certinfo;
-use crate::config::{self, CertSpec, Config};
-use crate::store::{gen_link, Meta};
 use bundle::{Facts, Generation, Header, Payload, Wire, VERSION};
+use certbridge_acme::certinfo;
+use certbridge_acme::config::{self, CertSpec, Config};
+use certbridge_acme::store::{gen_link, Meta};
 use certbridge_core::fsutil::Dir;
 use certbridge_core::protocol::{Failure, Invocation, Reply};
 use distkey::{DistKey, PublicKey};
@@ -276,7 +276,7 @@ fn open_one(
             ));
         }
     }
-    let now = crate::now();
+    let now = certbridge_acme::now();
     let names = spec.sorted_names();
     let set = certinfo::verify_issued(&payload.fullchain_pem, &payload.key_pem, &names, now)
         .map_err(|e| {

@@ -3,8 +3,8 @@
 //! recipient's public key is in the info, so a bundle changed in transit, or handed to another
 //! member, does not open.
 
-use super::bundle::{Header, Payload, Wire, VERSION};
-use super::distkey::{DistKey, PublicKey};
+use crate::bundle::{Header, Payload, Wire, VERSION};
+use crate::distkey::{DistKey, PublicKey};
 use hpke::aead::AesGcm256;
 use hpke::kdf::HkdfSha256;
 use hpke::kem::X25519HkdfSha256;
@@ -106,7 +106,7 @@ pub fn open(
         .map_err(|e| OpenError::Inconsistent(format!("the sealed part does not parse: {e}")));
     zeroize::Zeroize::zeroize(&mut plain);
     let payload = payload?;
-    let got = super::bundle::Generation::of_chain(&payload.fullchain_pem)
+    let got = crate::bundle::Generation::of_chain(&payload.fullchain_pem)
         .map_err(|e| OpenError::Inconsistent(e.to_string()))?;
     if got != header.generation {
         return Err(OpenError::Inconsistent(format!(

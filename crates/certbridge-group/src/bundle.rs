@@ -13,7 +13,7 @@ pub const VERSION: u32 = 1;
 pub struct Generation {
     pub not_before: i64,
     pub not_after: i64,
-    /// Hex, colon-separated, as [`crate::certinfo::LeafInfo`] has it.
+    /// Hex, colon-separated, as [`certbridge_acme::certinfo::LeafInfo`] has it.
     pub serial: String,
     /// SHA-256 of the leaf certificate's DER, hex.
     pub fingerprint: String,
@@ -21,9 +21,11 @@ pub struct Generation {
 
 impl Generation {
     /// The leaf of `fullchain_pem` (its first certificate) as a generation.
-    pub fn of_chain(fullchain_pem: &str) -> Result<Generation, crate::certinfo::CertError> {
-        let ders = crate::certinfo::pem_certs(fullchain_pem, "the certificate")?;
-        let leaf = crate::certinfo::leaf_info(&ders[0], "the certificate")?;
+    pub fn of_chain(
+        fullchain_pem: &str,
+    ) -> Result<Generation, certbridge_acme::certinfo::CertError> {
+        let ders = certbridge_acme::certinfo::pem_certs(fullchain_pem, "the certificate")?;
+        let leaf = certbridge_acme::certinfo::leaf_info(&ders[0], "the certificate")?;
         Ok(Generation {
             not_before: leaf.not_before,
             not_after: leaf.not_after,

@@ -2,8 +2,8 @@
 //! `<cert root>/.certbridge/group/distkey` (0600, inside the 0700 bookkeeping directory). Only
 //! the public key ever leaves the member.
 
-use crate::store::Store;
 use base64::Engine;
+use certbridge_acme::store::Store;
 use certbridge_core::fsutil::{self, Dir, FileAttrs};
 use hpke::kem::X25519HkdfSha256;
 use hpke::{Deserializable, Kem, Serializable};
@@ -37,7 +37,7 @@ impl PublicKey {
     pub fn to_base64(&self) -> String {
         base64::engine::general_purpose::STANDARD.encode(self.to_bytes())
     }
-    pub(super) fn inner(&self) -> &Pk {
+    pub(crate) fn inner(&self) -> &Pk {
         &self.0
     }
 }
@@ -60,7 +60,7 @@ impl DistKey {
     pub fn public(&self) -> &PublicKey {
         &self.pk
     }
-    pub(super) fn secret(&self) -> &Sk {
+    pub(crate) fn secret(&self) -> &Sk {
         &self.sk
     }
 

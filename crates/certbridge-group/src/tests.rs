@@ -1,11 +1,11 @@
 //! Seal/open and the acme_group module on real cert roots (temp dirs) with the local test CA.
 
-use super::bundle::{Facts, Generation, Header, Payload, Wire, VERSION};
-use super::distkey::DistKey;
-use super::seal::{self, OpenError};
-use crate::certinfo::{self, KeyType};
-use crate::selfsign::TestCa;
-use crate::store::Store;
+use crate::bundle::{Facts, Generation, Header, Payload, Wire, VERSION};
+use crate::distkey::DistKey;
+use crate::seal::{self, OpenError};
+use certbridge_acme::certinfo::{self, KeyType};
+use certbridge_acme::selfsign::TestCa;
+use certbridge_acme::store::Store;
 use certbridge_core::protocol::Invocation;
 use serde_json::{json, Map, Value};
 
@@ -51,7 +51,7 @@ fn payload(key_pem: &str, chain: &str) -> Payload {
 #[test]
 fn a_sealed_bundle_opens_only_for_its_member_and_only_untouched() {
     let ca = tempfile::tempdir().unwrap();
-    let (key_pem, chain) = issue(ca.path(), crate::now());
+    let (key_pem, chain) = issue(ca.path(), certbridge_acme::now());
     let b = DistKey::generate();
     let c = DistKey::generate();
     let wire = seal::seal(
@@ -120,8 +120,8 @@ fn a_sealed_bundle_opens_only_for_its_member_and_only_untouched() {
 #[test]
 fn a_header_that_lies_about_its_generation_is_refused() {
     let ca = tempfile::tempdir().unwrap();
-    let (key_pem, chain) = issue(ca.path(), crate::now());
-    let (_, other_chain) = issue(ca.path(), crate::now() - 3600);
+    let (key_pem, chain) = issue(ca.path(), certbridge_acme::now());
+    let (_, other_chain) = issue(ca.path(), certbridge_acme::now() - 3600);
     let b = DistKey::generate();
     // The sender claims another issuance than it seals.
     let header = header_for("rgw2", &b, &other_chain);
@@ -151,7 +151,7 @@ fn run(
         args[k] = v.clone();
     }
     let raw = args.as_object().unwrap().clone();
-    match super::module(raw, &Invocation::default()) {
+    match crate::module(raw, &Invocation::default()) {
         Ok(reply) => {
             let mut m = reply.fields;
             m.insert("changed".into(), json!(reply.changed));
@@ -163,7 +163,7 @@ fn run(
 
 fn install(root: &std::path::Path, key_pem: &str, chain: &str) {
     let store = Store::new(root, None);
-    let set = certinfo::verify_issued(chain, key_pem, &names(), crate::now()).unwrap();
+    let set = certinfo::verify_issued(chain, key_pem, &names(), certbridge_acme::now()).unwrap();
     store.install("cog.example.org", &set).unwrap();
 }
 
@@ -176,7 +176,7 @@ fn members_install_what_the_issuer_seals_and_never_go_back() {
     let ca = tempfile::tempdir().unwrap();
     let issuer = tempfile::tempdir().unwrap();
     let member = tempfile::tempdir().unwrap();
-    let now = crate::now();
+    let now = certbridge_acme::now();
     let (old_key, old_chain) = issue(ca.path(), now - 7200);
     install(issuer.path(), &old_key, &old_chain);
 
