@@ -105,7 +105,7 @@ class ActionModule(ActionBase):
     @staticmethod
     def _plan(task_vars):
         try:
-            return _plain(task_vars["hostvars"]["localhost"]["letsencrypt_group"]) or {}
+            return _plain(task_vars["hostvars"]["localhost"]["letsencrypt_group_round"]) or {}
         except Exception:  # not set: play 1 did not run in this playbook
             return {}
 
