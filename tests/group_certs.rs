@@ -5,7 +5,8 @@
 //! and chain everywhere, one handler per member; a second pulse changes nothing; a forced
 //! renewal is one order naming the certificate it replaces; a member added later gets the
 //! bundle without an order; an issuer that is unreachable, or removed from the inventory, is
-//! replaced by the next member, and one that comes back converges without an order; a bundle changed by one byte or handed to another member is refused; no key body
+//! replaced by the next member, and one that comes back converges without an order; an issuer
+//! lost between plays after ordering costs one more order at most; a bundle changed by one byte or handed to another member is refused; no key body
 //! (certificate or distribution key) appears in any output.
 use certbridge_testsupport as support;
 
@@ -85,6 +86,19 @@ impl Site {
     /// Writes the inventory: `members` (in this order) share the cert through `rgws`; those in
     /// `down` are unreachable (SSH to a closed port).
     fn inventory(&self, bed: &Testbed, proxy: &CaProxy, members: &[&str], down: &[&str]) {
+        let downs = down.iter().map(|h| (h.to_string(), json!("ssh"))).collect();
+        self.inventory_with(bed, proxy, members, downs)
+    }
+
+    /// [`Site::inventory`], with the `ansible_connection` of some members given (SSH goes to a
+    /// closed port: unreachable).
+    fn inventory_with(
+        &self,
+        bed: &Testbed,
+        proxy: &CaProxy,
+        members: &[&str],
+        connections: serde_json::Map<String, Value>,
+    ) {
         let dns = bed.get("TESTBED_DNS");
         let mut hosts = serde_json::Map::new();
         for m in members {
@@ -92,8 +106,8 @@ impl Site {
                 "letsencrypt_cert_root": self.root(m),
                 "letsencrypt_log_dir": self.path(&format!("hosts/{m}/log")),
             });
-            if down.contains(m) {
-                vars["ansible_connection"] = json!("ssh");
+            if let Some(connection) = connections.get(*m) {
+                vars["ansible_connection"] = connection.clone();
                 vars["ansible_host"] = json!("127.0.0.1");
                 vars["ansible_port"] = json!(1);
             }
@@ -623,5 +637,60 @@ fn members_declaring_different_names_fail_before_any_order() {
             entries.is_empty(),
             "{h}: nothing may be written: {entries:?}"
         );
+    }
+}
+
+/// The issuer is lost between plays, after it ordered (its connection fails from the end of
+/// play 1 on, as for a host killed then): nothing is installed anywhere and nothing breaks;
+/// once it is gone from the inventory, the next member orders once and the group converges.
+#[test]
+fn an_issuer_lost_after_ordering_costs_one_more_order_at_most() {
+    let bed = Testbed::start(&["--hosts", "4"]);
+    let proxy = CaProxy::start(
+        bed.get("TESTBED_ACME_DIRECTORY"),
+        bed.get("TESTBED_ACME_CA_FILE"),
+        ProxyConfig::default(),
+    );
+    let site = Site::new();
+    let three = ["rgw1", "rgw2", "rgw3"];
+    let mut lost = serde_json::Map::new();
+    lost.insert(
+        "rgw1".into(),
+        json!("{{ 'ssh' if hostvars['localhost']['letsencrypt_round'] is defined else 'local' }}"),
+    );
+    site.inventory_with(&bed, &proxy, &three, lost);
+    let first = site.pulse(json!({}));
+    assert!(first.output.contains("UNREACHABLE"), "{}", first.tail());
+    assert_eq!(orders(&proxy).len(), 1, "rgw1 ordered before it was lost");
+    for m in ["rgw2", "rgw3"] {
+        assert_eq!(first.count(m, "failed"), 0, "{m}:\n{}", first.tail());
+        assert!(
+            !site.root(m).join(DIR).exists(),
+            "{m}: nothing to install yet"
+        );
+    }
+    assert!(site.handler_runs().is_empty());
+
+    site.inventory(&bed, &proxy, &["rgw2", "rgw3"], &[]);
+    let second = site.pulse(json!({}));
+    second.assert_ok("after the issuer was removed");
+    assert_eq!(orders(&proxy).len(), 2, "one more order, by rgw2");
+    assert_eq!(
+        site.file("rgw2", "privkey.pem"),
+        site.file("rgw3", "privkey.pem")
+    );
+    assert_eq!(
+        site.file("rgw2", "fullchain.pem"),
+        site.file("rgw3", "fullchain.pem")
+    );
+    let mut fired = site.handler_runs();
+    fired.sort();
+    assert_eq!(fired, ["rgw2", "rgw3"]);
+
+    let third = site.pulse(json!({}));
+    third.assert_ok("no-op");
+    assert_eq!(orders(&proxy).len(), 2);
+    for m in ["rgw2", "rgw3"] {
+        assert_eq!(third.changed(m), 0, "{m} changed in the no-op pulse");
     }
 }
