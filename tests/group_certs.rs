@@ -67,8 +67,9 @@ impl Site {
         // Each handler run appends the member's name: who fired, and how often.
         let handler = json!([{
             "name": format!("letsencrypt updated {CERT}"),
-            "ansible.builtin.shell": {"cmd": "echo {{ inventory_hostname }} >> \"$HANDLER_LOG\""},
-            "environment": {"HANDLER_LOG": site.path("handlers.log")},
+            // It fails where a file named after the member exists in fail/.
+            "ansible.builtin.shell": {"cmd": "echo {{ inventory_hostname }} >> \"$HANDLER_LOG\" && test ! -e \"$FAIL_DIR/{{ inventory_hostname }}\""},
+            "environment": {"HANDLER_LOG": site.path("handlers.log"), "FAIL_DIR": site.path("fail")},
             "changed_when": true,
         }]);
         write_json(&site.path("handlers.yml"), &handler);
@@ -411,18 +412,40 @@ fn six_members_one_order_one_key_sealed_delivery_join_and_failover() {
     // Nor in any member's decision log or the controller's temp files.
     site.assert_no_secrets_in_files(&site.secrets(&SIX));
 
-    // 4. A member joins: it gets the bundle, nobody orders, only its handler fires.
+    // 4. A member joins: it gets the bundle, nobody orders, only its handler fires. Its handler
+    //    fails the first time: it is notified again at the next pulse, and only it.
     proxy.clear_requests();
     let seven = ["rgw1", "rgw2", "rgw3", "rgw4", "rgw5", "rgw6", "rgw7"];
     site.inventory(&bed, &proxy, &seven, &[]);
+    std::fs::create_dir_all(site.path("fail")).unwrap();
+    std::fs::write(site.path("fail/rgw7"), "").unwrap();
     let joined = site.pulse(json!({}));
-    joined.assert_ok("join pulse");
+    assert!(!joined.ok, "rgw7's handler failed");
+    assert_eq!(joined.count("rgw7", "failed"), 1, "{}", joined.tail());
     assert!(orders(&proxy).is_empty(), "a joining member costs no order");
     assert_eq!(site.file("rgw7", "privkey.pem"), key2);
     assert_eq!(site.handler_runs().last().map(String::as_str), Some("rgw7"));
     assert_eq!(site.handler_runs().len(), 13);
     for m in SIX {
         assert_eq!(joined.changed(m), 0, "{m} changed when rgw7 joined");
+        assert_eq!(joined.count(m, "failed"), 0, "{m} failed when rgw7 joined");
+    }
+    std::fs::remove_file(site.path("fail/rgw7")).unwrap();
+    let again = site.pulse(json!({}));
+    again.assert_ok("rgw7's handler again");
+    assert!(orders(&proxy).is_empty());
+    assert_eq!(
+        site.handler_runs().len(),
+        14,
+        "only rgw7's owed handler fires"
+    );
+    assert_eq!(site.handler_runs().last().map(String::as_str), Some("rgw7"));
+    for m in SIX {
+        assert_eq!(
+            again.changed(m),
+            0,
+            "{m} changed while rgw7's handler was owed"
+        );
     }
 
     // 5. The issuer is unreachable: the next member holding the same issuance renews, naming
@@ -462,7 +485,7 @@ fn six_members_one_order_one_key_sealed_delivery_join_and_failover() {
         key2,
         "the unreachable member is untouched"
     );
-    assert_eq!(site.handler_runs().len(), 19);
+    assert_eq!(site.handler_runs().len(), 20);
 
     // 6. It comes back: it converges to the newest issuance without an order (never the
     //    other way round), and only its handler fires.
@@ -475,7 +498,7 @@ fn six_members_one_order_one_key_sealed_delivery_join_and_failover() {
         "no order when a member comes back"
     );
     assert_eq!(site.file("rgw1", "privkey.pem"), key3);
-    assert_eq!(site.handler_runs().len(), 20);
+    assert_eq!(site.handler_runs().len(), 21);
     assert_eq!(site.handler_runs().last().map(String::as_str), Some("rgw1"));
     for m in rest {
         assert_eq!(back.changed(m), 0, "{m} changed when rgw1 came back");
