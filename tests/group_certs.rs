@@ -154,12 +154,17 @@ impl Site {
     }
 
     fn pulse(&self, extra_vars: Value) -> Run {
+        self.pulse_args(extra_vars, &[])
+    }
+
+    fn pulse_args(&self, extra_vars: Value, args: &[&str]) -> Run {
         let mut vars = json!({"letsencrypt_handlers_file": self.path("handlers.yml")});
         vars.as_object_mut()
             .unwrap()
             .extend(extra_vars.as_object().unwrap().clone());
         let out = Command::new(venv_bin("ansible-playbook"))
             .arg("-vvv")
+            .args(args)
             .arg("-i")
             .arg(self.path("hosts.yml"))
             .arg(repo_root().join("playbooks/service-letsencrypt.yaml"))
@@ -343,6 +348,25 @@ fn six_members_one_order_one_key_sealed_delivery_join_and_failover() {
     );
     let site = Site::new();
     site.inventory(&bed, &proxy, &SIX, &[]);
+
+    // 0. Check mode: the issuer would order; nothing is made anywhere (not even a key pair).
+    let check = site.pulse_args(json!({}), &["--check"]);
+    check.assert_ok("check mode");
+    assert!(orders(&proxy).is_empty(), "check mode orders nothing");
+    assert!(
+        check.output.contains(
+            "would_issue:\n            rgw1:\n                rgw-wildcard: issue (missing)"
+        ),
+        "{}",
+        check.tail()
+    );
+    for m in SIX {
+        assert!(!site.distkey(m).exists(), "{m}: check mode made a key pair");
+        assert!(
+            !site.root(m).join(DIR).exists(),
+            "{m}: check mode installed something"
+        );
+    }
 
     // 1. First pulse: one order, six identical sets, six handlers.
     let first = site.pulse(json!({}));

@@ -121,15 +121,17 @@ def letsencrypt_group_plan(hostvars, play_hosts):
         hv = hostvars[host]
         groups = groups or (_get(hv, "groups", {}) or {})
         status = _get(hv, "letsencrypt_group_status", None)
+        # In check mode a member has no distribution key yet (none is made): it still counts
+        # for the issuer's choice, but nothing is sealed to it.
         if not isinstance(status, dict) or status.get("failed") or status.get("skipped") \
-                or not status.get("public_key"):
+                or "held" not in status:
             continue
         for cert, group in group_certs_of(_get(hv, "letsencrypt_certs", {})).items():
             entry = plan.setdefault("%s/%s" % (group, cert), {
                 "group": group, "cert": cert, "members": {}, "newest": None})
             held = (status.get("held") or {}).get(cert)
             entry["members"][host] = {
-                "public_key": status["public_key"],
+                "public_key": status.get("public_key"),
                 "holds": held.get("fingerprint") if held else None,
                 "owed": cert in (status.get("owed") or []),
             }
@@ -159,7 +161,7 @@ def letsencrypt_group_delivery(plan, hostvars):
         newest = (entry.get("newest") or {}).get("fingerprint")
         recipients = []
         for host, member in entry["members"].items():
-            if host == issuer:
+            if host == issuer or not member["public_key"]:
                 continue
             if ordering or member["holds"] != newest:
                 recipients.append({"host": host, "public_key": member["public_key"],
