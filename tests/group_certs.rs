@@ -641,7 +641,7 @@ fn six_members_one_order_one_key_sealed_delivery_join_and_failover() {
 }
 
 #[test]
-fn members_declaring_different_names_fail_before_any_order() {
+fn bad_group_declarations_fail_naming_both_before_any_order() {
     require_tooling();
     let site = Site::new();
     let members = json!({
@@ -651,6 +651,13 @@ fn members_declaring_different_names_fail_before_any_order() {
                  "letsencrypt_cert_root": site.root("rgw2")},
         "lone": {"letsencrypt_certs": {CERT: {"names": ["a.example.test"], "shared_by": "nosuchgroup"}},
                  "letsencrypt_cert_root": site.root("lone")},
+        // In the inventory, but not a member of the group it names.
+        "stray": {"letsencrypt_certs": {CERT: {"names": ["a.example.test"], "shared_by": "rgws"}},
+                  "letsencrypt_cert_root": site.root("stray")},
+        "gw1": {"letsencrypt_certs": {"gw": {"names": ["c.example.test"], "key_type": "ec-p384", "shared_by": "gws"}},
+                "letsencrypt_cert_root": site.root("gw1")},
+        "gw2": {"letsencrypt_certs": {"gw": {"names": ["c.example.test"], "shared_by": "gws"}},
+                "letsencrypt_self_sign_only": true, "letsencrypt_cert_root": site.root("gw2")},
     });
     let inventory = json!({"all": {
         "vars": {"ansible_connection": "local", "ansible_python_interpreter": venv_bin("python"),
@@ -658,8 +665,10 @@ fn members_declaring_different_names_fail_before_any_order() {
                  "letsencrypt_directory": "https://127.0.0.1:9/dir", "letsencrypt_key_group": "",
                  "letsencrypt_log_dir": site.path("log")},
         "children": {
-            "letsencrypt": {"children": {"rgws": {}}, "hosts": {"lone": members["lone"]}},
+            "letsencrypt": {"children": {"rgws": {}, "gws": {}},
+                            "hosts": {"lone": members["lone"], "stray": members["stray"]}},
             "rgws": {"hosts": {"rgw1": members["rgw1"], "rgw2": members["rgw2"]}},
+            "gws": {"hosts": {"gw1": members["gw1"], "gw2": members["gw2"]}},
         }
     }});
     write_json(&site.path("hosts.yml"), &inventory);
@@ -669,6 +678,9 @@ fn members_declaring_different_names_fail_before_any_order() {
         "rgw1 declares names ['a.example.test'], rgw2 declares names ['b.example.test']",
         "rgw2 declares names ['b.example.test'], rgw1 declares names ['a.example.test']",
         "shared_by 'nosuchgroup' is not an inventory group",
+        "shared_by 'rgws', but stray is not a member of that group (members: rgw1, rgw2)",
+        "cert gw (shared_by gws): gw1 declares key type ec-p384, gw2 declares key type ec-p256",
+        "cert gw (shared_by gws): gw1 declares self_sign false, gw2 declares self_sign true",
     ] {
         assert!(
             run.output.contains(needle),
@@ -676,7 +688,7 @@ fn members_declaring_different_names_fail_before_any_order() {
             run.tail()
         );
     }
-    for h in ["rgw1", "rgw2", "lone"] {
+    for h in ["rgw1", "rgw2", "lone", "stray", "gw1", "gw2"] {
         let entries: Vec<_> = std::fs::read_dir(site.root(h))
             .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
             .unwrap_or_default();

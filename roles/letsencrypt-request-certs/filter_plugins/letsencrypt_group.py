@@ -70,6 +70,13 @@ def _declaration(hv, cert):
     }
 
 
+def _shown(value):
+    """A declared value as the user wrote it (true/false, "" for an unset profile)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if value == "" else str(value)
+
+
 def letsencrypt_group_problem(hostvars, host):
     """Why `host`'s group certs cannot be served as declared, or ""."""
     hv = hostvars[host]
@@ -97,8 +104,8 @@ def letsencrypt_group_problem(hostvars, host):
                 if want[field] != theirs[field]:
                     problems.append(
                         "cert %s (shared_by %s): %s declares %s %s, %s declares %s %s; every member "
-                        "must declare the same" % (cert, group, host, label, want[field], other, label,
-                                                   theirs[field]))
+                        "must declare the same" % (cert, group, host, label, _shown(want[field]), other,
+                                                   label, _shown(theirs[field])))
     return "; ".join(problems)
 
 
