@@ -83,7 +83,7 @@ class ActionModule(ActionBase):
             result.update(failed=True, msg=invalid)
             return result
         me = task_vars.get("inventory_hostname")
-        module_args = pulse._module_args("acknowledge", var)
+        module_args = _pulse_module_args(pulse, "acknowledge", var)
         module_args.update(
             certs={c: {k: v for k, v in certs[c].items() if k != "shared_by"} for c in groups},
             groups=groups, member=me)
@@ -156,6 +156,16 @@ class ActionModule(ActionBase):
             result["changed"] = True
             result["_ansible_notify"] = [HANDLER_PREFIX + c for c in sorted(updated)]
         return result
+
+
+def _pulse_module_args(pulse, step, var):
+    """The module options the pulse action builds from the role's variables (a method of the
+    action, or a function of its module_utils where the pulse's Python lives in plugins/)."""
+    import sys
+
+    if hasattr(pulse, "_module_args"):
+        return pulse._module_args(step, var)
+    return sys.modules[type(pulse).__module__].pulse.module_args(step, var)
 
 
 def pulse_handler_names(pulse, play, templar):
