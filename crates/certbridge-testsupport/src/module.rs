@@ -5,12 +5,13 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The four module binaries of the `certbridge` package.
-pub const MODULES: [&str; 4] = [
+/// The module binaries of the `certbridge` package.
+pub const MODULES: [&str; 5] = [
     "zone_render",
     "acme_txt_publish",
     "acme_request",
     "acme_finalize",
+    "acme_group",
 ];
 
 /// The module binary to test: `$CERTBRIDGE_MODULES_DIR/<name>` when set (e.g. the release
