@@ -26,6 +26,12 @@ fn default_keep() -> u64 {
 fn default_timeout() -> u64 {
     300
 }
+/// BIND's default `max-records-per-type` (since 9.18.28): a zone file with a larger RRset
+/// is not loaded at all.
+pub const DEFAULT_MAX_RECORDS_PER_TYPE: u64 = 100;
+fn default_max_records() -> u64 {
+    DEFAULT_MAX_RECORDS_PER_TYPE
+}
 fn default_state_dir() -> String {
     "/var/lib/certbridge".into()
 }
@@ -62,6 +68,9 @@ pub struct PublishOptions {
     pub timeout: u64,
     #[serde(default = "default_state_dir")]
     pub state_dir: String,
+    /// Most TXT records one owner may carry in a written zone file (0: no limit).
+    #[serde(default = "default_max_records", deserialize_with = "coerce::uint")]
+    pub max_records_per_type: u64,
 }
 
 /// One value to publish, as a host's `acme_request` returned it plus the host's name.
@@ -230,6 +239,8 @@ pub struct Plan {
     pub keep_seconds: u64,
     pub timeout: Duration,
     pub state_dir: PathBuf,
+    /// Most TXT records per owner in a zone file; `None`: no limit.
+    pub max_records_per_type: Option<usize>,
 }
 
 fn parse_addr(option: &str, value: &str) -> Result<SocketAddr, String> {
@@ -426,6 +437,9 @@ impl Plan {
             keep_seconds: o.keep_seconds,
             timeout,
             state_dir,
+            max_records_per_type: usize::try_from(o.max_records_per_type)
+                .ok()
+                .filter(|n| *n > 0),
         })
     }
 }

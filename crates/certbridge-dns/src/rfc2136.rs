@@ -306,6 +306,7 @@ pub async fn publish(
         removed: change.delete,
         diff: Some(diff),
         warnings: Vec::new(),
+        reloaded_serial: None,
     })
 }
 

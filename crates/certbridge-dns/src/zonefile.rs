@@ -20,6 +20,9 @@ pub struct ZoneResult {
     pub removed: BTreeMap<DomainName, BTreeSet<String>>,
     pub diff: Option<serde_json::Value>,
     pub warnings: Vec<String>,
+    /// The serial of the zone file the server was just told to load (zonefile method, when
+    /// the content changed): the caller checks that the server serves it.
+    pub reloaded_serial: Option<u32>,
 }
 
 /// Runs `argv` (never through a shell) under the deadline; returns its output.
@@ -135,6 +138,7 @@ pub async fn publish(
     wanted: &BTreeMap<DomainName, BTreeSet<TxtDigest>>,
     now: u64,
     keep_seconds: u64,
+    max_per_owner: Option<usize>,
     check_mode: bool,
     deadline: Instant,
 ) -> Result<ZoneResult, PublishError> {
@@ -170,6 +174,7 @@ pub async fn publish(
         wanted,
         now,
         keep_seconds,
+        max_per_owner,
         check_mode,
         deadline,
     )
@@ -177,13 +182,15 @@ pub async fn publish(
     if frozen {
         // Thaw even when writing failed, so the zone takes updates again; thaw reloads it.
         let thawed = run_command(origin, &rndc(fz, "thaw", origin), deadline).await;
-        let (result, _) = written?;
+        let (mut result, content_changed, serial) = written?;
         thawed?;
+        result.reloaded_serial = content_changed.then_some(serial);
         return Ok(result);
     }
-    let (result, content_changed) = written?;
+    let (mut result, content_changed, serial) = written?;
     if content_changed && !check_mode {
         run_command(origin, &fz.reload, deadline).await?;
+        result.reloaded_serial = Some(serial);
     }
     Ok(result)
 }
@@ -196,9 +203,10 @@ async fn write_zone(
     wanted: &BTreeMap<DomainName, BTreeSet<TxtDigest>>,
     now: u64,
     keep_seconds: u64,
+    max_per_owner: Option<usize>,
     check_mode: bool,
     deadline: Instant,
-) -> Result<(ZoneResult, bool), PublishError> {
+) -> Result<(ZoneResult, bool, u32), PublishError> {
     let path = &fz.write.path;
     let mut warnings = Vec::new();
     let old = match file.read_rendered() {
@@ -219,6 +227,18 @@ async fn write_zone(
         }
     };
     let (values, removed) = merge_values(old.as_ref(), wanted, now, keep_seconds);
+    if let Some(limit) = max_per_owner {
+        // The server would refuse the whole file and keep serving the old zone: say so now,
+        // before writing, instead of waiting for values that will never be served.
+        if let Some((owner, at)) = values.iter().find(|(_, at)| at.len() > limit) {
+            return Err(PublishError::TooManyRecords {
+                zone: origin.as_str().into(),
+                owner: owner.fqdn(),
+                count: at.len(),
+                limit,
+            });
+        }
+    }
     let mut records = fz.static_records.clone();
     for (owner, at) in &values {
         for (value, first) in at {
@@ -267,8 +287,10 @@ async fn write_zone(
             removed,
             diff: Some(diff),
             warnings,
+            reloaded_serial: None,
         },
         outcome.content_changed,
+        outcome.serial,
     ))
 }
 
