@@ -254,13 +254,33 @@ pub enum ConfigError {
     },
 }
 
+/// Which type a cert's new keys get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyChoice {
+    /// Set by the user (`key_type`, or the cert's own): always this type.
+    Set(KeyType),
+    /// Not set: the type of the installed certificate's key (an adopted acme.sh RSA
+    /// certificate renews with RSA of its size), else the default.
+    Keep,
+}
+
+impl KeyChoice {
+    /// The type for the next key, given the installed certificate's (if any and known).
+    pub fn resolve(self, installed: Option<KeyType>) -> KeyType {
+        match self {
+            KeyChoice::Set(k) => k,
+            KeyChoice::Keep => installed.unwrap_or_default(),
+        }
+    }
+}
+
 /// One cert, validated.
 #[derive(Debug, Clone)]
 pub struct CertSpec {
     pub name: CertName,
     /// Canonical names in the order given (the first names the directory).
     pub names: Vec<Identifier>,
-    pub key_type: KeyType,
+    pub key_type: KeyChoice,
     /// The ACME profile to ask for (None: the CA's default).
     pub profile: Option<String>,
     /// `<cert_root>/<dir>`: the first name without `*.`.
@@ -381,8 +401,8 @@ pub fn validate(o: CommonOptions, default_timeout: u64) -> Result<Config, Config
         return Err(ConfigError::NoCerts);
     }
     let default_key_type = match &o.key_type {
-        Some(k) => k.parse::<KeyType>().map_err(|e| invalid("key_type", e))?,
-        None => KeyType::default(),
+        Some(k) => KeyChoice::Set(k.parse::<KeyType>().map_err(|e| invalid("key_type", e))?),
+        None => KeyChoice::Keep,
     };
     let default_profile = match &o.profile {
         Some(p) => check_profile("profile", p)?,
@@ -401,9 +421,10 @@ pub fn validate(o: CommonOptions, default_timeout: u64) -> Result<Config, Config
             CertEntry::Detailed(d) => (
                 d.names.clone(),
                 match &d.key_type {
-                    Some(k) => k
-                        .parse::<KeyType>()
-                        .map_err(|e| invalid(&format!("certs.{cert}.key_type"), e))?,
+                    Some(k) => KeyChoice::Set(
+                        k.parse::<KeyType>()
+                            .map_err(|e| invalid(&format!("certs.{cert}.key_type"), e))?,
+                    ),
                     None => default_key_type,
                 },
                 match &d.profile {
@@ -709,7 +730,14 @@ mod tests {
         );
         assert_eq!(main.dir, "www.example.test");
         assert_eq!(c.cert("rsa").unwrap().dir, "s3.example.test");
-        assert_eq!(c.cert("rsa").unwrap().key_type, KeyType::Rsa2048);
+        assert_eq!(
+            c.cert("rsa").unwrap().key_type,
+            KeyChoice::Set(KeyType::Rsa2048)
+        );
+        // Not set: the installed certificate's type, else the default.
+        assert_eq!(main.key_type, KeyChoice::Keep);
+        assert_eq!(main.key_type.resolve(Some(KeyType::Rsa3072)), KeyType::Rsa3072);
+        assert_eq!(main.key_type.resolve(None), KeyType::EcP256);
         assert_eq!(c.directory, LE_PRODUCTION);
         assert_eq!(c.notes.len(), 1);
         assert_eq!(c.timeout, Duration::from_secs(60));

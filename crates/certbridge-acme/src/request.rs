@@ -6,6 +6,7 @@
 //! stored; renewals name the certificate they replace.
 
 use crate::ca::{CaAccount, CaConnector, CaFailure, OrderStatus};
+use crate::certinfo::KeyType;
 use crate::config::{self, CertSpec, Config};
 use crate::eventlog::EventLog;
 use crate::metrics::{self, CertMetrics};
@@ -282,7 +283,7 @@ fn decide_one(
     let want = Wanted {
         cert: spec.name.as_str(),
         names: &names,
-        key_type: spec.key_type,
+        key_type: key_type_of(spec, on_disk),
         directory: &cfg.directory,
         untrusted_target: cfg.untrusted_target(),
         self_sign: cfg.self_sign,
@@ -292,6 +293,12 @@ fn decide_one(
         profile: spec.profile.as_deref().filter(|_| !cfg.self_sign),
     };
     policy::decide(&want, meta, on_disk, now)
+}
+
+/// The type of `spec`'s next key: the one set, else the installed certificate's.
+fn key_type_of(spec: &CertSpec, on_disk: &OnDisk) -> KeyType {
+    spec.key_type
+        .resolve(on_disk.leaf.as_ref().and_then(|l| l.key_type))
 }
 
 /// A random number for the point inside a renewal window (RFC 9773 asks for a random one).
@@ -508,10 +515,19 @@ pub async fn run<C: CaConnector>(
                     .meta
                     .pending
                     .as_ref()
-                    .is_none_or(|p| !same_request(p, st.spec, cfg));
+                    .is_none_or(|p| !same_request(p, st.spec, cfg, key_type_of(st.spec, &st.on_disk)));
                 if fresh {
-                    st.meta.pending =
-                        Some(new_pending(cfg, st.spec, None, None, Vec::new(), None, now));
+                    let key_type = key_type_of(st.spec, &st.on_disk);
+                    st.meta.pending = Some(new_pending(
+                        cfg,
+                        st.spec,
+                        key_type,
+                        None,
+                        None,
+                        Vec::new(),
+                        None,
+                        now,
+                    ));
                     out.orders_created += 1;
                     // A new order gets a new key.
                     let _ = store.clear_pending_key(st.spec.name.as_str());
@@ -751,17 +767,19 @@ fn stale_reason(cfg: &Config, spec: &CertSpec, age: i64, pending_max_age: i64) -
     })
 }
 
-fn same_request(p: &PendingOrder, spec: &CertSpec, cfg: &Config) -> bool {
+fn same_request(p: &PendingOrder, spec: &CertSpec, cfg: &Config, key_type: KeyType) -> bool {
     p.directory == cfg.directory
         && p.names == spec.sorted_names()
-        && p.key_type == spec.key_type
+        && p.key_type == key_type
         && p.self_sign == cfg.self_sign
         && (cfg.self_sign || p.profile == spec.profile)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn new_pending(
     cfg: &Config,
     spec: &CertSpec,
+    key_type: KeyType,
     url: Option<String>,
     account_url: Option<String>,
     challenges: Vec<crate::store::ChallengeRecord>,
@@ -774,7 +792,7 @@ fn new_pending(
         directory: cfg.directory.clone(),
         account_url,
         names: spec.sorted_names(),
-        key_type: spec.key_type,
+        key_type,
         staging: cfg.untrusted_target(),
         self_sign: cfg.self_sign,
         challenges,
@@ -863,6 +881,7 @@ async fn order_all<C: CaConnector>(
         order_one(
             cfg,
             st.spec,
+            key_type_of(st.spec, &st.on_disk),
             st.meta.pending.clone(),
             replaced_cert_id(cfg, st),
             &account,
@@ -942,6 +961,7 @@ struct Ordered {
 async fn order_one<A: CaAccount>(
     cfg: &Config,
     spec: &CertSpec,
+    key_type: KeyType,
     stored: Option<PendingOrder>,
     replaces: Option<String>,
     account: &A,
@@ -966,7 +986,7 @@ async fn order_one<A: CaAccount>(
     let mut why_new = None;
     if let Some(p) = stored {
         let same_account = p.account_url.as_deref() == Some(account_url);
-        let same = same_request(&p, spec, cfg);
+        let same = same_request(&p, spec, cfg, key_type);
         match p.url.clone() {
             Some(url) if same_account && same => {
                 let stale = stale_reason(cfg, spec, now - p.created_at, pending_max_age);
@@ -1032,6 +1052,7 @@ async fn order_one<A: CaAccount>(
         pending: new_pending(
             cfg,
             spec,
+            key_type,
             Some(created.url),
             Some(account_url.to_owned()),
             created.challenges,
@@ -1307,7 +1328,7 @@ mod tests {
                 directory: cfg.directory.clone(),
                 account_url: Some(ACCOUNT.into()),
                 names: sorted,
-                key_type: spec.key_type,
+                key_type: spec.key_type.resolve(None),
                 staging: cfg.untrusted_target(),
                 self_sign: false,
                 challenges: Vec::new(),

@@ -318,7 +318,8 @@ class ActionModule(ActionBase):
                 else var("letsencrypt_production_directory", LE_PRODUCTION)),
             "staging": staging,
             "cert_root": var("letsencrypt_cert_root"),
-            "key_type": var("letsencrypt_key_type"),
+            # Empty: the module keeps each certificate's key type.
+            "key_type": var("letsencrypt_key_type") or None,
             "self_sign": boolean(var("letsencrypt_self_sign_only", False), strict=False)
             or boolean(var("letsencrypt_self_generate_tokens", False), strict=False),
             "log_file": posixpath.join(str(var("letsencrypt_log_dir")), "certbridge.log"),
