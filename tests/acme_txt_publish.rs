@@ -721,10 +721,18 @@ fn a_zone_the_server_refuses_is_reported_at_once_with_the_reason() {
         ),
     );
     assert!(run.failed(), "{}", run.json);
-    for want in ["acme.signing.test. would carry 101 TXT records", "max-records-per-type", "own label"] {
+    for want in [
+        "acme.signing.test. would carry 101 TXT records",
+        "max-records-per-type",
+        "own label",
+    ] {
         assert!(run.msg().contains(want), "missing {want:?}: {}", run.msg());
     }
-    assert!(run.elapsed < Duration::from_secs(10), "took {:?}", run.elapsed);
+    assert!(
+        run.elapsed < Duration::from_secs(10),
+        "took {:?}",
+        run.elapsed
+    );
     assert_eq!(file_hash(&zone_path).0, before.0, "the zone file changed");
 
     // 2. Limit off: the file is written, BIND refuses to load it; reported within the
@@ -759,7 +767,14 @@ fn a_zone_the_server_refuses_is_reported_at_once_with_the_reason() {
 
     // 3. A zone BIND takes: published and verified (the module recovers the file).
     let few: Vec<Value> = (0..5)
-        .map(|i| rec("h1", &format!("ok{i}"), "host1.example.test", &digest(&format!("ok-{i}"))))
+        .map(|i| {
+            rec(
+                "h1",
+                &format!("ok{i}"),
+                "host1.example.test",
+                &digest(&format!("ok-{i}")),
+            )
+        })
         .collect();
     let run = run_module(
         "acme_txt_publish",

@@ -168,3 +168,95 @@ fn a_missing_cname_fails_only_that_host() {
         "missing CNAME: 1 of 2 hosts rejected with the fix, the other issued in the same pulse"
     );
 }
+
+/// Play 1 checks the CNAMEs (acme_request's `cname_check`, the chaser acme_txt_publish uses):
+/// a missing or wrong `_acme-challenge` CNAME fails its cert with the record to add and no
+/// order is made, without a backoff; the other certs are ordered and each value names the
+/// owner it will land on (per-name label or the shared name), which acme_txt_publish accepts.
+#[test]
+fn a_bad_cname_fails_its_cert_in_play_1_before_any_order() {
+    let bed = Testbed::start(&["--hosts", "6"]);
+    let state = tempfile::tempdir().unwrap();
+    let host = dns_host(
+        &bed,
+        json!({"good": ["host5.example.test"], "shared": ["host1.example.test"],
+               "bad": ["host6.example.test", "nocname.example.test"], "wrong": ["wrong.example.test"]}),
+    );
+    let req = host.request(json!({"cname_check": {
+        "zones": [bed.get("TESTBED_SIGNING_ZONE"), bed.get("TESTBED_DYNAMIC_ZONE")],
+        "resolver": bed.get("TESTBED_DNS"),
+        "nameserver_port": bed.get("TESTBED_DNS_PORT").parse::<u16>().unwrap(),
+    }}));
+    assert!(req.failed(), "{}", req.json);
+    let msg = req.msg();
+    for want in [
+        "nocname.example.test: _acme-challenge.nocname.example.test. has no CNAME",
+        "add: _acme-challenge.nocname.example.test. IN CNAME nocname.example.test.signing.test.",
+        "wrong.example.test: _acme-challenge.wrong.example.test. points to wrong.example.test.elsewhere.test.",
+    ] {
+        assert!(msg.contains(want), "missing {want:?}: {msg}");
+    }
+    assert_eq!(
+        req.json["pending"],
+        json!(["good", "shared"]),
+        "{}",
+        req.json
+    );
+    let mut owners: Vec<(String, String)> = req.json["acme_txt_required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["cert"].as_str().unwrap().to_owned(),
+                t["owner"].as_str().unwrap_or("-").to_owned(),
+            )
+        })
+        .collect();
+    owners.sort();
+    assert_eq!(
+        owners,
+        [
+            ("good".into(), "host5.example.test.signing.test".into()),
+            ("shared".into(), "acme.signing.test".into())
+        ]
+    );
+    // No order for the refused certs, and no backoff: the next pulse after the fix orders.
+    let log = std::fs::read_to_string(host.root.join("certbridge.log")).unwrap();
+    for cert in ["bad", "wrong"] {
+        assert!(
+            !log.lines()
+                .any(|l| l.contains("\"order_created\"")
+                    && l.contains(&format!("\"cert\":\"{cert}\""))),
+            "an order was made for {cert}"
+        );
+        assert!(
+            req.json["certs"][cert]["retry_not_before"].is_null(),
+            "{}",
+            req.json
+        );
+    }
+    // The values, owners included, publish and finalize.
+    let records = req.json["acme_txt_required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let mut t = t.clone();
+            t["host"] = json!("h1");
+            t
+        })
+        .collect::<Vec<_>>();
+    let run = run_module(
+        "acme_txt_publish",
+        &publish_args(&bed, state.path(), &records, 20),
+    );
+    assert!(!run.failed(), "{}", run.json);
+    let fin = host.finalize(json!({"only": ["good", "shared"]}));
+    let mut got = updated(&fin);
+    got.sort();
+    assert_eq!(got, ["good", "shared"], "{}", fin.json);
+    println!(
+        "play 1 refused 2 certs with bad CNAMEs before ordering; 2 others issued with their owners"
+    );
+}

@@ -424,7 +424,11 @@ fn acme_sh_cert(dir: &std::path::Path, first: &str, bits: u32, days: u32) {
         .arg(dir.join(format!("{first}.cer")))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::copy(dir.join(format!("{first}.cer")), dir.join("ca.cer")).unwrap();
 }
 
@@ -440,7 +444,10 @@ fn installed_key_type(host: &Host) -> String {
 #[test]
 fn renewals_keep_the_certificates_key_type_unless_one_is_set() {
     let bed = bed(&["--hosts", "2"]);
-    let host = main_host(bed.get("TESTBED_ACME_DIRECTORY"), bed.get("TESTBED_ACME_CA_FILE"));
+    let host = main_host(
+        bed.get("TESTBED_ACME_DIRECTORY"),
+        bed.get("TESTBED_ACME_CA_FILE"),
+    );
     acme_sh_cert(
         &host.cert_root().join("dyn1.example.test"),
         "dyn1.example.test",
@@ -448,7 +455,12 @@ fn renewals_keep_the_certificates_key_type_unless_one_is_set() {
         90,
     );
     let adopted = host.request(json!({}));
-    assert_eq!(ok(&adopted)["certs"]["main"]["reason"], "adopted", "{}", adopted.json);
+    assert_eq!(
+        ok(&adopted)["certs"]["main"]["reason"],
+        "adopted",
+        "{}",
+        adopted.json
+    );
     // Renewed (forced: openssl cannot backdate a certificate to make it due), with the
     // adopted certificate's key type.
     host.issue(json!({"force": true}), "forced");
@@ -457,7 +469,12 @@ fn renewals_keep_the_certificates_key_type_unless_one_is_set() {
 
     // Not due any more, nothing set: kept as it is.
     let again = host.request(json!({}));
-    assert_eq!(ok(&again)["certs"]["main"]["action"], "ok", "{}", again.json);
+    assert_eq!(
+        ok(&again)["certs"]["main"]["action"],
+        "ok",
+        "{}",
+        again.json
+    );
 
     // The user sets a type: reissued with it.
     host.issue(json!({"key_type": "ec-p256"}), "key_type_changed");

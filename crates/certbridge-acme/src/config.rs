@@ -736,7 +736,10 @@ mod tests {
         );
         // Not set: the installed certificate's type, else the default.
         assert_eq!(main.key_type, KeyChoice::Keep);
-        assert_eq!(main.key_type.resolve(Some(KeyType::Rsa3072)), KeyType::Rsa3072);
+        assert_eq!(
+            main.key_type.resolve(Some(KeyType::Rsa3072)),
+            KeyType::Rsa3072
+        );
         assert_eq!(main.key_type.resolve(None), KeyType::EcP256);
         assert_eq!(c.directory, LE_PRODUCTION);
         assert_eq!(c.notes.len(), 1);

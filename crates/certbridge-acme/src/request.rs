@@ -7,6 +7,7 @@
 
 use crate::ca::{CaAccount, CaConnector, CaFailure, OrderStatus};
 use crate::certinfo::KeyType;
+use crate::cnamecheck::{CnameCheck, CnameCheckInput};
 use crate::config::{self, CertSpec, Config};
 use crate::eventlog::EventLog;
 use crate::metrics::{self, CertMetrics};
@@ -45,9 +46,17 @@ pub struct RequestOptions {
         deserialize_with = "coerce::opt_seconds::<_, 0, { limits::YEAR }>"
     )]
     pub ari_interval: Option<u64>,
+    /// Follow each name's `_acme-challenge` CNAME before ordering (see [`crate::cnamecheck`]).
+    #[serde(default)]
+    pub cname_check: Option<CnameCheckInput>,
 }
 
-pub const OWN_KEYS: &[&str] = &["pending_max_age", "metrics_file", "ari_interval"];
+pub const OWN_KEYS: &[&str] = &[
+    "pending_max_age",
+    "metrics_file",
+    "ari_interval",
+    "cname_check",
+];
 
 /// What the reply says about a certificate's renewal information.
 #[derive(Debug, Clone, Serialize)]
@@ -105,6 +114,10 @@ pub struct TxtRequired {
     pub name: String,
     pub record: String,
     pub value: String,
+    /// Where the value will be published (with `cname_check`): the pulse counts values per
+    /// owner before publishing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// The whole result.
@@ -145,6 +158,12 @@ pub fn module<C: CaConnector>(
         config::split_options(raw, OWN_KEYS).map_err(|e| Failure::new(e.to_string()))?;
     let cfg = config::validate(common, DEFAULT_TIMEOUT).map_err(|e| Failure::new(e.to_string()))?;
     crate::acme::preflight(&cfg).map_err(Failure::new)?;
+    let cname = own
+        .cname_check
+        .clone()
+        .map(CnameCheck::parse)
+        .transpose()
+        .map_err(Failure::new)?;
     let pending_max_age = own.pending_max_age.unwrap_or(DEFAULT_PENDING_MAX_AGE) as i64;
     // Both bounded by the parser (at most a year): the casts cannot wrap.
     let ari_interval = own
@@ -169,6 +188,7 @@ pub fn module<C: CaConnector>(
         pending_max_age,
         ari_interval,
         metrics_file,
+        cname.as_ref(),
         connector,
         &log,
         crate::now(),
@@ -421,6 +441,7 @@ pub async fn run<C: CaConnector>(
     pending_max_age: i64,
     ari_interval: i64,
     metrics_file: Option<PathBuf>,
+    cname: Option<&CnameCheck>,
     connector: &C,
     log: &EventLog,
     now: i64,
@@ -507,15 +528,17 @@ pub async fn run<C: CaConnector>(
         .filter(|i| states[*i].decision.action == Action::Issue)
         .collect();
     refuse_over_profile_limits(cfg, &states, &mut to_issue, log, &mut out);
+    let mut owners = crate::cnamecheck::Owners::new();
+    if let Some(cc) = cname.filter(|_| !cfg.self_sign) {
+        owners = refuse_bad_cnames(cc, &states, &mut to_issue, log, deadline, &mut out).await;
+    }
     if !check_mode && !to_issue.is_empty() {
         if cfg.self_sign {
             for i in &to_issue {
                 let st = &mut states[*i];
-                let fresh = st
-                    .meta
-                    .pending
-                    .as_ref()
-                    .is_none_or(|p| !same_request(p, st.spec, cfg, key_type_of(st.spec, &st.on_disk)));
+                let fresh = st.meta.pending.as_ref().is_none_or(|p| {
+                    !same_request(p, st.spec, cfg, key_type_of(st.spec, &st.on_disk))
+                });
                 if fresh {
                     let key_type = key_type_of(st.spec, &st.on_disk);
                     st.meta.pending = Some(new_pending(
@@ -550,6 +573,9 @@ pub async fn run<C: CaConnector>(
     }
     if !check_mode && !cfg.self_sign {
         abandon_orders(cfg, &states, connector, log, deadline, &mut out).await;
+    }
+    for t in &mut out.txt {
+        t.owner = owners.get(&t.record).cloned();
     }
 
     for st in &mut states {
@@ -749,6 +775,54 @@ fn refuse_over_profile_limits(
     }
 }
 
+/// Takes the certs whose `_acme-challenge` CNAMEs do not lead into the signing zones out of
+/// `to_issue`: each fails at once with the records to add, without an order and without a
+/// backoff (the next pulse after the fix should not wait). Returns where the others' values go.
+async fn refuse_bad_cnames(
+    cc: &CnameCheck,
+    states: &[CertState<'_>],
+    to_issue: &mut Vec<usize>,
+    log: &EventLog,
+    deadline: Instant,
+    out: &mut Outcome,
+) -> crate::cnamecheck::Owners {
+    let certs: Vec<(String, Vec<certbridge_core::names::Identifier>)> = to_issue
+        .iter()
+        .map(|i| {
+            let spec = states[*i].spec;
+            (spec.name.as_str().to_owned(), spec.names.clone())
+        })
+        .collect();
+    if certs.is_empty() {
+        return Default::default();
+    }
+    let mut checked = cc.check(&certs, deadline).await;
+    let mut owners = crate::cnamecheck::Owners::new();
+    to_issue.retain(|i| {
+        let cert = states[*i].spec.name.as_str();
+        match checked.remove(cert) {
+            Some(Err(message)) => {
+                log.event("order_refused", json!({"cert": cert, "message": message}));
+                out.failures.push((
+                    cert.to_owned(),
+                    CaFailure {
+                        message,
+                        problem: None,
+                        retry_after: None,
+                    },
+                ));
+                false
+            }
+            Some(Ok(o)) => {
+                owners.extend(o);
+                true
+            }
+            None => true,
+        }
+    });
+    owners
+}
+
 /// Why a stored order `age` seconds old is too old to resume: the CA has let it expire (its
 /// profile's known lifetime), or it is older than `pending_max_age`.
 fn stale_reason(cfg: &Config, spec: &CertSpec, age: i64, pending_max_age: i64) -> Option<String> {
@@ -925,6 +999,7 @@ async fn order_all<C: CaConnector>(
                         name: c.name.clone(),
                         record: c.record.clone(),
                         value: c.value.clone(),
+                        owner: None,
                     });
                 }
                 st.meta.pending = Some(pending);
@@ -1206,6 +1281,7 @@ mod tests {
             pending_max_age,
             policy::DEFAULT_ARI_INTERVAL,
             None,
+            None,
             ca,
             &log,
             NOW,
@@ -1441,7 +1517,7 @@ mod tests {
             .unwrap();
         let log = EventLog::disabled("acme_request");
         let out = rt
-            .block_on(run(&cfg, false, 3600, 21_600, None, &ca, &log, now))
+            .block_on(run(&cfg, false, 3600, 21_600, None, None, &ca, &log, now))
             .unwrap();
         assert_eq!(out.certs["main"].action, Action::Ok, "{:?}", out.certs);
         assert!(out.warnings.is_empty(), "{:?}", out.warnings);
@@ -1453,7 +1529,7 @@ mod tests {
         assert!(meta.pending.is_none());
         // Nothing left to abandon: the next pulse asks nothing.
         let out = rt
-            .block_on(run(&cfg, false, 3600, 21_600, None, &ca, &log, now))
+            .block_on(run(&cfg, false, 3600, 21_600, None, None, &ca, &log, now))
             .unwrap();
         assert_eq!(out.certs["main"].action, Action::Ok);
         assert_eq!(ca.calls().opened, 1);

@@ -89,7 +89,9 @@ pub enum PublishError {
         count: usize,
         limit: usize,
     },
-    #[error("zone {zone}: the server did not load the new zone file (serial {rendered}): {detail}")]
+    #[error(
+        "zone {zone}: the server did not load the new zone file (serial {rendered}): {detail}"
+    )]
     NotLoaded {
         zone: String,
         rendered: u32,

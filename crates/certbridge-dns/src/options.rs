@@ -82,6 +82,10 @@ pub struct RecordInput {
     pub name: String,
     pub record: String,
     pub value: String,
+    /// Where acme_request's CNAME check expects the value; informational, the CNAME is
+    /// followed here again (it may have changed since).
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
