@@ -120,11 +120,19 @@ pub struct TxtRequired {
     pub owner: Option<String>,
 }
 
+/// A value of a finished order, to be removed at the next publish.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct TxtRetired {
+    pub record: String,
+    pub value: String,
+}
+
 /// The whole result.
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub certs: BTreeMap<String, CertResult>,
     pub txt: Vec<TxtRequired>,
+    pub retired: Vec<TxtRetired>,
     pub pending: Vec<String>,
     pub unacked: Vec<String>,
     pub orders_created: usize,
@@ -139,6 +147,7 @@ impl Outcome {
         let mut reply = Reply::changed(self.orders_created > 0 || self.repaired > 0);
         reply.set("certs", &self.certs);
         reply.set("acme_txt_required", &self.txt);
+        reply.set("acme_txt_retired", &self.retired);
         reply.set("pending", &self.pending);
         reply.set("unacked", &self.unacked);
         for w in self.warnings {
@@ -583,7 +592,9 @@ pub async fn run<C: CaConnector>(
         // A cert that no longer needs issuing forgets its order in flight (see abandon_orders;
         // its key goes once the metadata no longer names the order).
         if st.decision.action == Action::Ok && st.meta.pending.is_some() && !check_mode {
-            st.meta.pending = None;
+            if let Some(p) = st.meta.pending.take() {
+                crate::retired::retire(&mut st.meta.retired, &p, now);
+            }
         }
         if st.decision.action == Action::Issue && st.meta.pending.is_some() {
             out.pending.push(name.clone());
@@ -616,6 +627,7 @@ pub async fn run<C: CaConnector>(
             },
         );
     }
+    report_retired(&mut states, check_mode, now, &mut out);
     if !check_mode {
         for st in &states {
             let changed_meta = st.had_meta || st.meta != Meta::default();
@@ -655,6 +667,36 @@ pub async fn run<C: CaConnector>(
         }
     }
     Ok(out)
+}
+
+/// Lists the values of finished orders for the next publish (a value an order in flight
+/// needs again, as a CA may hand out the same pending authorization, is left out), and
+/// forgets those reported long enough.
+fn report_retired(states: &mut [CertState<'_>], check_mode: bool, now: i64, out: &mut Outcome) {
+    let live: std::collections::BTreeSet<&str> = states
+        .iter()
+        .filter_map(|st| st.meta.pending.as_ref())
+        .flat_map(|p| p.challenges.iter().map(|c| c.value.as_str()))
+        .collect();
+    let mut retired = Vec::new();
+    for st in states.iter() {
+        for r in &st.meta.retired {
+            if now.saturating_sub(r.at) < crate::retired::REPORT_SECONDS
+                && !live.contains(r.value.as_str())
+            {
+                retired.push(TxtRetired {
+                    record: r.record.clone(),
+                    value: r.value.clone(),
+                });
+            }
+        }
+    }
+    out.retired = retired;
+    if !check_mode {
+        for st in states.iter_mut() {
+            crate::retired::prune(&mut st.meta.retired, now);
+        }
+    }
 }
 
 /// Deactivates the pending authorizations of the orders in flight of certs that no longer
@@ -989,6 +1031,10 @@ async fn order_all<C: CaConnector>(
                     ));
                 }
                 if created {
+                    if let Some(old) = &st.meta.pending {
+                        // The stored order is replaced: its values are of no use any more.
+                        crate::retired::retire(&mut st.meta.retired, old, now);
+                    }
                     out.orders_created += 1;
                     // A new order gets a new key.
                     let _ = cfg.store.clear_pending_key(&name);

@@ -68,6 +68,10 @@ pub struct PublishOptions {
     pub timeout: u64,
     #[serde(default = "default_state_dir")]
     pub state_dir: String,
+    /// Values of orders finished or given up since they were published (play 1's
+    /// `acme_txt_retired`): removed whatever their age, unless wanted by this run.
+    #[serde(default)]
+    pub retired: Vec<RetiredInput>,
     /// Most TXT records one owner may carry in a written zone file (0: no limit).
     #[serde(default = "default_max_records", deserialize_with = "coerce::uint")]
     pub max_records_per_type: u64,
@@ -86,6 +90,17 @@ pub struct RecordInput {
     /// followed here again (it may have changed since).
     #[serde(default)]
     pub owner: Option<String>,
+}
+
+/// A value whose order is finished, as a host's `acme_request` reported it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetiredInput {
+    pub value: String,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub record: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -241,6 +256,8 @@ pub struct Plan {
     pub nameservers: Option<Vec<SocketAddr>>,
     pub nameserver_port: u16,
     pub keep_seconds: u64,
+    /// Values of finished orders (digest-shaped ones only: nothing else can be ours).
+    pub retired: BTreeSet<String>,
     pub timeout: Duration,
     pub state_dir: PathBuf,
     /// Most TXT records per owner in a zone file; `None`: no limit.
@@ -439,6 +456,12 @@ impl Plan {
             nameservers,
             nameserver_port,
             keep_seconds: o.keep_seconds,
+            retired: o
+                .retired
+                .iter()
+                .filter(|r| TxtDigest::parse(&r.value).is_ok())
+                .map(|r| r.value.clone())
+                .collect(),
             timeout,
             state_dir,
             max_records_per_type: usize::try_from(o.max_records_per_type)

@@ -104,6 +104,8 @@ def _host_round(task_vars):
             publish = {}
     rejected = [dict(r) for r in publish.get("rejected") or [] if r.get("host") == me]
     rejected_certs = {str(r.get("cert")) for r in rejected}
+    deferred = [dict(d) for d in (round_.get("deferred") or []) if d.get("host") == me]
+    rejected_certs.update(str(d.get("cert")) for d in deferred)
     pending = [str(c) for c in request.get("pending") or []]
     stop = str(round_.get("problem") or "") if round_ else (
         "the pulse round of play 1 is missing: run playbooks/service-letsencrypt.yaml as a whole")
@@ -116,8 +118,46 @@ def _host_round(task_vars):
         "finalize": [c for c in pending if c not in rejected_certs],
         "unacked": [str(c) for c in request.get("unacked") or []],
         "rejected": rejected,
+        "refused": [d for d in deferred if d.get("refused")],
         "request_failure": str(request.get("msg") or "acme_request failed") if request.get("failed") else "",
     }
+
+
+def _cname_check(task_vars, var):
+    """acme_request's `cname_check`, from the DNS host's signing zones: play 1 runs before the
+    DNS host's role, so its inventory variables are read through hostvars. None (no check)
+    when there is no single DNS host, it names no zones, or letsencrypt_request_cname_check
+    is off."""
+    if not boolean(var("letsencrypt_request_cname_check", True), strict=False):
+        return None
+    groups = task_vars.get("groups") or {}
+    dns_hosts = list(groups.get(var("letsencrypt_dns_group") or "") or [])
+    if len(dns_hosts) != 1:
+        return None
+    try:
+        dns_vars = task_vars["hostvars"][dns_hosts[0]]
+    except Exception:  # no hostvars for it: nothing to check against
+        return None
+
+    def dns_var(name, default):
+        try:
+            return dns_vars[name] if name in dns_vars else default
+        except Exception:  # an undefined value counts as unset
+            return default
+
+    zones = [str(z.get("origin")) for z in dns_var("letsencrypt_signing_zones", []) or []
+             if hasattr(z, "get") and z.get("origin")]
+    if not zones:
+        return None
+    check = {
+        "zones": zones,
+        "lookup": dns_var("letsencrypt_cname_check", "authoritative") or "authoritative",
+        "nameserver_port": dns_var("letsencrypt_dns_nameserver_port", 53),
+    }
+    for option, name in (("resolver", "letsencrypt_cname_resolver"), ("alias", "letsencrypt_challenge_alias")):
+        if dns_var(name, ""):
+            check[option] = dns_var(name, "")
+    return check
 
 
 def _cert_dirs(certs):
@@ -195,6 +235,10 @@ class ActionModule(ActionBase):
         module_args.update((k, v) for k, v in args.items() if k not in CONTROL_ARGS)
 
         if step == "request":
+            if "cname_check" not in module_args and not module_args.get("self_sign"):
+                check = _cname_check(task_vars, role_vars)
+                if check:
+                    module_args["cname_check"] = check
             result.update(self._run_module("acme_request", module_args, task_vars))
             return result
         if step == "finalize":
@@ -271,6 +315,7 @@ class ActionModule(ActionBase):
         view = _host_round(task_vars)
         problems = ["%s (%s) not published: %s; fix: %s" % (r.get("cert"), r.get("name"), r.get("reason"), r.get("fix"))
                     for r in view["rejected"]]
+        problems.extend("%s: %s" % (d.get("cert"), d.get("reason")) for d in view["refused"])
         if view["request_failure"]:
             problems.append("acme_request: " + view["request_failure"])
         if finalized.get("finalize_failure"):

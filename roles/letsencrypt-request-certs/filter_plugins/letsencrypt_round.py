@@ -56,11 +56,56 @@ def _extra_var_names():
         return set()
 
 
-def letsencrypt_round(hostvars, play_hosts, dns_group):
+def _retired_of(host, result):
+    """The values of `host`'s finished orders (acme_request's acme_txt_retired): the next
+    publish removes them whatever their age."""
+    return [{"host": host, "record": str(r.get("record")), "value": str(r.get("value"))}
+            for r in result.get("acme_txt_retired") or [] if hasattr(r, "get") and r.get("value")]
+
+
+def _defer_crowded(records, cap):
+    """Keeps at most `cap` values per owner (acme_request's `owner`, else the challenge
+    record): certs are taken whole, by host and cert name; a cert that does not fit is deferred
+    to the next pulse (its order is kept), one that can never fit (more values at one owner
+    than `cap` alone) is refused with the fix. Returns (records kept, deferred entries)."""
+    by_cert = {}
+    for r in records:
+        by_cert.setdefault((str(r.get("host")), str(r.get("cert"))), []).append(r)
+    kept, deferred, carried = [], [], {}
+    for (host, cert), recs in sorted(by_cert.items()):
+        need = {}
+        for r in recs:
+            owner = str(r.get("owner") or r.get("record"))
+            need[owner] = need.get(owner, 0) + 1
+        alone = sorted(o for o, n in need.items() if n > cap)
+        full = sorted(o for o, n in need.items() if carried.get(o, 0) + n > cap)
+        if alone:
+            deferred.append({
+                "host": host, "cert": cert, "owner": alone[0], "refused": True,
+                "reason": "not published: this cert alone puts %d values at %s, more than "
+                "letsencrypt_max_values_per_name (%d); give each name its own label "
+                "(_acme-challenge.<name> CNAME <name>.<signing zone>)" % (need[alone[0]], alone[0], cap),
+            })
+        elif full:
+            deferred.append({
+                "host": host, "cert": cert, "owner": full[0], "refused": False,
+                "reason": "deferred to the next pulse: %s already gets %d values in this pulse "
+                "(letsencrypt_max_values_per_name %d); per-name labels avoid the wait"
+                % (full[0], carried.get(full[0], 0), cap),
+            })
+        else:
+            for owner, n in need.items():
+                carried[owner] = carried.get(owner, 0) + n
+            kept.extend(recs)
+    return kept, deferred
+
+
+def letsencrypt_round(hostvars, play_hosts, dns_group, max_values_per_name=7):
     """Summarise play 1: records to publish, hosts to finalize, the DNS host."""
     if not isinstance(play_hosts, (list, tuple)):
         raise AnsibleFilterError("letsencrypt_round: play_hosts must be a list of host names")
     records = []
+    retired = []
     finalize = []
     failed = {}
     forced_in_inventory = []
@@ -99,8 +144,19 @@ def letsencrypt_round(hostvars, play_hosts, dns_group):
                 record = dict(value)
                 record["host"] = host
                 records.append(record)
+        retired.extend(_retired_of(host, result))
         if pending or unacked or host in failed or _truthy(_get(hv, "letsencrypt_prune", False)):
             finalize.append(host)
+    try:
+        cap = int(max_values_per_name)
+    except (TypeError, ValueError):
+        raise AnsibleFilterError("letsencrypt_max_values_per_name must be a whole number, not %r"
+                                 % (max_values_per_name,))
+    if cap < 1:
+        raise AnsibleFilterError("letsencrypt_max_values_per_name must be at least 1, not %d" % cap)
+    records, deferred = _defer_crowded(records, cap)
+    for d in deferred:
+        display.warning("%s cert %s: %s" % (d["host"], d["cert"], d["reason"]))
     if forced_in_inventory:
         display.warning(
             "letsencrypt_force is set in the inventory for %s: every pulse reissues these "
@@ -118,9 +174,13 @@ def letsencrypt_round(hostvars, play_hosts, dns_group):
         "id": "%d-%s" % (time.time_ns(), secrets.token_hex(4)),
         "hosts": list(play_hosts),
         "records": records,
+        # Values of finished orders, removed at this pulse's publish (if it publishes).
+        "retired": retired,
         "finalize": finalize,
         # Per host, the certs acme_request decided to (re)issue, with the reason.
         "decisions": decisions,
+        # Certs kept out of this pulse for the number of values at one owner (not finalized).
+        "deferred": deferred,
         "failed": failed,
         "dns_group": dns_group,
         # Play 2 runs only when there is something to publish: a no-op pulse skips it entirely.
