@@ -9,14 +9,10 @@ use certbridge_core::names::DomainName;
 use certbridge_core::protocol::coerce;
 use certbridge_dns::chase::{self, Chaser, Lookup, ManagedZones, Outcome};
 use certbridge_dns::options::CnameCheck as LookupKind;
-use futures_util::stream::{self, StreamExt};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Instant;
-
-/// CNAME chains followed at once.
-const CONCURRENCY: usize = 16;
 
 /// The option as Ansible passes it (the DNS host's view of the signing zones).
 #[derive(Debug, Clone, Deserialize)]
@@ -125,26 +121,23 @@ impl CnameCheck {
             r.dedup();
             r
         };
-        let outcomes: BTreeMap<DomainName, Outcome> = stream::iter(records)
-            .map(|record| {
-                let chaser = &chaser;
-                async move {
-                    let o = chaser
-                        .follow(&record, &self.zones, self.alias.as_ref())
-                        .await;
-                    (record, o)
-                }
-            })
-            .buffer_unordered(CONCURRENCY)
-            .collect()
-            .await;
+        // One after another: a host has a few names, and acme_request's size budget is tight
+        // (the chaser's per-zone caches make repeated zones cheap).
+        let mut outcomes: Vec<(DomainName, Outcome)> = Vec::new();
+        for record in records {
+            let o = chaser
+                .follow(&record, &self.zones, self.alias.as_ref())
+                .await;
+            outcomes.push((record, o));
+        }
         certs
             .iter()
             .map(|(cert, names)| {
                 let mut owners = Owners::new();
                 let mut problems = Vec::new();
                 for n in names {
-                    match outcomes.get(&n.challenge_record()) {
+                    let record = n.challenge_record();
+                    match outcomes.iter().find(|(r, _)| *r == record).map(|(_, o)| o) {
                         Some(Outcome::Owner { owner, .. }) => {
                             owners.insert(
                                 n.challenge_record().as_str().to_owned(),

@@ -673,7 +673,7 @@ pub async fn run<C: CaConnector>(
 /// needs again, as a CA may hand out the same pending authorization, is left out), and
 /// forgets those reported long enough.
 fn report_retired(states: &mut [CertState<'_>], check_mode: bool, now: i64, out: &mut Outcome) {
-    let live: std::collections::BTreeSet<&str> = states
+    let live: Vec<&str> = states
         .iter()
         .filter_map(|st| st.meta.pending.as_ref())
         .flat_map(|p| p.challenges.iter().map(|c| c.value.as_str()))
@@ -682,7 +682,7 @@ fn report_retired(states: &mut [CertState<'_>], check_mode: bool, now: i64, out:
     for st in states.iter() {
         for r in &st.meta.retired {
             if now.saturating_sub(r.at) < crate::retired::REPORT_SECONDS
-                && !live.contains(r.value.as_str())
+                && !live.contains(&r.value.as_str())
             {
                 retired.push(TxtRetired {
                     record: r.record.clone(),
