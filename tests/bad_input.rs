@@ -709,7 +709,7 @@ fn limit_rows(fx: &Fixture) -> Vec<Row> {
         row("acme_txt_publish", "timeout beyond 64 bits", publish(json!({"timeout": "99999999999999999999999"})), "found 99999999999999999999999"),
         row("acme_txt_publish", "keep_seconds 2^64-1", publish(json!({"keep_seconds": HUGE})), format!("option `keep_seconds`: {}", secs(0, "31536000 (365 days)"))),
         row("acme_txt_publish", "max_records_per_type negative", publish(json!({"max_records_per_type": -1})), "option `max_records_per_type`: expected a non-negative integer, found -1"),
-        row("acme_txt_publish", "retired value missing", publish(json!({"retired": [{"host": "h1"}]})), "option `retired"),
+        row("acme_txt_publish", "retired value missing", publish(json!({"retired": [{"host": "h1"}]})), "missing required option `value` in `retired[0]`"),
         row("acme_txt_publish", "zone mode 644 as a number", zone(json!({"mode": 644})), "quote the octal mode, \"0644\""),
         row("acme_txt_publish", "zone mode \"4755\"", zone(json!({"mode": "4755"})), "set-user-ID"),
         row("acme_txt_publish", "rfc2136 origin too long for its state file", publish(json!({"zones": [patched(fx.dyn_zone(), json!({"origin": long_origin}))]})), "its state file in `state_dir`: the file name"),

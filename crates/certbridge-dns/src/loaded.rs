@@ -1,94 +1,76 @@
 //! Did the server load the zone file it was told to reload? `rndc reload` answers "zone
 //! reload queued" before loading; a file the server then refuses (BIND 9.18.28+: an RRset over
 //! `max-records-per-type`) leaves the old zone served, and waiting for the new values would
-//! only end at the deadline. So after a reload, the served SOA serial must reach the rendered
-//! one within a short grace; otherwise the publish fails at once, saying what is served.
+//! only end at the deadline. So after an `rndc` reload (or thaw) the serial `rndc zonestatus`
+//! reports must reach the rendered one within a short grace; otherwise the publish fails at
+//! once, saying what the server still has and why the file was likely refused. The server
+//! that was reloaded is asked, not the zone's NS (secondaries take their own time).
 
-use crate::chase::to_name;
+use crate::error::PublishError;
 use crate::options::DEFAULT_MAX_RECORDS_PER_TYPE;
-use crate::transport;
+use crate::zonefile::run_command;
 use certbridge_core::names::DomainName;
-use hickory_proto::rr::{RData, RecordType};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::time::{sleep_until, Instant};
 
-/// How long a server may take to serve a reloaded zone (measured on loopback: 30-60 ms; a
+/// How long a server may take to load a reloaded zone (measured on loopback: 30-60 ms; a
 /// large zone on a busy server takes longer, a refused one never comes).
 pub const LOAD_GRACE: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(20);
-/// Each SOA query's own deadline (the last one may end after the grace).
-const QUERY_WAIT: Duration = Duration::from_secs(2);
 
-/// `a` is `b` or later in RFC 1982 serial arithmetic (an inline-signed zone may serve a
-/// signed serial above the file's).
+/// `a` is `b` or later in RFC 1982 serial arithmetic.
 pub fn serial_at_least(a: u32, b: u32) -> bool {
     a == b || (a.wrapping_sub(b) as i32) > 0
 }
 
-/// The SOA serial `server` serves for `zone`.
-pub async fn served_serial(
-    server: SocketAddr,
-    zone: &DomainName,
-    deadline: Instant,
-) -> Result<u32, String> {
-    let msg = transport::query(server, &to_name(zone), RecordType::SOA, false, deadline)
-        .await
-        .map_err(|e| e.to_string())?;
-    msg.answers
-        .iter()
-        .find_map(|r| match &r.data {
-            RData::SOA(soa) => Some(soa.serial),
-            _ => None,
-        })
-        .ok_or_else(|| {
-            format!(
-                "{server}: no SOA for {} ({})",
-                zone.fqdn(),
-                msg.metadata.response_code
-            )
-        })
+/// The loaded serial in `rndc zonestatus` output (`serial: N`; not `signed serial:`).
+pub fn zonestatus_serial(output: &str) -> Option<u32> {
+    output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("serial:"))
+        .and_then(|n| n.trim().parse().ok())
 }
 
-/// Waits until one of `servers` serves `serial` (or later) for `zone`, at most
+/// Polls `<rndc> zonestatus <zone>` until the loaded serial is `serial` or later, at most
 /// [`LOAD_GRACE`]. `after` (owner -> values the file carries) explains a refusal.
 pub async fn confirm(
     zone: &DomainName,
+    rndc: &[String],
     serial: u32,
-    servers: &[SocketAddr],
     after: &BTreeMap<DomainName, BTreeSet<String>>,
     deadline: Instant,
-) -> Result<(), String> {
+) -> Result<(), PublishError> {
     let until = deadline.min(Instant::now() + LOAD_GRACE);
-    let mut last: BTreeMap<SocketAddr, Result<u32, String>> = BTreeMap::new();
+    let mut argv = rndc.to_vec();
+    argv.push("zonestatus".into());
+    argv.push(zone.as_str().into());
+    let mut last;
     loop {
-        for s in servers {
-            let got = served_serial(*s, zone, deadline.min(Instant::now() + QUERY_WAIT)).await;
-            if matches!(got, Ok(n) if serial_at_least(n, serial)) {
-                return Ok(());
-            }
-            last.insert(*s, got);
-        }
+        let shown = run_command(zone, &argv, deadline)
+            .await
+            .map(|out| zonestatus_serial(&out));
+        last = match shown {
+            Ok(Some(n)) if serial_at_least(n, serial) => return Ok(()),
+            Ok(Some(n)) => format!("`{}` still shows serial {n}", argv.join(" ")),
+            Ok(None) => format!("`{}` shows no serial", argv.join(" ")),
+            Err(e) => e.to_string(),
+        };
         let next = Instant::now() + POLL;
         if next >= until {
             break;
         }
         sleep_until(next).await;
     }
-    let served: Vec<String> = last
-        .iter()
-        .map(|(s, r)| match r {
-            Ok(n) => format!("{s} still serves serial {n}"),
-            Err(e) => e.clone(),
-        })
-        .collect();
-    Err(format!(
-        "after {} s {}; {}",
-        LOAD_GRACE.as_secs(),
-        served.join(", "),
-        why_refused(after)
-    ))
+    Err(PublishError::NotLoaded {
+        zone: zone.as_str().into(),
+        rendered: serial,
+        detail: format!(
+            "after {} s {last}; {}",
+            LOAD_GRACE.as_secs(),
+            why_refused(after)
+        ),
+    })
 }
 
 /// The likely reason a server refused the file, from what it carries.
@@ -115,6 +97,13 @@ mod tests {
         assert!(!serial_at_least(4, 5));
         assert!(serial_at_least(2, u32::MAX - 1), "wrapped forward");
         assert!(!serial_at_least(u32::MAX - 1, 2));
+    }
+
+    #[test]
+    fn the_loaded_serial_is_read_from_zonestatus() {
+        let out = "name: signing.test\ntype: primary\nserial: 7\nsigned serial: 9\nnodes: 2\n";
+        assert_eq!(zonestatus_serial(out), Some(7));
+        assert_eq!(zonestatus_serial("name: x\n"), None);
     }
 
     #[test]

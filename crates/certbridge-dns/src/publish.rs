@@ -8,7 +8,7 @@ use crate::chase::{Chaser, Lookup, Outcome};
 use crate::error::PublishError;
 use crate::options::{Accepted, Plan, PublishOptions, RejectedRecord, ZoneKind};
 use crate::verify::{self, Expected, ServerResult};
-use crate::{loaded, rfc2136, zonefile};
+use crate::{rfc2136, zonefile};
 use certbridge_core::names::{DomainName, Identifier, TxtDigest};
 use certbridge_core::protocol::{Failure, Invocation, Reply};
 use futures_util::stream::{self, StreamExt};
@@ -206,7 +206,7 @@ pub async fn publish(plan: &Plan, check_mode: bool, started: std::time::Instant)
                         .insert(owner.as_str().to_owned(), values.into_iter().collect());
                 }
                 report.diffs.extend(r.diff);
-                published_zones.push((zp.origin.clone(), r.reloaded_serial, r.after));
+                published_zones.push(zp.origin.clone());
             }
             Err(e) => report.errors.push(e.to_string()),
         }
@@ -214,7 +214,7 @@ pub async fn publish(plan: &Plan, check_mode: bool, started: std::time::Instant)
 
     if !check_mode && !published_zones.is_empty() {
         let mut per_server: BTreeMap<SocketAddr, Expected> = BTreeMap::new();
-        for (zone, reloaded, after) in &published_zones {
+        for zone in &published_zones {
             let servers = match (&plan.nameservers, &chaser) {
                 (Some(list), _) => Ok(list.clone()),
                 (None, Some(c)) => c.zone_servers(zone).await,
@@ -235,22 +235,6 @@ pub async fn publish(plan: &Plan, check_mode: bool, started: std::time::Instant)
                     continue;
                 }
             };
-            if let Some(serial) = reloaded {
-                // A zone file the server refused leaves the old zone served: waiting for its
-                // values would only end at the deadline.
-                if let Err(detail) = loaded::confirm(zone, *serial, &servers, after, deadline).await
-                {
-                    report.errors.push(
-                        PublishError::NotLoaded {
-                            zone: zone.as_str().into(),
-                            rendered: *serial,
-                            detail,
-                        }
-                        .to_string(),
-                    );
-                    continue;
-                }
-            }
             let expected: Expected = wanted[zone]
                 .iter()
                 .map(|(o, vs)| {

@@ -306,7 +306,6 @@ pub async fn publish(
         removed: change.delete,
         diff: Some(diff),
         warnings: Vec::new(),
-        reloaded_serial: None,
     })
 }
 

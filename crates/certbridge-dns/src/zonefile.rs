@@ -20,9 +20,6 @@ pub struct ZoneResult {
     pub removed: BTreeMap<DomainName, BTreeSet<String>>,
     pub diff: Option<serde_json::Value>,
     pub warnings: Vec<String>,
-    /// The serial of the zone file the server was just told to load (zonefile method, when
-    /// the content changed): the caller checks that the server serves it.
-    pub reloaded_serial: Option<u32>,
 }
 
 /// Runs `argv` (never through a shell) under the deadline; returns its output.
@@ -198,15 +195,20 @@ pub async fn publish(
     if frozen {
         // Thaw even when writing failed, so the zone takes updates again; thaw reloads it.
         let thawed = run_command(origin, &rndc(fz, "thaw", origin), deadline).await;
-        let (mut result, content_changed, serial) = written?;
+        let (result, content_changed, serial) = written?;
         thawed?;
-        result.reloaded_serial = content_changed.then_some(serial);
+        if content_changed {
+            crate::loaded::confirm(origin, &fz.rndc, serial, &result.after, deadline).await?;
+        }
         return Ok(result);
     }
-    let (mut result, content_changed, serial) = written?;
+    let (result, content_changed, serial) = written?;
     if content_changed && !check_mode {
         run_command(origin, &fz.reload, deadline).await?;
-        result.reloaded_serial = Some(serial);
+        if fz.default_reload {
+            // A refused file leaves the old zone served: say so now, not at the deadline.
+            crate::loaded::confirm(origin, &fz.rndc, serial, &result.after, deadline).await?;
+        }
     }
     Ok(result)
 }
@@ -303,7 +305,6 @@ async fn write_zone(
             removed,
             diff: Some(diff),
             warnings,
-            reloaded_serial: None,
         },
         outcome.content_changed,
         outcome.serial,
