@@ -145,6 +145,7 @@ pub fn merge_values(
 }
 
 /// Publishes `wanted` (owner -> values, every owner inside this zone) into a zone file.
+#[allow(clippy::too_many_arguments)]
 pub async fn publish(
     origin: &DomainName,
     fz: &FileZone,
