@@ -102,7 +102,7 @@ fn an_order_no_longer_needed_is_deactivated_before_it_is_forgotten() {
         .unwrap();
     let log = EventLog::disabled("acme_request");
     let out = rt
-        .block_on(run(&cfg, false, 3600, 21_600, None, &ca, &log, now))
+        .block_on(run(&cfg, false, 3600, 21_600, None, None, &ca, &log, now))
         .unwrap();
     assert_eq!(out.certs["main"].action, Action::Ok, "{:?}", out.certs);
     assert!(out.warnings.is_empty(), "{:?}", out.warnings);
@@ -114,7 +114,7 @@ fn an_order_no_longer_needed_is_deactivated_before_it_is_forgotten() {
     assert!(meta.pending.is_none());
     // Nothing left to abandon: the next pulse asks nothing.
     let out = rt
-        .block_on(run(&cfg, false, 3600, 21_600, None, &ca, &log, now))
+        .block_on(run(&cfg, false, 3600, 21_600, None, None, &ca, &log, now))
         .unwrap();
     assert_eq!(out.certs["main"].action, Action::Ok);
     assert_eq!(ca.calls().opened, 1);
