@@ -365,13 +365,8 @@ pub async fn run<C: CaConnector>(
                     .as_ref()
                     .is_none_or(|p| !same_request(p, st.spec, cfg, key_type));
                 if fresh {
-                    st.meta.pending = Some(new_pending(
-                        cfg,
-                        st.spec,
-                        key_type,
-                        OrderAt::SelfSign,
-                        now,
-                    ));
+                    st.meta.pending =
+                        Some(new_pending(cfg, st.spec, key_type, OrderAt::SelfSign, now));
                     out.orders_created += 1;
                     // A new order gets a new key.
                     let _ = store.clear_pending_key(st.spec.name.as_str());
