@@ -351,8 +351,8 @@ def build_round(hostvars, play_hosts, dns_group, dns_hosts, extra_vars=(), now=N
         retired.extend(retired_of(host, result))
         if pending or unacked or host in failed or truthy(_get(hv, "letsencrypt_prune", False)):
             finalize.append(host)
-    records, deferred = defer_crowded(records, cap)
-    warnings.extend("%s cert %s: %s" % (d["host"], d["cert"], d["reason"]) for d in deferred)
+    records, crowded = defer_crowded(records, cap)
+    warnings.extend("%s cert %s: %s" % (d["host"], d["cert"], d["reason"]) for d in crowded)
     if forced_in_inventory:
         warnings.append(
             "letsencrypt_force is set in the inventory for %s: every pulse reissues these "
@@ -374,7 +374,7 @@ def build_round(hostvars, play_hosts, dns_group, dns_hosts, extra_vars=(), now=N
         # Per host, the certs acme_request decided to (re)issue, with the reason.
         "decisions": decisions,
         # Certs kept out of this pulse for the number of values at one owner (not finalized).
-        "deferred": deferred,
+        "crowded": crowded,
         "failed": failed,
         "dns_group": dns_group,
         # Play 2 runs only when there is something to publish: a no-op pulse skips it entirely.
@@ -393,8 +393,8 @@ def host_view(me, round_, request, publish):
     dns_hosts = list(round_.get("dns_hosts") or [])
     rejected = [dict(r) for r in publish.get("rejected") or [] if r.get("host") == me]
     rejected_certs = {str(r.get("cert")) for r in rejected}
-    deferred = [dict(d) for d in (round_.get("deferred") or []) if d.get("host") == me]
-    rejected_certs.update(str(d.get("cert")) for d in deferred)
+    crowded = [dict(d) for d in (round_.get("crowded") or []) if d.get("host") == me]
+    rejected_certs.update(str(d.get("cert")) for d in crowded)
     pending = [str(c) for c in request.get("pending") or []]
     stop = str(round_.get("problem") or "") if round_ else (
         "the pulse round of play 1 is missing: run the pulse playbook as a whole")
@@ -407,7 +407,7 @@ def host_view(me, round_, request, publish):
         "finalize": [c for c in pending if c not in rejected_certs],
         "unacked": [str(c) for c in request.get("unacked") or []],
         "rejected": rejected,
-        "refused": [d for d in deferred if d.get("refused")],
+        "refused": [d for d in crowded if d.get("refused")],
         "request_failure": str(request.get("msg") or "acme_request failed") if request_failed(request) else "",
     }
 

@@ -154,7 +154,7 @@ def test_round_caps_values_per_owner_deferring_whole_certs():
     r = pulse.build_round(hv, ["web1", "web2"], "adns", ["ns1"], now=NOW, max_values_per_name=3)
     # a fits (2 of 3), b would make 4 at the shared owner: deferred whole; c has its own name.
     assert sorted({(x["host"], x["cert"]) for x in r["records"]}) == [("web1", "a"), ("web2", "c")]
-    assert [(d["host"], d["cert"], d["owner"], d["refused"]) for d in r["deferred"]] == [
+    assert [(d["host"], d["cert"], d["owner"], d["refused"]) for d in r["crowded"]] == [
         ("web1", "b", "acme.example.net", False)]
     assert any("web1 cert b: deferred to the next pulse" in w for w in r["warnings"])
     assert r["finalize"] == ["web1", "web2"]
@@ -164,7 +164,7 @@ def test_round_refuses_a_cert_that_alone_needs_more_than_the_cap():
     hv = {"web1": {"letsencrypt_request": request(["big"], values=shared("big", "a.example.org", 3))}}
     r = pulse.build_round(hv, ["web1"], "adns", ["ns1"], now=NOW, max_values_per_name=2)
     assert r["records"] == [] and r["dns_hosts"] == []
-    (d,) = r["deferred"]
+    (d,) = r["crowded"]
     assert d["refused"] and "alone puts 3 values at acme.example.net" in d["reason"]
     assert "give each name its own label" in d["reason"]
 
@@ -174,7 +174,7 @@ def test_round_counts_values_by_record_without_an_owner():
                                                                      value("b", "x.example.org")])}}
     r = pulse.build_round(hv, ["web1"], "adns", ["ns1"], now=NOW, max_values_per_name=1)
     assert [x["cert"] for x in r["records"]] == ["a"]
-    assert [(d["cert"], d["owner"]) for d in r["deferred"]] == [("b", "_acme-challenge.x.example.org")]
+    assert [(d["cert"], d["owner"]) for d in r["crowded"]] == [("b", "_acme-challenge.x.example.org")]
 
 
 @pytest.mark.parametrize("cap", [0, "seven", None])
@@ -218,7 +218,7 @@ def test_module_args_leave_an_empty_key_type_to_the_module():
 
 def test_host_view_does_not_finalize_deferred_certs_and_fails_refused_ones():
     r = {"id": "1", "records": [{"host": "web1"}], "dns_hosts": ["ns1"], "problem": "",
-         "deferred": [{"host": "web1", "cert": "later", "refused": False, "reason": "deferred"},
+         "crowded": [{"host": "web1", "cert": "later", "refused": False, "reason": "deferred"},
                       {"host": "web1", "cert": "big", "refused": True, "reason": "not published: too many"},
                       {"host": "web2", "cert": "other", "refused": True, "reason": "x"}]}
     view = pulse.host_view("web1", r, {"pending": ["now", "later", "big"]}, {"published": 1})
