@@ -371,7 +371,8 @@ pub async fn axfr(
     key: &TsigKey,
     deadline: Instant,
 ) -> Result<Vec<Record>, DnsError> {
-    let what = format!("AXFR {zone}");
+    // Only the `rfc2136` method reads zones this way: its errors name method, zone and server.
+    let what = format!("the rfc2136 method's AXFR of zone {zone}");
     let mut msg = hickory_proto::op::update_message::zone_transfer(zone.clone(), None);
     let mut verifier = sign(&mut msg, key, &what)?;
     let bytes = msg.to_vec().map_err(|e| DnsError::Encode {
@@ -440,7 +441,7 @@ pub async fn update(
         .first()
         .map(|q| q.name().to_string())
         .unwrap_or_default();
-    let what = format!("UPDATE {zone}");
+    let what = format!("the rfc2136 method's UPDATE of zone {zone}");
     debug_assert_eq!(msg.metadata.op_code, OpCode::Update);
     let mut verifier = sign(&mut msg, key, &what)?;
     let bytes = encode(&msg, &what)?;
