@@ -126,13 +126,14 @@ impl Testbed {
         })
     }
 
-    /// The TSIG key of BIND's dynamic zone (`TESTBED_DYNAMIC_ZONE`).
-    pub fn bind_key(&self) -> BedTsig {
-        BedTsig {
-            name: self.get("TESTBED_TSIG_NAME").to_owned(),
-            algorithm: self.get("TESTBED_TSIG_ALGORITHM").to_owned(),
-            secret: self.get("TESTBED_TSIG_SECRET").to_owned(),
-        }
+    /// The TSIG keys BIND accepts for its dynamic zone (`TESTBED_DYNAMIC_ZONE`): hmac-sha256
+    /// (`TESTBED_TSIG_*`) and hmac-sha512 (`TESTBED_TSIG_SHA512_*`), in that order.
+    pub fn bind_keys(&self) -> [BedTsig; 2] {
+        ["TESTBED_TSIG", "TESTBED_TSIG_SHA512"].map(|prefix| BedTsig {
+            name: self.get(&format!("{prefix}_NAME")).to_owned(),
+            algorithm: self.get(&format!("{prefix}_ALGORITHM")).to_owned(),
+            secret: self.get(&format!("{prefix}_SECRET")).to_owned(),
+        })
     }
 
     pub fn stop(&self) {
