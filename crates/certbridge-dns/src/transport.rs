@@ -348,7 +348,9 @@ fn tsig_error_name(err: hickory_proto::rr::rdata::tsig::TsigError) -> String {
     use hickory_proto::rr::rdata::tsig::TsigError as E;
     match err {
         E::BadSig => "BADSIG: the secret does not match".into(),
-        E::BadKey => "BADKEY: the server does not know this key name or algorithm".into(),
+        // Knot also answers BADKEY when its ACL does not grant this key the action (BIND
+        // answers REFUSED there), so a known key can get it too.
+        E::BadKey => "BADKEY: the server does not know this key name or algorithm, or does not allow this key to do this".into(),
         E::BadTime => "BADTIME: the clocks differ by more than the fudge".into(),
         E::BadTrunc => "BADTRUNC".into(),
         E::Unknown(code) => format!("TSIG error {code}"),
