@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import time
 
 import yaml
 
@@ -35,15 +36,21 @@ from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 
 try:  # installed as the certbridge.acme collection
+    from ansible_collections.certbridge.acme.plugins.module_utils import certbridge_budget as budget
     from ansible_collections.certbridge.acme.plugins.module_utils import certbridge_pulse as pulse
 except ImportError:  # a checkout: plugins/ is on ansible.cfg's plugin paths, not a collection
     import importlib.util
 
-    _spec = importlib.util.spec_from_file_location(
-        "certbridge_pulse", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                         "module_utils", "certbridge_pulse.py"))
-    pulse = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(pulse)
+    def _load(name):
+        spec = importlib.util.spec_from_file_location(
+            name, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               "module_utils", name + ".py"))
+        loaded = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(loaded)
+        return loaded
+
+    pulse = _load("certbridge_pulse")
+    budget = _load("certbridge_budget")
 
 DOCUMENTATION = r"""
 short_description: Run one step of the certbridge pulse on one host
@@ -66,12 +73,19 @@ options:
   hosts:
     description: certcheck only - the hosts letsencrypt_group matches.
     type: list
+  admitted:
+    description: request only - order the new certificates the round's rate budget admitted
+      for this host (the second request of a pulse that plans Let's Encrypt's limits).
+    type: bool
+  merge:
+    description: round only - rebuild the round after the admitted orders, keeping its plan.
+    type: bool
 """
 
 display = Display()
 MODULE_MODES = ("transfer", "installed")
 DEFAULT_MODULE_DIR = "/usr/local/lib/certbridge"
-CONTROL_ARGS = frozenset(("step", "dns_hosts", "hosts"))
+CONTROL_ARGS = frozenset(("step", "dns_hosts", "hosts", "admitted", "merge"))
 STEPS = ("request", "round", "finalize", "acknowledge", "check", "certcheck")
 # The roles the pulse plays after play 1, under their checkout names.
 LATER_ROLES = ("letsencrypt-install-txt-record", "letsencrypt-create-certs")
@@ -180,9 +194,21 @@ class ActionModule(ActionBase):
                 "define a handler (or a listen topic) for each certificate of this host in "
                 "letsencrypt_handlers_file; missing: " + ", ".join(repr(m) for m in missing))
             result["missing_handlers"] = missing
+        planned = budget.enabled(self._role_var("letsencrypt_rate_budget", "auto"), module_args.get("directory"))
+        if planned:
+            problems.extend(self._budget_problems())
         if problems:
             result.update(stop_host=True, request_failed=True, msg="; ".join(problems))
             return result
+        if planned:
+            # New certificates wait for the round's plan (certbridge_budget); the second
+            # request (admitted) orders those it admitted for this host.
+            round_ = self._round_fact(task_vars) if self._task.args.get("admitted") else {}
+            host = task_vars.get("inventory_hostname")
+            module_args["admit"] = list((round_.get("admit") or {}).get(host) or [])
+            deferred = (round_.get("deferred") or {}).get(host)
+            if deferred:
+                result["deferred"] = deferred
         module_result = self._run_module("acme_request", module_args, task_vars)
         result.update(module_result)
         if module_result.get("failed"):
@@ -191,18 +217,72 @@ class ActionModule(ActionBase):
         return result
 
     def _round(self, result, args, task_vars):
-        """The pulse round, once, from every play-1 host's result (stored on localhost)."""
+        """The pulse round, once, from every play-1 host's result (stored on localhost); with
+        merge, rebuilt after the admitted orders, keeping the first round's hosts and plan."""
         hostvars = task_vars.get("hostvars") or {}
         dns_group = self._templar.template(task_vars.get("letsencrypt_dns_group", "adns"))
+        first = self._round_fact(task_vars) if args.get("merge") else {}
+        hosts = list(first.get("hosts") or []) if first else list(task_vars.get("ansible_play_hosts") or [])
         try:
-            round_ = pulse.build_round(hostvars, list(task_vars.get("ansible_play_hosts") or []), dns_group,
-                                       list(args.get("dns_hosts") or []), _extra_var_names())
+            round_ = pulse.build_round(hostvars, hosts, dns_group, list(args.get("dns_hosts") or []),
+                                       _extra_var_names())
+            plan = ({k: first.get(k) or {} for k in ("admit", "deferred")} if first
+                    else self._rate_plan(hostvars, hosts, task_vars))
         except ValueError as err:
             raise AnsibleActionFail(str(err))
-        for warning in round_["warnings"]:
-            display.warning(warning)
+        round_.update(plan, admit_hosts=sorted(plan["admit"]))
+        if not first:
+            for warning in round_["warnings"]:
+                display.warning(warning)
+            for line in budget.summary(plan):
+                display.display(line)
         result.update(changed=False, ansible_facts={"letsencrypt_round": round_})
         return result
+
+    def _rate_plan(self, hostvars, hosts, task_vars):
+        """Admit or defer the new certificates play 1 held (certbridge_budget.plan)."""
+        results = {}
+        for host in hosts:
+            found = pulse.plain(pulse._get(hostvars[host], "letsencrypt_request", None))
+            if isinstance(found, dict) and not found.get("unreachable"):
+                results[host] = found
+        if not any(isinstance(d, dict) and d.get("held")
+                   for r in results.values() for d in (r.get("certs") or {}).values()):
+            return {"admit": {}, "deferred": {}}
+
+        def var(name, default=None):
+            return self._templar.template(task_vars[name]) if name in task_vars else default
+
+        limits = budget.budgets(var)
+        registered = budget.registered_domain_function()
+
+        def certs_of(host):
+            certs = pulse.plain(pulse._get(hostvars[host], "letsencrypt_certs", {})) or {}
+            return {str(cert): pulse.cert_names(spec) for cert, spec in certs.items()}
+
+        def egress_of(host):
+            return str(pulse._get(hostvars[host], "letsencrypt_rate_egress", "") or host)
+
+        now = int(time.time())
+        requests, history = budget.collect(results, certs_of, egress_of, registered, limits, now)
+        return budget.plan(requests, history, limits, now)
+
+    def _round_fact(self, task_vars):
+        """The round play 1 stored on localhost ({} when there is none)."""
+        try:
+            return pulse.plain(task_vars["hostvars"]["localhost"]["letsencrypt_round"]) or {}
+        except Exception:  # not built: play 1 did not run in this playbook
+            return {}
+
+    def _budget_problems(self):
+        """What stops a pulse that plans the rate budget, before any order."""
+        try:
+            budget.budgets(self._role_var)
+        except ValueError as err:
+            return [str(err)]
+        import importlib.util
+
+        return [] if importlib.util.find_spec("publicsuffixlist") else [budget.PSL_MISSING]
 
     def _check(self, result, task_vars):
         """The last play: fail the pulse when play 1 or play 3 ran no certbridge task."""
