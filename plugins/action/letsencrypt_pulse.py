@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import sys
 import time
 
 import yaml
@@ -197,6 +198,8 @@ class ActionModule(ActionBase):
         planned = budget.enabled(self._role_var("letsencrypt_rate_budget", "auto"), module_args.get("directory"))
         if planned:
             problems.extend(self._budget_problems())
+        if not problems:
+            problems.extend(self._unpublishable(module_args, task_vars))
         if problems:
             result.update(stop_host=True, request_failed=True, msg="; ".join(problems))
             return result
@@ -266,6 +269,33 @@ class ActionModule(ActionBase):
         now = int(time.time())
         requests, history = budget.collect(results, certs_of, egress_of, registered, limits, now)
         return budget.plan(requests, history, limits, now)
+
+    def _unpublishable(self, module_args, task_vars):
+        """A --limit that leaves out the DNS host: orders made now would have nobody to publish
+        their values. A check-mode acme_request (no order, no write) says whether this host
+        would order; if so it stops here with the command that takes the DNS host in."""
+        try:
+            inventory = self._task._variable_manager._inventory
+            group = str(self._templar.template(task_vars.get("letsencrypt_dns_group", "adns")))
+            everywhere = [h.name for h in inventory.get_hosts(group, ignore_limits=True, ignore_restrictions=True)]
+            limited = {h.name for h in inventory.get_hosts(group, ignore_restrictions=True)}
+        except Exception:  # no inventory at hand (a play of one's own): play 3 says it instead
+            return []
+        outside = [h for h in everywhere if h not in limited]
+        if not outside or not task_vars.get("ansible_limit"):
+            return []
+        check_mode, self._task.check_mode = self._task.check_mode, True
+        try:
+            would = self._run_module("acme_request", dict(module_args), task_vars)
+        finally:
+            self._task.check_mode = check_mode
+        certs = pulse.unpublished_orders(would)
+        if not certs:
+            return []
+        return ["%s (letsencrypt_dns_group %s) is outside --limit %s: the dns-01 values of %s would have "
+                "nobody to publish them, so nothing was ordered. Run: %s"
+                % (", ".join(outside), group, task_vars.get("ansible_limit"), ", ".join(certs),
+                   pulse.limit_command(sys.argv, outside))]
 
     def _round_fact(self, task_vars):
         """The round play 1 stored on localhost ({} when there is none)."""

@@ -230,3 +230,25 @@ def test_replaced_opendev_variables_say_what_replaces_them():
     (msg,) = pulse.replaced_variables({"letsencrypt_test_only": True, "letsencrypt_use_staging": True})
     assert "letsencrypt_use_staging" in msg and "letsencrypt_self_sign_only" in msg
     assert pulse.replaced_variables({"letsencrypt_self_generate_tokens": True}) == []
+
+
+# -- partial runs ------------------------------------------------------------------------------
+
+def test_the_command_to_run_adds_the_dns_host_to_the_limit_in_each_spelling():
+    base = ["/venv/bin/ansible-playbook", "-i", "hosts.yaml", "pulse.yaml"]
+    assert pulse.limit_command(base + ["--limit", "web01"], ["ns1"]) == \
+        "ansible-playbook -i hosts.yaml pulse.yaml --limit web01,ns1"
+    assert pulse.limit_command(base + ["-l", "web*:!web9"], ["ns1"]) == \
+        "ansible-playbook -i hosts.yaml pulse.yaml -l 'web*:!web9,ns1'"
+    assert pulse.limit_command(base + ["--limit=web01"], ["ns1", "ns2"]) == \
+        "ansible-playbook -i hosts.yaml pulse.yaml --limit=web01,ns1,ns2"
+    assert pulse.limit_command(base + ["-lweb01", "-e", "x=1 2"], ["ns1"]) == \
+        "ansible-playbook -i hosts.yaml pulse.yaml -lweb01,ns1 -e 'x=1 2'"
+
+
+def test_only_certs_that_would_order_count_as_unpublished():
+    result = request(certs={"a": {"action": "issue", "reason": "missing"},
+                            "b": {"action": "issue", "reason": "missing", "held": True},
+                            "c": {"action": "ok", "reason": "valid"}})
+    assert pulse.unpublished_orders(result) == ["a"]
+    assert pulse.unpublished_orders(request()) == []
