@@ -189,6 +189,13 @@ class ActionModule(ActionBase):
         fails the host for it. ``stop_host`` marks what must fail the host here."""
         problems = pulse.replaced_variables(task_vars)
         problems.extend(self._shadowed_roles())
+        play = self._task.get_play()
+        if play is not None and play.serial and (set(task_vars.get("ansible_play_batch") or [])
+                                                 != set(task_vars.get("ansible_play_hosts_all") or [])):
+            problems.append(
+                "play-level serial runs this play in batches, but the pulse's round needs every host's "
+                "result before anything is published: remove serial from the play that runs "
+                "letsencrypt-request-certs (forks bounds the parallelism); nothing was ordered")
         missing = self._missing_handlers(module_args.get("certs"), task_vars)
         if missing:
             problems.append(
