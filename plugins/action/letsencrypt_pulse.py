@@ -373,7 +373,7 @@ class ActionModule(ActionBase):
             return result
         play = self._task.get_play()
         known = _play_handler_names(play, self._templar) if play is not None else set()
-        missing = [name for name in wanted if name not in known]
+        missing = pulse.missing_handlers(handlers_for, known)
         if missing:
             result.update(
                 failed=True,
@@ -402,7 +402,9 @@ class ActionModule(ActionBase):
             result["changed"] = True
             # Ansible notifies what a changed result names here; a task-level `notify` could
             # not depend on this task's own result.
-            result["_ansible_notify"] = [pulse.HANDLER_PREFIX + cert for cert in updated]
+            result["_ansible_notify"] = pulse.notifications(updated, known)
+            # For the common topic's handler: which certs of this host changed in this pulse.
+            result["ansible_facts"] = {"letsencrypt_updated_certs": updated}
         return result
 
     def _acknowledge(self, result, module_args, task_vars):

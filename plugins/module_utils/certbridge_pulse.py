@@ -22,6 +22,9 @@ LE_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
 LE_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
 
 HANDLER_PREFIX = "letsencrypt updated "
+# The fleet topic: notified once per host with any updated cert (the certs in the fact
+# letsencrypt_updated_certs), so one handler serves every host in parallel under forks.
+COMMON_TOPIC = "letsencrypt updated"
 BOOLEANS_TRUE = frozenset(("y", "yes", "on", "1", "true", "t", "1.0"))
 BOOLEANS_FALSE = frozenset(("n", "no", "off", "0", "false", "f", "0.0", ""))
 
@@ -188,9 +191,21 @@ def _as_list(value):
 
 def missing_handlers(certs, known):
     """Handler names ("letsencrypt updated <cert>") of certs with neither a handler nor a
-    listen topic of that name."""
+    listen topic of that name; none when the common topic has a handler (it serves them all)."""
     known = set(known)
+    if COMMON_TOPIC in known:
+        return []
     return [HANDLER_PREFIX + str(cert) for cert in (certs or {}) if HANDLER_PREFIX + str(cert) not in known]
+
+
+def notifications(updated, known):
+    """What a host with ``updated`` certs notifies: each cert's own handler where the play has
+    one, then the common topic where it has one."""
+    known = set(known)
+    out = [HANDLER_PREFIX + str(c) for c in updated if HANDLER_PREFIX + str(c) in known]
+    if updated and COMMON_TOPIC in known:
+        out.append(COMMON_TOPIC)
+    return out
 
 
 def _get(hostvars_of_host, name, default=None):

@@ -252,3 +252,15 @@ def test_only_certs_that_would_order_count_as_unpublished():
                             "c": {"action": "ok", "reason": "valid"}})
     assert pulse.unpublished_orders(result) == ["a"]
     assert pulse.unpublished_orders(request()) == []
+
+
+# -- handlers at fleet scale -----------------------------------------------------------------------
+
+def test_the_common_topic_serves_every_cert_and_is_notified_once_per_host():
+    known = ["letsencrypt updated", "letsencrypt updated a"]
+    assert pulse.missing_handlers({"a": [], "b": []}, known) == []
+    assert pulse.notifications(["a", "b"], known) == ["letsencrypt updated a", "letsencrypt updated"]
+    assert pulse.notifications([], known) == []
+    # Without it, each cert needs its own handler, as before.
+    assert pulse.missing_handlers({"a": [], "b": []}, ["letsencrypt updated a"]) == ["letsencrypt updated b"]
+    assert pulse.notifications(["a"], ["letsencrypt updated a"]) == ["letsencrypt updated a"]
