@@ -128,7 +128,6 @@ def test_collect_asks_round_robin_and_reads_history_and_accounts():
 
 
 def test_the_public_suffix_list_gives_the_registered_domain():
-    pytest.importorskip("publicsuffixlist")
     reg = budget.registered_domain_function()
     assert reg("www.example.co.uk") == "example.co.uk"
     assert reg("*.a.b.example.org") == "example.org"
