@@ -274,7 +274,7 @@ class ActionModule(ActionBase):
             return str(pulse._get(hostvars[host], "letsencrypt_rate_egress", "") or host)
 
         now = int(time.time())
-        requests, history = budget.collect(results, certs_of, egress_of, registered, limits, now)
+        requests, history = budget.collect(results, certs_of, egress_of, registered, now)
         return budget.plan(requests, history, limits, now)
 
     def _unpublishable(self, module_args, task_vars):

@@ -176,14 +176,13 @@ def plan(requests, history, limits, now=None):
     return {"admit": admit, "deferred": deferred}
 
 
-def collect(results, certs_of, egress_of, registered, limits, now):
+def collect(results, certs_of, egress_of, registered, now):
     """requests and history for ``plan`` from play 1's results.
 
     ``results``: host -> acme_request's result (in play order); ``certs_of(host)``: cert name
     -> normalised names; ``egress_of(host)``: its egress address label. Held certs are asked
     round-robin over hosts (every host's first held cert before any host's second)."""
     requests, history = [], []
-    window = max((period for _, period in limits.values()), default=0)
     per_host = []
     for host, result in results.items():
         decisions = result.get("certs") or {}
@@ -201,8 +200,11 @@ def collect(results, certs_of, egress_of, registered, limits, now):
             if decision.get("held"):
                 entry["new_account"] = not has_account
                 held.append(entry)
+            # Every recorded time counts, however old: a bucket kept full since a first
+            # rollout's burst still owes that burst (Let's Encrypt's bucket does too); one
+            # time per cert, so the history never grows past the fleet's size.
             at = decision.get("new_cert_at")
-            if at is not None and now - at < window:
+            if at is not None and at <= now:
                 entry["at"] = at
                 stamps.append(entry)
         if stamps:

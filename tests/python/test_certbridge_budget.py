@@ -63,6 +63,18 @@ def test_history_of_earlier_pulses_uses_up_the_budget_and_ages_out():
     assert budget.plan(hosts(1, new_account=False), old, LE, now=NOW)["admit"] == {"h000": ["main"]}
 
 
+def test_a_burst_older_than_the_period_still_counts_while_the_bucket_stayed_full():
+    # 50 at once 7 d + 1 h ago, then one every 7 d / 50 since: Let's Encrypt's bucket is still
+    # empty now. Counting only the last 7 days would admit (and the CA would answer 429).
+    interval = budget.WEEK / 50
+    start = NOW - budget.WEEK - HOUR
+    past = [dict(held("b%02d" % i, "main", ["b%02d.example.org" % i]), at=start) for i in range(50)]
+    past += [dict(held("s%02d" % k, "main", ["s%02d.example.org" % k]), at=int(start + k * interval))
+             for k in range(1, 51)]
+    out = budget.plan(hosts(1, new_account=False), past, LE, now=NOW)
+    assert out["admit"] == {} and out["deferred"]["h000"]["main"]["earliest"] > NOW
+
+
 def test_new_accounts_behind_one_egress_are_ten_per_three_hours():
     out = budget.plan(hosts(15), [], LE, now=NOW)
     assert len(out["admit"]) == 10
@@ -120,10 +132,10 @@ def test_collect_asks_round_robin_and_reads_history_and_accounts():
     }
     names = {"a": {"one": ["one.example.org"], "two": ["two.example.org"]},
              "b": {"web": ["web.example.org"], "old": ["old.example.org"]}, "c": {"ok": ["ok.example.org"]}}
-    reqs, hist = budget.collect(results, lambda h: names[h], lambda h: "nat", registered, LE, NOW)
+    reqs, hist = budget.collect(results, lambda h: names[h], lambda h: "nat", registered, NOW)
     assert [(r["host"], r["cert"]) for r in reqs] == [("a", "one"), ("b", "web"), ("a", "two")]
     assert [r["new_account"] for r in reqs] == [True, False, True]
-    assert [(h["host"], h["at"]) for h in hist] == [("b", NOW - HOUR)]
+    assert [(h["host"], h["at"]) for h in hist] == [("b", NOW - HOUR), ("c", NOW - budget.WEEK - 5)]
     assert hist[0]["domains"] == ["example.org"]
 
 
