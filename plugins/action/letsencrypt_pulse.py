@@ -129,6 +129,43 @@ def _play_handler_names(play, templar):
     return known
 
 
+def _handler_file(path):
+    """(topics, imports) of one handlers file. Every host's play-1 task asks, and a fleet's file
+    has a handler per cert: parsed once per run and kept in the run's local temp dir (keyed by
+    the file's identity), read back as JSON by the other workers - parsing it in every worker
+    made play 1 grow with hosts x handlers."""
+    import hashlib
+    import json
+    import tempfile
+
+    from ansible import constants as C
+
+    st = os.stat(path)
+    key = hashlib.sha256(("%s|%d|%d|%d" % (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns))
+                         .encode()).hexdigest()[:32]
+    cache_dir = getattr(C, "DEFAULT_LOCAL_TMP", None)
+    cache = os.path.join(cache_dir, "certbridge-handlers-%s.json" % key) if cache_dir else None
+    if cache:
+        try:
+            with open(cache, encoding="utf-8") as handle:
+                data = json.load(handle)
+            return data["topics"], data["imports"]
+        except (OSError, ValueError, KeyError):
+            pass
+    with open(path, encoding="utf-8") as handle:
+        entries = yaml.load(handle, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or []
+    topics, imports = pulse.handler_topics(entries), pulse.handler_imports(entries)
+    if cache:
+        try:  # written whole, then renamed: a worker reads a complete file or none
+            fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".certbridge-handlers-")
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump({"topics": topics, "imports": imports}, handle)
+            os.replace(tmp, cache)
+        except OSError:  # a cache only
+            pass
+    return topics, imports
+
+
 def _extra_var_names():
     """Names given with -e, so a letsencrypt_force from inventory can be told apart."""
     try:
@@ -281,6 +318,8 @@ class ActionModule(ActionBase):
         """A --limit that leaves out the DNS host: orders made now would have nobody to publish
         their values. A check-mode acme_request (no order, no write) says whether this host
         would order; if so it stops here with the command that takes the DNS host in."""
+        if not task_vars.get("ansible_limit"):
+            return []
         try:
             inventory = self._task._variable_manager._inventory
             group = str(self._templar.template(task_vars.get("letsencrypt_dns_group", "adns")))
@@ -289,7 +328,7 @@ class ActionModule(ActionBase):
         except Exception:  # no inventory at hand (a play of one's own): play 3 says it instead
             return []
         outside = [h for h in everywhere if h not in limited]
-        if not outside or not task_vars.get("ansible_limit"):
+        if not outside:
             return []
         check_mode, self._task.check_mode = self._task.check_mode, True
         try:
@@ -481,15 +520,17 @@ class ActionModule(ActionBase):
             if current in seen or not os.path.exists(current):
                 continue
             seen.add(current)
-            with open(current, encoding="utf-8") as handle:
-                entries = yaml.safe_load(handle) or []
-            for topic in pulse.handler_topics(entries):
+            topics, imports = _handler_file(current)
+            for topic in topics:
+                if "{{" not in topic and "{%" not in topic:
+                    known.append(topic)
+                    continue
                 try:
                     known.append(str(self._templar.template(topic)))
                 except Exception:  # an untemplatable name cannot be notified by name either
                     known.append(topic)
             todo.extend(os.path.join(os.path.dirname(current), str(self._templar.template(f)))
-                        for f in pulse.handler_imports(entries))
+                        for f in imports)
         return pulse.missing_handlers(certs, known)
 
     def _shadowed_roles(self):
