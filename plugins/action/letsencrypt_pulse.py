@@ -118,11 +118,14 @@ def _play_handler_names(play, templar):
     for block in blocks:
         for handler in getattr(block, "block", [block]):
             name = handler.name
-            if name:
+            # Only names with Jinja are templated: a fleet's play has a handler per cert, and
+            # every host's finalize asks.
+            if name and ("{{" in name or "{%" in name):
                 try:
                     name = templar.template(name)
                 except Exception:  # an untemplatable name cannot be notified by name either
                     pass
+            if name:
                 known.add(str(name))
             for topic in handler.listen or []:
                 known.add(str(topic))
