@@ -8,6 +8,7 @@
 //! - [`request`], [`finalize`]: what the `acme_request` and `acme_finalize` modules do.
 
 pub mod acme;
+pub mod budget;
 pub mod ca;
 pub mod certinfo;
 pub mod client;

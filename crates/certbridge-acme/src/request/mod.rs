@@ -5,6 +5,7 @@
 //! `ari_interval` (or the CA's Retry-After), without an account, and the point chosen in it is
 //! stored; renewals name the certificate they replace.
 
+use crate::budget;
 use crate::ca::{CaAccount, CaConnector, CaFailure, OrderStatus};
 use crate::config::{self, CertSpec, Config};
 use crate::eventlog::EventLog;
@@ -54,9 +55,12 @@ pub struct RequestOptions {
         deserialize_with = "coerce::opt_seconds::<_, 0, { limits::YEAR }>"
     )]
     pub ari_interval: Option<u64>,
+    /// Set when the controller plans the rate budget: the new certs it admitted (see budget).
+    #[serde(default)]
+    pub admit: Option<Vec<String>>,
 }
 
-pub const OWN_KEYS: &[&str] = &["pending_max_age", "metrics_file", "ari_interval"];
+pub const OWN_KEYS: &[&str] = &["pending_max_age", "metrics_file", "ari_interval", "admit"];
 
 /// What the reply says about a certificate's renewal information.
 #[derive(Debug, Clone, Serialize)]
@@ -105,6 +109,12 @@ pub struct CertResult {
     /// `pending_max_age`, gone, invalid, for other names...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub order_reason: Option<String>,
+    /// Waits for the controller's rate budget (see budget): nothing was ordered.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
+    /// When a new certificate was last ordered for it under the rate budget.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_cert_at: Option<i64>,
 }
 
 /// One value to publish.
@@ -178,6 +188,7 @@ pub fn module<C: CaConnector>(
         pending_max_age,
         ari_interval,
         metrics_file,
+        own.admit.as_deref(),
         connector,
         &log,
         crate::now(),
@@ -231,6 +242,7 @@ pub async fn run<C: CaConnector>(
     pending_max_age: i64,
     ari_interval: i64,
     metrics_file: Option<PathBuf>,
+    admit: Option<&[String]>,
     connector: &C,
     log: &EventLog,
     now: i64,
@@ -313,6 +325,28 @@ pub async fn run<C: CaConnector>(
         .filter(|i| states[*i].decision.action == Action::Issue)
         .collect();
     refuse_over_profile_limits(cfg, &states, &mut to_issue, log, &mut out);
+    let mut held = std::collections::BTreeSet::new();
+    to_issue.retain(|i| {
+        let st = &states[*i];
+        let wait = budget::held(
+            admit,
+            st.spec.name.as_str(),
+            st.decision.reason,
+            st.meta.pending.is_some(),
+        );
+        if wait {
+            held.insert(*i);
+        }
+        !wait
+    });
+    if admit.is_some() && !check_mode {
+        for i in &to_issue {
+            let st = &mut states[*i];
+            if budget::counts_against_limits(st.decision.reason) && st.meta.pending.is_none() {
+                st.meta.new_cert_at = Some(now);
+            }
+        }
+    }
     if !check_mode && !to_issue.is_empty() {
         if cfg.self_sign {
             for i in &to_issue {
@@ -348,7 +382,7 @@ pub async fn run<C: CaConnector>(
         abandon_orders(cfg, &states, connector, log, deadline, &mut out).await;
     }
 
-    for st in &mut states {
+    for (i, st) in states.iter_mut().enumerate() {
         let name = st.spec.name.as_str().to_owned();
         // A cert that no longer needs issuing forgets its order in flight (see abandon_orders;
         // its key goes once the metadata no longer names the order).
@@ -383,6 +417,8 @@ pub async fn run<C: CaConnector>(
                     })
                     .and_then(|a| AriReport::of(a, ari_interval)),
                 order_reason: st.order_reason.clone(),
+                held: held.contains(&i),
+                new_cert_at: st.meta.new_cert_at,
             },
         );
     }

@@ -180,6 +180,10 @@ pub struct Meta {
     /// The CA's renewal information (RFC 9773) about the installed certificate.
     #[serde(default)]
     pub ari: Option<AriState>,
+    /// When this cert last ordered a new certificate admitted by the fleet rate budget (left
+    /// out when unset: metadata without it is written back as it was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_cert_at: Option<i64>,
 }
 
 /// What the last renewal-information check found for one installed certificate, and when to

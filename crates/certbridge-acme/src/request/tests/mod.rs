@@ -58,6 +58,7 @@ fn run_when(
         pending_max_age,
         policy::DEFAULT_ARI_INTERVAL,
         None,
+        None,
         ca,
         &log,
         now,
