@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import os
 import posixpath
+import sys
+import time
 
 import yaml
 
@@ -35,15 +37,21 @@ from ansible.plugins.action import ActionBase
 from ansible.utils.display import Display
 
 try:  # installed as the certbridge.acme collection
+    from ansible_collections.certbridge.acme.plugins.module_utils import certbridge_budget as budget
     from ansible_collections.certbridge.acme.plugins.module_utils import certbridge_pulse as pulse
 except ImportError:  # a checkout: plugins/ is on ansible.cfg's plugin paths, not a collection
     import importlib.util
 
-    _spec = importlib.util.spec_from_file_location(
-        "certbridge_pulse", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                         "module_utils", "certbridge_pulse.py"))
-    pulse = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(pulse)
+    def _load(name):
+        spec = importlib.util.spec_from_file_location(
+            name, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               "module_utils", name + ".py"))
+        loaded = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(loaded)
+        return loaded
+
+    pulse = _load("certbridge_pulse")
+    budget = _load("certbridge_budget")
 
 DOCUMENTATION = r"""
 short_description: Run one step of the certbridge pulse on one host
@@ -68,12 +76,19 @@ options:
   hosts:
     description: certcheck only - the hosts letsencrypt_group matches.
     type: list
+  admitted:
+    description: request only - order the new certificates the round's rate budget admitted
+      for this host (the second request of a pulse that plans Let's Encrypt's limits).
+    type: bool
+  merge:
+    description: round only - rebuild the round after the admitted orders, keeping its plan.
+    type: bool
 """
 
 display = Display()
 MODULE_MODES = ("transfer", "installed")
 DEFAULT_MODULE_DIR = "/usr/local/lib/certbridge"
-CONTROL_ARGS = frozenset(("step", "dns_hosts", "hosts"))
+CONTROL_ARGS = frozenset(("step", "dns_hosts", "hosts", "admitted", "merge"))
 STEPS = ("request", "round", "finalize", "acknowledge", "check", "certcheck")
 # The roles the pulse plays after play 1, under their checkout names.
 LATER_ROLES = ("letsencrypt-install-txt-record", "letsencrypt-create-certs")
@@ -105,15 +120,55 @@ def _play_handler_names(play, templar):
     for block in blocks:
         for handler in getattr(block, "block", [block]):
             name = handler.name
-            if name:
+            # Only names with Jinja are templated: a fleet's play has a handler per cert, and
+            # every host's finalize asks.
+            if name and ("{{" in name or "{%" in name):
                 try:
                     name = templar.template(name)
                 except Exception:  # an untemplatable name cannot be notified by name either
                     pass
+            if name:
                 known.add(str(name))
             for topic in handler.listen or []:
                 known.add(str(topic))
     return known
+
+
+def _handler_file(path):
+    """(topics, imports) of one handlers file. Every host's play-1 task asks, and a fleet's file
+    has a handler per cert: parsed once per run and kept in the run's local temp dir (keyed by
+    the file's identity), read back as JSON by the other workers - parsing it in every worker
+    made play 1 grow with hosts x handlers."""
+    import hashlib
+    import json
+    import tempfile
+
+    from ansible import constants as C
+
+    st = os.stat(path)
+    key = hashlib.sha256(("%s|%d|%d|%d" % (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns))
+                         .encode()).hexdigest()[:32]
+    cache_dir = getattr(C, "DEFAULT_LOCAL_TMP", None)
+    cache = os.path.join(cache_dir, "certbridge-handlers-%s.json" % key) if cache_dir else None
+    if cache:
+        try:
+            with open(cache, encoding="utf-8") as handle:
+                data = json.load(handle)
+            return data["topics"], data["imports"]
+        except (OSError, ValueError, KeyError):
+            pass
+    with open(path, encoding="utf-8") as handle:
+        entries = yaml.load(handle, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or []
+    topics, imports = pulse.handler_topics(entries), pulse.handler_imports(entries)
+    if cache:
+        try:  # written whole, then renamed: a worker reads a complete file or none
+            fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".certbridge-handlers-")
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump({"topics": topics, "imports": imports}, handle)
+            os.replace(tmp, cache)
+        except OSError:  # a cache only
+            pass
+    return topics, imports
 
 
 def _extra_var_names():
@@ -180,15 +235,36 @@ class ActionModule(ActionBase):
         fails the host for it. ``stop_host`` marks what must fail the host here."""
         problems = pulse.replaced_variables(task_vars)
         problems.extend(self._shadowed_roles())
+        play = self._task.get_play()
+        if play is not None and play.serial and (set(task_vars.get("ansible_play_batch") or [])
+                                                 != set(task_vars.get("ansible_play_hosts_all") or [])):
+            problems.append(
+                "play-level serial runs this play in batches, but the pulse's round needs every host's "
+                "result before anything is published: remove serial from the play that runs "
+                "letsencrypt-request-certs (forks bounds the parallelism); nothing was ordered")
         missing = self._missing_handlers(module_args.get("certs"), task_vars)
         if missing:
             problems.append(
                 "define a handler (or a listen topic) for each certificate of this host in "
                 "letsencrypt_handlers_file; missing: " + ", ".join(repr(m) for m in missing))
             result["missing_handlers"] = missing
+        planned = budget.enabled(self._role_var("letsencrypt_rate_budget", "auto"), module_args.get("directory"))
+        if planned:
+            problems.extend(self._budget_problems())
+        if not problems:
+            problems.extend(self._unpublishable(module_args, task_vars))
         if problems:
             result.update(stop_host=True, request_failed=True, msg="; ".join(problems))
             return result
+        if planned:
+            # New certificates wait for the round's plan (certbridge_budget); the second
+            # request (admitted) orders those it admitted for this host.
+            round_ = self._round_fact(task_vars) if self._task.args.get("admitted") else {}
+            host = task_vars.get("inventory_hostname")
+            module_args["admit"] = list((round_.get("admit") or {}).get(host) or [])
+            deferred = (round_.get("deferred") or {}).get(host)
+            if deferred:
+                result["deferred"] = deferred
         module_result = self._run_module("acme_request", module_args, task_vars)
         result.update(module_result)
         if module_result.get("failed"):
@@ -217,20 +293,102 @@ class ActionModule(ActionBase):
         return pulse.cname_check(dns_hosts, dns_var, var("letsencrypt_request_cname_check", True))
 
     def _round(self, result, args, task_vars):
-        """The pulse round, once, from every play-1 host's result (stored on localhost)."""
+        """The pulse round, once, from every play-1 host's result (stored on localhost); with
+        merge, rebuilt after the admitted orders, keeping the first round's hosts and plan."""
         hostvars = task_vars.get("hostvars") or {}
         dns_group = self._templar.template(task_vars.get("letsencrypt_dns_group", "adns"))
         cap = self._templar.template(task_vars.get("letsencrypt_max_values_per_name", 7))
+        first = self._round_fact(task_vars) if args.get("merge") else {}
+        hosts = list(first.get("hosts") or []) if first else list(task_vars.get("ansible_play_hosts") or [])
         try:
-            round_ = pulse.build_round(hostvars, list(task_vars.get("ansible_play_hosts") or []), dns_group,
-                                       list(args.get("dns_hosts") or []), _extra_var_names(),
-                                       max_values_per_name=cap)
+            round_ = pulse.build_round(hostvars, hosts, dns_group, list(args.get("dns_hosts") or []),
+                                       _extra_var_names(), max_values_per_name=cap)
+            plan = ({k: first.get(k) or {} for k in ("admit", "deferred")} if first
+                    else self._rate_plan(hostvars, hosts, task_vars))
         except ValueError as err:
             raise AnsibleActionFail(str(err))
-        for warning in round_["warnings"]:
-            display.warning(warning)
+        round_.update(plan, admit_hosts=sorted(plan["admit"]))
+        if not first:
+            for warning in round_["warnings"]:
+                display.warning(warning)
+            for line in budget.summary(plan):
+                display.display(line)
         result.update(changed=False, ansible_facts={"letsencrypt_round": round_})
         return result
+
+    def _rate_plan(self, hostvars, hosts, task_vars):
+        """Admit or defer the new certificates play 1 held (certbridge_budget.plan)."""
+        results = {}
+        for host in hosts:
+            found = pulse.plain(pulse._get(hostvars[host], "letsencrypt_request", None))
+            if isinstance(found, dict) and not found.get("unreachable"):
+                results[host] = found
+        if not any(isinstance(d, dict) and d.get("held")
+                   for r in results.values() for d in (r.get("certs") or {}).values()):
+            return {"admit": {}, "deferred": {}}
+
+        def var(name, default=None):
+            return self._templar.template(task_vars[name]) if name in task_vars else default
+
+        limits = budget.budgets(var)
+        registered = budget.registered_domain_function()
+
+        def certs_of(host):
+            certs = pulse.plain(pulse._get(hostvars[host], "letsencrypt_certs", {})) or {}
+            return {str(cert): pulse.cert_names(spec) for cert, spec in certs.items()}
+
+        def egress_of(host):
+            return str(pulse._get(hostvars[host], "letsencrypt_rate_egress", "") or host)
+
+        now = int(time.time())
+        requests, history = budget.collect(results, certs_of, egress_of, registered, now)
+        return budget.plan(requests, history, limits, now)
+
+    def _unpublishable(self, module_args, task_vars):
+        """A --limit that leaves out the DNS host: orders made now would have nobody to publish
+        their values. A check-mode acme_request (no order, no write) says whether this host
+        would order; if so it stops here with the command that takes the DNS host in."""
+        if not task_vars.get("ansible_limit"):
+            return []
+        try:
+            inventory = self._task._variable_manager._inventory
+            group = str(self._templar.template(task_vars.get("letsencrypt_dns_group", "adns")))
+            everywhere = [h.name for h in inventory.get_hosts(group, ignore_limits=True, ignore_restrictions=True)]
+            limited = {h.name for h in inventory.get_hosts(group, ignore_restrictions=True)}
+        except Exception:  # no inventory at hand (a play of one's own): play 3 says it instead
+            return []
+        outside = [h for h in everywhere if h not in limited]
+        if not outside:
+            return []
+        check_mode, self._task.check_mode = self._task.check_mode, True
+        try:
+            would = self._run_module("acme_request", dict(module_args), task_vars)
+        finally:
+            self._task.check_mode = check_mode
+        certs = pulse.unpublished_orders(would)
+        if not certs:
+            return []
+        return ["%s (letsencrypt_dns_group %s) is outside --limit %s: the dns-01 values of %s would have "
+                "nobody to publish them, so nothing was ordered. Run: %s"
+                % (", ".join(outside), group, task_vars.get("ansible_limit"), ", ".join(certs),
+                   pulse.limit_command(sys.argv, outside))]
+
+    def _round_fact(self, task_vars):
+        """The round play 1 stored on localhost ({} when there is none)."""
+        try:
+            return pulse.plain(task_vars["hostvars"]["localhost"]["letsencrypt_round"]) or {}
+        except Exception:  # not built: play 1 did not run in this playbook
+            return {}
+
+    def _budget_problems(self):
+        """What stops a pulse that plans the rate budget, before any order."""
+        try:
+            budget.budgets(self._role_var)
+        except ValueError as err:
+            return [str(err)]
+        import importlib.util
+
+        return [] if importlib.util.find_spec("publicsuffixlist") else [budget.PSL_MISSING]
 
     def _check(self, result, task_vars):
         """The last play: fail the pulse when play 1 or play 3 ran no certbridge task."""
@@ -284,7 +442,7 @@ class ActionModule(ActionBase):
             return result
         play = self._task.get_play()
         known = _play_handler_names(play, self._templar) if play is not None else set()
-        missing = [name for name in wanted if name not in known]
+        missing = pulse.missing_handlers(handlers_for, known)
         if missing:
             result.update(
                 failed=True,
@@ -313,7 +471,9 @@ class ActionModule(ActionBase):
             result["changed"] = True
             # Ansible notifies what a changed result names here; a task-level `notify` could
             # not depend on this task's own result.
-            result["_ansible_notify"] = [pulse.HANDLER_PREFIX + cert for cert in updated]
+            result["_ansible_notify"] = pulse.notifications(updated, known)
+            # For the common topic's handler: which certs of this host changed in this pulse.
+            result["ansible_facts"] = {"letsencrypt_updated_certs": updated}
         return result
 
     def _acknowledge(self, result, module_args, task_vars):
@@ -390,15 +550,17 @@ class ActionModule(ActionBase):
             if current in seen or not os.path.exists(current):
                 continue
             seen.add(current)
-            with open(current, encoding="utf-8") as handle:
-                entries = yaml.safe_load(handle) or []
-            for topic in pulse.handler_topics(entries):
+            topics, imports = _handler_file(current)
+            for topic in topics:
+                if "{{" not in topic and "{%" not in topic:
+                    known.append(topic)
+                    continue
                 try:
                     known.append(str(self._templar.template(topic)))
                 except Exception:  # an untemplatable name cannot be notified by name either
                     known.append(topic)
             todo.extend(os.path.join(os.path.dirname(current), str(self._templar.template(f)))
-                        for f in pulse.handler_imports(entries))
+                        for f in imports)
         return pulse.missing_handlers(certs, known)
 
     def _shadowed_roles(self):

@@ -12,6 +12,7 @@ fresh id, so values of an earlier run or of an unreachable host can never be pub
 
 from __future__ import annotations
 
+import os
 import posixpath
 import secrets
 import time
@@ -21,6 +22,9 @@ LE_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
 LE_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
 
 HANDLER_PREFIX = "letsencrypt updated "
+# The fleet topic: notified once per host with any updated cert (the certs in the fact
+# letsencrypt_updated_certs), so one handler serves every host in parallel under forks.
+COMMON_TOPIC = "letsencrypt updated"
 BOOLEANS_TRUE = frozenset(("y", "yes", "on", "1", "true", "t", "1.0"))
 BOOLEANS_FALSE = frozenset(("n", "no", "off", "0", "false", "f", "0.0", ""))
 
@@ -188,9 +192,21 @@ def _as_list(value):
 
 def missing_handlers(certs, known):
     """Handler names ("letsencrypt updated <cert>") of certs with neither a handler nor a
-    listen topic of that name."""
+    listen topic of that name; none when the common topic has a handler (it serves them all)."""
     known = set(known)
+    if COMMON_TOPIC in known:
+        return []
     return [HANDLER_PREFIX + str(cert) for cert in (certs or {}) if HANDLER_PREFIX + str(cert) not in known]
+
+
+def notifications(updated, known):
+    """What a host with ``updated`` certs notifies: each cert's own handler where the play has
+    one, then the common topic where it has one."""
+    known = set(known)
+    out = [HANDLER_PREFIX + str(c) for c in updated if HANDLER_PREFIX + str(c) in known]
+    if updated and COMMON_TOPIC in known:
+        out.append(COMMON_TOPIC)
+    return out
 
 
 def _get(hostvars_of_host, name, default=None):
@@ -302,6 +318,38 @@ def defer_crowded(records, cap):
                 carried[owner] = carried.get(owner, 0) + n
             kept.extend(recs)
     return kept, deferred
+
+
+def limit_command(argv, extra_hosts):
+    """The ansible-playbook command line ``argv`` with ``extra_hosts`` added to its --limit (or
+    -l), quoted for a shell: what to run so the limit takes in the DNS host."""
+    import shlex
+
+    out, i, added = [], 0, False
+    argv = [str(a) for a in argv]
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("--limit", "-l") and i + 1 < len(argv):
+            out.extend([arg, ",".join([argv[i + 1]] + list(extra_hosts))])
+            i, added = i + 2, True
+            continue
+        for prefix in ("--limit=", "-l"):
+            if arg.startswith(prefix) and len(arg) > len(prefix) and not added:
+                out.append(prefix + ",".join([arg[len(prefix):]] + list(extra_hosts)))
+                added = True
+                break
+        else:
+            out.append(arg)
+        i += 1
+    if argv and os.path.basename(argv[0]).startswith("ansible-playbook"):
+        out[0] = "ansible-playbook"
+    return shlex.join(out)
+
+
+def unpublished_orders(result):
+    """Certs a check-mode acme_request would order or finish with dns-01 values (not held)."""
+    return sorted(str(c) for c, d in (result.get("certs") or {}).items()
+                  if isinstance(d, dict) and d.get("action") == "issue" and not d.get("held"))
 
 
 def build_round(hostvars, play_hosts, dns_group, dns_hosts, extra_vars=(), now=None,

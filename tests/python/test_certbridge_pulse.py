@@ -313,3 +313,37 @@ def test_replaced_opendev_variables_say_what_replaces_them():
     (msg,) = pulse.replaced_variables({"letsencrypt_test_only": True, "letsencrypt_use_staging": True})
     assert "letsencrypt_use_staging" in msg and "letsencrypt_self_sign_only" in msg
     assert pulse.replaced_variables({"letsencrypt_self_generate_tokens": True}) == []
+
+
+# -- partial runs ------------------------------------------------------------------------------
+
+def test_the_command_to_run_adds_the_dns_host_to_the_limit_in_each_spelling():
+    base = ["/venv/bin/ansible-playbook", "-i", "hosts.yaml", "pulse.yaml"]
+    assert pulse.limit_command(base + ["--limit", "web01"], ["ns1"]) == \
+        "ansible-playbook -i hosts.yaml pulse.yaml --limit web01,ns1"
+    assert pulse.limit_command(base + ["-l", "web*:!web9"], ["ns1"]) == \
+        "ansible-playbook -i hosts.yaml pulse.yaml -l 'web*:!web9,ns1'"
+    assert pulse.limit_command(base + ["--limit=web01"], ["ns1", "ns2"]) == \
+        "ansible-playbook -i hosts.yaml pulse.yaml --limit=web01,ns1,ns2"
+    assert pulse.limit_command(base + ["-lweb01", "-e", "x=1 2"], ["ns1"]) == \
+        "ansible-playbook -i hosts.yaml pulse.yaml -lweb01,ns1 -e 'x=1 2'"
+
+
+def test_only_certs_that_would_order_count_as_unpublished():
+    result = request(certs={"a": {"action": "issue", "reason": "missing"},
+                            "b": {"action": "issue", "reason": "missing", "held": True},
+                            "c": {"action": "ok", "reason": "valid"}})
+    assert pulse.unpublished_orders(result) == ["a"]
+    assert pulse.unpublished_orders(request()) == []
+
+
+# -- handlers at fleet scale -----------------------------------------------------------------------
+
+def test_the_common_topic_serves_every_cert_and_is_notified_once_per_host():
+    known = ["letsencrypt updated", "letsencrypt updated a"]
+    assert pulse.missing_handlers({"a": [], "b": []}, known) == []
+    assert pulse.notifications(["a", "b"], known) == ["letsencrypt updated a", "letsencrypt updated"]
+    assert pulse.notifications([], known) == []
+    # Without it, each cert needs its own handler, as before.
+    assert pulse.missing_handlers({"a": [], "b": []}, ["letsencrypt updated a"]) == ["letsencrypt updated b"]
+    assert pulse.notifications(["a"], ["letsencrypt updated a"]) == ["letsencrypt updated a"]

@@ -10,6 +10,7 @@
 //!   [`retired`]: values of finished orders, reported so the next publish removes them.
 
 pub mod acme;
+pub mod budget;
 pub mod ca;
 pub mod certinfo;
 pub mod client;

@@ -348,7 +348,9 @@ fn tsig_error_name(err: hickory_proto::rr::rdata::tsig::TsigError) -> String {
     use hickory_proto::rr::rdata::tsig::TsigError as E;
     match err {
         E::BadSig => "BADSIG: the secret does not match".into(),
-        E::BadKey => "BADKEY: the server does not know this key name or algorithm".into(),
+        // Knot also answers BADKEY when its ACL does not grant this key the action (BIND
+        // answers REFUSED there), so a known key can get it too.
+        E::BadKey => "BADKEY: the server does not know this key name or algorithm, or does not allow this key to do this".into(),
         E::BadTime => "BADTIME: the clocks differ by more than the fudge".into(),
         E::BadTrunc => "BADTRUNC".into(),
         E::Unknown(code) => format!("TSIG error {code}"),
@@ -371,7 +373,8 @@ pub async fn axfr(
     key: &TsigKey,
     deadline: Instant,
 ) -> Result<Vec<Record>, DnsError> {
-    let what = format!("AXFR {zone}");
+    // Only the `rfc2136` method reads zones this way: its errors name method, zone and server.
+    let what = format!("the rfc2136 method's AXFR of zone {zone}");
     let mut msg = hickory_proto::op::update_message::zone_transfer(zone.clone(), None);
     let mut verifier = sign(&mut msg, key, &what)?;
     let bytes = msg.to_vec().map_err(|e| DnsError::Encode {
@@ -440,7 +443,7 @@ pub async fn update(
         .first()
         .map(|q| q.name().to_string())
         .unwrap_or_default();
-    let what = format!("UPDATE {zone}");
+    let what = format!("the rfc2136 method's UPDATE of zone {zone}");
     debug_assert_eq!(msg.metadata.op_code, OpCode::Update);
     let mut verifier = sign(&mut msg, key, &what)?;
     let bytes = encode(&msg, &what)?;

@@ -1,5 +1,6 @@
-//! The test bed (scripts/testbed: Pebble + BIND on loopback, see docs/testbed.md): starting
-//! and stopping one per test, its `TESTBED_*` values, and stopping or restarting its Pebble.
+//! The test bed (scripts/testbed: Pebble + BIND, optionally Knot, on loopback, see
+//! docs/testbed.md): starting and stopping one per test, its `TESTBED_*` values, and stopping
+//! or restarting its Pebble.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -109,6 +110,32 @@ impl Testbed {
             .expect("TESTBED_ACME_DIRECTORY names a port")
     }
 
+    /// The TSIG keys the bed's knotd (`--knot`) accepts for `TESTBED_KNOT_ZONE`: hmac-sha256
+    /// and hmac-sha512, in that order.
+    pub fn knot_keys(&self) -> [BedTsig; 2] {
+        ["SHA256", "SHA512"].map(|tag| BedTsig {
+            name: self
+                .get(&format!("TESTBED_KNOT_TSIG_{tag}_NAME"))
+                .to_owned(),
+            algorithm: self
+                .get(&format!("TESTBED_KNOT_TSIG_{tag}_ALGORITHM"))
+                .to_owned(),
+            secret: self
+                .get(&format!("TESTBED_KNOT_TSIG_{tag}_SECRET"))
+                .to_owned(),
+        })
+    }
+
+    /// The TSIG keys BIND accepts for its dynamic zone (`TESTBED_DYNAMIC_ZONE`): hmac-sha256
+    /// (`TESTBED_TSIG_*`) and hmac-sha512 (`TESTBED_TSIG_SHA512_*`), in that order.
+    pub fn bind_keys(&self) -> [BedTsig; 2] {
+        ["TESTBED_TSIG", "TESTBED_TSIG_SHA512"].map(|prefix| BedTsig {
+            name: self.get(&format!("{prefix}_NAME")).to_owned(),
+            algorithm: self.get(&format!("{prefix}_ALGORITHM")).to_owned(),
+            secret: self.get(&format!("{prefix}_SECRET")).to_owned(),
+        })
+    }
+
     pub fn stop(&self) {
         let _ = Command::new(repo_root().join("scripts/testbed"))
             .arg("down")
@@ -122,6 +149,14 @@ impl Drop for Testbed {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A TSIG key of the bed: name, algorithm in BIND's spelling, base64 secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BedTsig {
+    pub name: String,
+    pub algorithm: String,
+    pub secret: String,
 }
 
 /// Parses `KEY=value` lines (values may be single-quoted shell words).

@@ -2,7 +2,8 @@
 //! every test binary with `use certbridge_testsupport::*;` (or `as support`).
 //!
 //! - [`module`]: run a module binary the way Ansible does and read its JSON reply.
-//! - [`bed`]: start and stop a test bed (Pebble + BIND on loopback), restart its Pebble.
+//! - [`bed`]: start and stop a test bed (Pebble + BIND, optionally Knot, on loopback), restart
+//!   its Pebble.
 //! - [`host`]: one managed host (cert root, log, acme_request/acme_finalize arguments).
 //! - [`dns`]: `dig`, TSIG-signed `nsupdate`, publishing dns-01 values in the bed.
 //! - [`tree`]: snapshots of a directory tree, to compare before and after a run.
@@ -21,8 +22,8 @@ pub mod raw_http;
 pub mod tree;
 
 pub use bed::{
-    parse_env, ports_in_flux, repo_root, restart_pebble, stop_pebble, PebbleCommand, PortsGuard,
-    RunningPebble, Testbed, PORTS_IN_FLUX,
+    parse_env, ports_in_flux, repo_root, restart_pebble, stop_pebble, BedTsig, PebbleCommand,
+    PortsGuard, RunningPebble, Testbed, PORTS_IN_FLUX,
 };
 pub use ca_proxy::{CaProxy, Endpoint, Fault, FaultAction, ProxyConfig, Window};
 pub use certset::{read_set, service_files, CertSet, Seen};

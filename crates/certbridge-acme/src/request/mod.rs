@@ -5,6 +5,7 @@
 //! `ari_interval` (or the CA's Retry-After), without an account, and the point chosen in it is
 //! stored; renewals name the certificate they replace.
 
+use crate::budget;
 use crate::ca::{CaAccount, CaConnector, CaFailure, OrderStatus};
 use crate::certinfo::KeyType;
 use crate::cnamecheck::{CnameCheck, CnameCheckInput};
@@ -59,6 +60,9 @@ pub struct RequestOptions {
     /// Follow each name's `_acme-challenge` CNAME before ordering (see [`crate::cnamecheck`]).
     #[serde(default)]
     pub cname_check: Option<CnameCheckInput>,
+    /// Set when the controller plans the rate budget: the new certs it admitted (see budget).
+    #[serde(default)]
+    pub admit: Option<Vec<String>>,
 }
 
 pub const OWN_KEYS: &[&str] = &[
@@ -66,6 +70,7 @@ pub const OWN_KEYS: &[&str] = &[
     "metrics_file",
     "ari_interval",
     "cname_check",
+    "admit",
 ];
 
 /// What the reply says about a certificate's renewal information.
@@ -115,6 +120,12 @@ pub struct CertResult {
     /// `pending_max_age`, gone, invalid, for other names...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub order_reason: Option<String>,
+    /// Waits for the controller's rate budget (see budget): nothing was ordered.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
+    /// When a new certificate was last ordered for it under the rate budget.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new_cert_at: Option<i64>,
 }
 
 /// One value to publish.
@@ -208,6 +219,7 @@ pub fn module<C: CaConnector>(
         ari_interval,
         metrics_file,
         cname.as_ref(),
+        own.admit.as_deref(),
         connector,
         &log,
         crate::now(),
@@ -268,6 +280,7 @@ pub async fn run<C: CaConnector>(
     ari_interval: i64,
     metrics_file: Option<PathBuf>,
     cname: Option<&CnameCheck>,
+    admit: Option<&[String]>,
     connector: &C,
     log: &EventLog,
     now: i64,
@@ -350,9 +363,32 @@ pub async fn run<C: CaConnector>(
         .filter(|i| states[*i].decision.action == Action::Issue)
         .collect();
     refuse_over_profile_limits(cfg, &states, &mut to_issue, log, &mut out);
+    let mut held = std::collections::BTreeSet::new();
+    to_issue.retain(|i| {
+        let st = &states[*i];
+        let wait = budget::held(
+            admit,
+            st.spec.name.as_str(),
+            st.decision.reason,
+            st.meta.pending.is_some(),
+        );
+        if wait {
+            held.insert(*i);
+        }
+        !wait
+    });
+    // Held certs are checked when the round admits them (the second call orders them).
     let mut owners = crate::cnamecheck::Owners::new();
     if let Some(cc) = cname.filter(|_| !cfg.self_sign) {
         owners = refuse_bad_cnames(cc, &states, &mut to_issue, log, deadline, &mut out).await;
+    }
+    if admit.is_some() && !check_mode {
+        for i in &to_issue {
+            let st = &mut states[*i];
+            if budget::counts_against_limits(st.decision.reason) && st.meta.pending.is_none() {
+                st.meta.new_cert_at = Some(now);
+            }
+        }
     }
     if !check_mode && !to_issue.is_empty() {
         if cfg.self_sign {
@@ -394,7 +430,7 @@ pub async fn run<C: CaConnector>(
         t.owner = owners.get(&t.record).cloned();
     }
 
-    for st in &mut states {
+    for (i, st) in states.iter_mut().enumerate() {
         let name = st.spec.name.as_str().to_owned();
         // A cert that no longer needs issuing forgets its order in flight (see abandon_orders;
         // its key goes once the metadata no longer names the order).
@@ -431,6 +467,8 @@ pub async fn run<C: CaConnector>(
                     })
                     .and_then(|a| AriReport::of(a, ari_interval)),
                 order_reason: st.order_reason.clone(),
+                held: held.contains(&i),
+                new_cert_at: st.meta.new_cert_at,
             },
         );
     }

@@ -183,6 +183,10 @@ pub struct Meta {
     /// dns-01 values of finished or abandoned orders, reported until published away.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retired: Vec<crate::retired::RetiredValue>,
+    /// When this cert last ordered a new certificate admitted by the fleet rate budget (left
+    /// out when unset: metadata without it is written back as it was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_cert_at: Option<i64>,
 }
 
 /// What the last renewal-information check found for one installed certificate, and when to

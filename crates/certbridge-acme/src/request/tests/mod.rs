@@ -59,6 +59,7 @@ fn run_when(
         policy::DEFAULT_ARI_INTERVAL,
         None,
         None,
+        None,
         ca,
         &log,
         now,

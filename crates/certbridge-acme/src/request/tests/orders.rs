@@ -102,7 +102,9 @@ fn an_order_no_longer_needed_is_deactivated_before_it_is_forgotten() {
         .unwrap();
     let log = EventLog::disabled("acme_request");
     let out = rt
-        .block_on(run(&cfg, false, 3600, 21_600, None, None, &ca, &log, now))
+        .block_on(run(
+            &cfg, false, 3600, 21_600, None, None, None, &ca, &log, now,
+        ))
         .unwrap();
     assert_eq!(out.certs["main"].action, Action::Ok, "{:?}", out.certs);
     assert!(out.warnings.is_empty(), "{:?}", out.warnings);
@@ -114,7 +116,9 @@ fn an_order_no_longer_needed_is_deactivated_before_it_is_forgotten() {
     assert!(meta.pending.is_none());
     // Nothing left to abandon: the next pulse asks nothing.
     let out = rt
-        .block_on(run(&cfg, false, 3600, 21_600, None, None, &ca, &log, now))
+        .block_on(run(
+            &cfg, false, 3600, 21_600, None, None, None, &ca, &log, now,
+        ))
         .unwrap();
     assert_eq!(out.certs["main"].action, Action::Ok);
     assert_eq!(ca.calls().opened, 1);
@@ -352,4 +356,50 @@ fn a_failed_deactivation_of_an_order_no_longer_needed_is_a_warning() {
         meta(&cfg, "main").pending.is_none(),
         "forgotten all the same"
     );
+}
+
+#[test]
+fn a_planned_pulse_orders_only_the_admitted_new_certs_and_records_when() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(
+        tmp.path(),
+        "https://ca.example.test/dir",
+        json!({"web": ["web.example.test"], "mail": ["mail.example.test"]}),
+    );
+    let ca = FakeCa::default();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let log = EventLog::disabled("acme_request");
+    let plan = |admit: &[String]| {
+        rt.block_on(run(
+            &cfg,
+            false,
+            3600,
+            21_600,
+            None,
+            None,
+            Some(admit),
+            &ca,
+            &log,
+            NOW,
+        ))
+        .unwrap()
+    };
+    // Nothing admitted yet: both wait, no order, nothing pending.
+    let out = plan(&[]);
+    assert!(
+        out.certs["web"].held && out.certs["mail"].held,
+        "{:?}",
+        out.certs
+    );
+    assert!(out.pending.is_empty() && out.txt.is_empty());
+    assert!(ca.calls().new_orders.is_empty());
+    // web admitted: ordered and recorded; mail still waits.
+    let out = plan(&["web".to_owned()]);
+    assert!(!out.certs["web"].held && out.certs["mail"].held);
+    assert_eq!(out.pending, vec!["web".to_owned()]);
+    assert_eq!(out.certs["web"].new_cert_at, Some(NOW));
+    assert_eq!(ca.calls().new_orders.len(), 1);
 }
