@@ -687,3 +687,106 @@ fn paused_secondary_delays_then_fails_naming_it() {
         "{missing}"
     );
 }
+
+/// OpenDev's shared layout after a few crowded pulses: 101 values at one name. BIND 9.18.28+
+/// refuses such a zone file (`max-records-per-type`, 100) and keeps serving the old zone.
+/// With the default limit the module refuses before writing, naming the owner and the
+/// limit; with the limit off (the real refusal) it fails as soon as `rndc zonestatus` shows
+/// the old serial, with the reason, not after its timeout. The bed then takes a normal publish.
+#[test]
+fn a_zone_the_server_refuses_is_reported_at_once_with_the_reason() {
+    let bed = Testbed::start(&["--hosts", "4"]);
+    let state = tempfile::tempdir().unwrap();
+    let primary = bed.get("TESTBED_DNS").to_owned();
+    let zone_path = bed.get("TESTBED_SIGNING_ZONE_FILE").to_owned();
+    let crowd: Vec<Value> = (0..101)
+        .map(|i| {
+            rec(
+                &format!("h{}", i % 3 + 1),
+                &format!("c{i}"),
+                &format!("host{}.example.test", i % 3 + 1),
+                &digest(&format!("crowd-{i}")),
+            )
+        })
+        .collect();
+    let zones = vec![zonefile_zone(&bed, false)];
+    let before = file_hash(&zone_path);
+
+    // 1. Default limit (100): refused before the zone file is touched.
+    let run = run_module(
+        "acme_txt_publish",
+        &with(
+            args(&bed, state.path(), crowd.clone(), zones.clone()),
+            json!({"timeout": 60}),
+        ),
+    );
+    assert!(run.failed(), "{}", run.json);
+    for want in [
+        "acme.signing.test. would carry 101 TXT records",
+        "max-records-per-type",
+        "own label",
+    ] {
+        assert!(run.msg().contains(want), "missing {want:?}: {}", run.msg());
+    }
+    assert!(
+        run.elapsed < Duration::from_secs(10),
+        "took {:?}",
+        run.elapsed
+    );
+    assert_eq!(file_hash(&zone_path).0, before.0, "the zone file changed");
+
+    // 2. Limit off: the file is written, BIND refuses to load it; reported within the
+    // load grace, far below the 60 s timeout the verification would otherwise wait out.
+    let run = run_module(
+        "acme_txt_publish",
+        &with(
+            args(&bed, state.path(), crowd, zones.clone()),
+            json!({"timeout": 60, "max_records_per_type": 0}),
+        ),
+    );
+    assert!(run.failed(), "{}", run.json);
+    for want in [
+        "did not load the new zone file",
+        "zonestatus signing.test` still shows serial 1",
+        "carries 101 TXT records",
+        "max-records-per-type",
+    ] {
+        assert!(run.msg().contains(want), "missing {want:?}: {}", run.msg());
+    }
+    assert!(
+        run.elapsed < Duration::from_secs(20),
+        "a refused reload was reported only after {:?}",
+        run.elapsed
+    );
+    let named_log = std::fs::read_to_string(bed.get("TESTBED_NAMED_LOG")).unwrap();
+    assert!(
+        named_log.contains("too many records"),
+        "BIND did not refuse the zone: the test exercised nothing"
+    );
+    let refused_after = run.elapsed;
+
+    // 3. A zone BIND takes: published and verified (the module recovers the file).
+    let few: Vec<Value> = (0..5)
+        .map(|i| {
+            rec(
+                "h1",
+                &format!("ok{i}"),
+                "host1.example.test",
+                &digest(&format!("ok-{i}")),
+            )
+        })
+        .collect();
+    let run = run_module(
+        "acme_txt_publish",
+        &with(
+            args(&bed, state.path(), few, zones),
+            json!({"keep_seconds": 0}),
+        ),
+    );
+    ok(&run);
+    assert_eq!(served(&primary, "acme.signing.test").len(), 5);
+    println!(
+        "101 values at one name: refused before writing; with the limit off BIND refused the zone and the module said so after {:.1} s (timeout 60 s)",
+        refused_after.as_secs_f64()
+    );
+}

@@ -708,6 +708,8 @@ fn limit_rows(fx: &Fixture) -> Vec<Row> {
         row("acme_txt_publish", "timeout 2^64-1", publish(json!({"timeout": HUGE})), format!("option `timeout`: {}", secs(1, "86400 (1 day)"))),
         row("acme_txt_publish", "timeout beyond 64 bits", publish(json!({"timeout": "99999999999999999999999"})), "found 99999999999999999999999"),
         row("acme_txt_publish", "keep_seconds 2^64-1", publish(json!({"keep_seconds": HUGE})), format!("option `keep_seconds`: {}", secs(0, "31536000 (365 days)"))),
+        row("acme_txt_publish", "max_records_per_type negative", publish(json!({"max_records_per_type": -1})), "option `max_records_per_type`: expected a non-negative integer, found -1"),
+        row("acme_txt_publish", "retired value missing", publish(json!({"retired": [{"host": "h1"}]})), "missing required option `value` in `retired[0]`"),
         row("acme_txt_publish", "zone mode 644 as a number", zone(json!({"mode": 644})), "quote the octal mode, \"0644\""),
         row("acme_txt_publish", "zone mode \"4755\"", zone(json!({"mode": "4755"})), "set-user-ID"),
         row("acme_txt_publish", "rfc2136 origin too long for its state file", publish(json!({"zones": [patched(fx.dyn_zone(), json!({"origin": long_origin}))]})), "its state file in `state_dir`: the file name"),
@@ -750,6 +752,40 @@ fn limit_rows(fx: &Fixture) -> Vec<Row> {
         Input::Args(patched(fx.acme(), json!({"ari_interval": HUGE}))),
         format!("option `ari_interval`: {}", secs(0, "31536000 (365 days)")),
     ));
+    for (what, check, expected) in [
+        (
+            "cname_check without zones",
+            json!({"zones": []}),
+            "option `cname_check.zones`: is empty",
+        ),
+        (
+            "cname_check zone not a name",
+            json!({"zones": ["a..b"]}),
+            "option `cname_check.zones`:",
+        ),
+        (
+            "cname_check port 0",
+            json!({"zones": ["signing.test"], "nameserver_port": 0}),
+            "option `cname_check.nameserver_port`: 0 is not a port",
+        ),
+        (
+            "cname_check alias outside the zones",
+            json!({"zones": ["signing.test"], "alias": "acme.elsewhere.test"}),
+            "option `cname_check.alias`: acme.elsewhere.test. is not inside a signing zone",
+        ),
+        (
+            "cname_check unknown lookup",
+            json!({"zones": ["signing.test"], "lookup": "guess"}),
+            "cname_check",
+        ),
+    ] {
+        rows.push(row(
+            "acme_request",
+            what,
+            Input::Args(patched(fx.acme(), json!({"cname_check": check}))),
+            expected.to_string(),
+        ));
+    }
     rows.push(row(
         "acme_finalize",
         "dns_check_timeout 2^64-1",

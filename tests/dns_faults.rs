@@ -168,3 +168,185 @@ fn a_missing_cname_fails_only_that_host() {
         "missing CNAME: 1 of 2 hosts rejected with the fix, the other issued in the same pulse"
     );
 }
+
+/// Play 1 checks the CNAMEs (acme_request's `cname_check`, the chaser acme_txt_publish uses):
+/// a missing or wrong `_acme-challenge` CNAME fails its cert with the record to add and no
+/// order is made, without a backoff; the other certs are ordered and each value names the
+/// owner it will land on (per-name label or the shared name), which acme_txt_publish accepts.
+#[test]
+fn a_bad_cname_fails_its_cert_in_play_1_before_any_order() {
+    let bed = Testbed::start(&["--hosts", "6"]);
+    let state = tempfile::tempdir().unwrap();
+    let host = dns_host(
+        &bed,
+        json!({"good": ["host5.example.test"], "shared": ["host1.example.test"],
+               "bad": ["host6.example.test", "nocname.example.test"], "wrong": ["wrong.example.test"]}),
+    );
+    let req = host.request(json!({"cname_check": {
+        "zones": [bed.get("TESTBED_SIGNING_ZONE"), bed.get("TESTBED_DYNAMIC_ZONE")],
+        "resolver": bed.get("TESTBED_DNS"),
+        "nameserver_port": bed.get("TESTBED_DNS_PORT").parse::<u16>().unwrap(),
+    }}));
+    assert!(req.failed(), "{}", req.json);
+    let msg = req.msg();
+    for want in [
+        "nocname.example.test: _acme-challenge.nocname.example.test. has no CNAME",
+        "add: _acme-challenge.nocname.example.test. IN CNAME nocname.example.test.signing.test.",
+        "wrong.example.test: _acme-challenge.wrong.example.test. points to wrong.example.test.elsewhere.test.",
+    ] {
+        assert!(msg.contains(want), "missing {want:?}: {msg}");
+    }
+    assert_eq!(
+        req.json["pending"],
+        json!(["good", "shared"]),
+        "{}",
+        req.json
+    );
+    let mut owners: Vec<(String, String)> = req.json["acme_txt_required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["cert"].as_str().unwrap().to_owned(),
+                t["owner"].as_str().unwrap_or("-").to_owned(),
+            )
+        })
+        .collect();
+    owners.sort();
+    assert_eq!(
+        owners,
+        [
+            ("good".into(), "host5.example.test.signing.test".into()),
+            ("shared".into(), "acme.signing.test".into())
+        ]
+    );
+    // No order for the refused certs, and no backoff: the next pulse after the fix orders.
+    let log = std::fs::read_to_string(host.root.join("certbridge.log")).unwrap();
+    for cert in ["bad", "wrong"] {
+        assert!(
+            !log.lines()
+                .any(|l| l.contains("\"order_created\"")
+                    && l.contains(&format!("\"cert\":\"{cert}\""))),
+            "an order was made for {cert}"
+        );
+        assert!(
+            req.json["certs"][cert]["retry_not_before"].is_null(),
+            "{}",
+            req.json
+        );
+    }
+    // The values, owners included, publish and finalize.
+    let records = req.json["acme_txt_required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let mut t = t.clone();
+            t["host"] = json!("h1");
+            t
+        })
+        .collect::<Vec<_>>();
+    let run = run_module(
+        "acme_txt_publish",
+        &publish_args(&bed, state.path(), &records, 20),
+    );
+    assert!(!run.failed(), "{}", run.json);
+    let fin = host.finalize(json!({"only": ["good", "shared"]}));
+    let mut got = updated(&fin);
+    got.sort();
+    assert_eq!(got, ["good", "shared"], "{}", fin.json);
+    println!(
+        "play 1 refused 2 certs with bad CNAMEs before ordering; 2 others issued with their owners"
+    );
+}
+
+fn values_of(run: &ModuleRun, key: &str) -> Vec<String> {
+    run.json[key]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t["value"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Values of finished orders leave the signing zone at the next publish, whatever
+/// `keep_seconds` says: the host reports them (`acme_txt_retired`) after finalizing, and
+/// acme_txt_publish removes them. A value of another pulse's order still in flight (published
+/// earlier, not in this run, not retired) stays, protected by `keep_seconds`.
+#[test]
+fn values_of_finished_orders_leave_at_the_next_publish() {
+    let bed = Testbed::start(&["--hosts", "6"]);
+    let state = tempfile::tempdir().unwrap();
+    let done = dns_host(&bed, json!({"main": ["host4.example.test"]}));
+    let inflight = dns_host(&bed, json!({"main": ["host5.example.test"]}));
+    let later = dns_host(&bed, json!({"main": ["host6.example.test"]}));
+    let txt = |owner: &str| support::dns::txt_values(&bed, owner);
+
+    // Pulse 1 finishes `done`'s order.
+    let req = done.request(json!({}));
+    let finished = values_of(&req, "acme_txt_required");
+    let run = run_module(
+        "acme_txt_publish",
+        &publish_args(&bed, state.path(), &records_of("done", &req), 20),
+    );
+    assert!(!run.failed(), "{}", run.json);
+    assert!(!done.finalize(json!({})).failed());
+    // Another pulse publishes `inflight`'s value and is still running (not finalized).
+    let req = inflight.request(json!({}));
+    let in_flight = values_of(&req, "acme_txt_required");
+    let run = run_module(
+        "acme_txt_publish",
+        &publish_args(&bed, state.path(), &records_of("inflight", &req), 20),
+    );
+    assert!(!run.failed(), "{}", run.json);
+
+    // Pulse 2: `done` has nothing to order and reports its finished value.
+    let req = done.request(json!({}));
+    assert!(!req.failed(), "{}", req.json);
+    assert_eq!(
+        values_of(&req, "acme_txt_retired"),
+        finished,
+        "{}",
+        req.json
+    );
+    let mut retired = req.json["acme_txt_retired"].as_array().unwrap().clone();
+    for r in &mut retired {
+        r["host"] = json!("done");
+    }
+    let new = later.request(json!({}));
+    let mut args = publish_args(&bed, state.path(), &records_of("later", &new), 20);
+    args["retired"] = json!(retired);
+    assert_eq!(
+        args["keep_seconds"],
+        Value::Null,
+        "the default keep_seconds (1 h) applies"
+    );
+    let run = run_module("acme_txt_publish", &args);
+    assert!(!run.failed(), "{}", run.json);
+    let done_owner = "host4.example.test.signing.test";
+    assert_eq!(
+        run.json["removed"][done_owner],
+        json!(finished),
+        "{}",
+        run.json
+    );
+    assert!(
+        txt(done_owner).is_empty(),
+        "a finished order's value is still served"
+    );
+    assert_eq!(
+        txt("host5.example.test.signing.test"),
+        in_flight,
+        "an in-flight value went"
+    );
+    assert_eq!(
+        txt("host6.example.test.signing.test"),
+        values_of(&new, "acme_txt_required")
+    );
+    println!(
+        "a finished order's value left at the next publish; another pulse's in-flight value stayed"
+    );
+}

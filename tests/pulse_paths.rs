@@ -710,3 +710,92 @@ fn installed_mode_pulse_issues_then_is_a_no_op() {
     );
     assert_contains(&text, "letsencrypt-setup", "the fix", &third.output);
 }
+
+/// Issue 19, values per name and CNAMEs before any order, through the pulse. Four hosts share
+/// the signing name acme.signing.test (OpenDev's layout) with letsencrypt_max_values_per_name
+/// 2: alpha and beta fit; gamma is deferred to the next pulse with the reason (not failed,
+/// not finalized); delta's cert alone needs 3 values there and is refused with the fix
+/// (per-name labels); eps's name has no CNAME and fails in play 1 with the record to add,
+/// before any order. The next pulse issues gamma's certificate.
+#[test]
+fn values_per_name_are_capped_and_bad_cnames_fail_before_ordering() {
+    let bed = start_bed();
+    let hosts = [
+        HostSpec {
+            name: "alpha",
+            certs: json!({"a-main": ["host1.example.test"]}),
+        },
+        HostSpec {
+            name: "beta",
+            certs: json!({"b-main": ["host2.example.test"]}),
+        },
+        HostSpec {
+            name: "gamma",
+            certs: json!({"g-main": ["host3.example.test"]}),
+        },
+        HostSpec {
+            name: "delta",
+            certs: json!({"d-main": ["host1.example.test", "host2.example.test", "host3.example.test"]}),
+        },
+        HostSpec {
+            name: "eps",
+            certs: json!({"e-main": ["nocname.example.test"]}),
+        },
+    ];
+    let site = Site::new(&bed, &hosts, Some(bed.get("TESTBED_ACME_DIRECTORY")));
+    site.set_handlers(
+        &["a-main", "b-main", "g-main", "d-main", "e-main"].map(|c| site.counting_handler(c, None)),
+    );
+    let cap = json!({"letsencrypt_max_values_per_name": 2});
+
+    let first = site.pulse(cap.clone());
+    let out = &first.output;
+    for host in ["alpha", "beta", "gamma"] {
+        assert_eq!(
+            first.count(host, "failed"),
+            0,
+            "{host} does not fail:\n{out}"
+        );
+    }
+    site.assert_certificate("alpha", "host1.example.test");
+    site.assert_certificate("beta", "host2.example.test");
+    assert!(
+        site.installed_entries("gamma").is_empty(),
+        "gamma waits:\n{out}"
+    );
+    // Ansible wraps warnings: compare with whitespace collapsed.
+    let flat = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert_contains(
+        &flat,
+        "gamma cert g-main: deferred to the next pulse: acme.signing.test already gets 2 values",
+        "the deferral says why",
+        out,
+    );
+    assert_contains(
+        &first.failure_text("delta"),
+        "this cert alone puts 3 values at acme.signing.test, more than letsencrypt_max_values_per_name (2)",
+        "delta is refused with the fix",
+        out,
+    );
+    assert!(site.installed_entries("delta").is_empty());
+    let eps = first.failure_text("eps");
+    assert_contains(
+        &eps,
+        "add: _acme-challenge.nocname.example.test. IN CNAME",
+        "eps gets the record to add",
+        out,
+    );
+    let eps_log = std::fs::read_to_string(site.host_dir("eps").join("log/certbridge.log"))
+        .unwrap_or_default();
+    assert!(
+        !eps_log.contains("\"order_created\""),
+        "an order was made for eps:\n{eps_log}"
+    );
+
+    let second = site.pulse(cap);
+    assert_eq!(second.count("gamma", "failed"), 0, "{}", second.output);
+    site.assert_certificate("gamma", "host3.example.test");
+    assert_eq!(site.handler_runs("g-main"), 1);
+    assert_eq!(site.handler_runs("a-main"), 1, "alpha is not issued again");
+    println!("cap 2 at one name: 2 issued, 1 deferred then issued at the next pulse, 1 refused with the fix; a missing CNAME failed in play 1 without an order");
+}

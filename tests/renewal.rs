@@ -409,3 +409,87 @@ fn every_request_goes_through_the_configured_proxy() {
     assert!(bypass.failed(), "{}", bypass.json);
     assert_eq!(proxy.tunnels.load(Ordering::SeqCst), before);
 }
+
+/// Writes what acme.sh leaves for `first`: its key and certificate (self-signed by openssl,
+/// an RSA key of `bits`, valid `days`) under the names acme.sh uses.
+fn acme_sh_cert(dir: &std::path::Path, first: &str, bits: u32, days: u32) {
+    std::fs::create_dir_all(dir).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", &format!("rsa:{bits}"), "-nodes"])
+        .args(["-days", &days.to_string(), "-subj", &format!("/CN={first}")])
+        .args(["-addext", &format!("subjectAltName=DNS:{first}")])
+        .arg("-keyout")
+        .arg(dir.join(format!("{first}.key")))
+        .arg("-out")
+        .arg(dir.join(format!("{first}.cer")))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::copy(dir.join(format!("{first}.cer")), dir.join("ca.cer")).unwrap();
+}
+
+fn installed_key_type(host: &Host) -> String {
+    let pem = host.cert_file("dyn1.example.test", "cert.pem");
+    let leaf = certbridge_acme::certinfo::leaf_info_pem(&pem, "cert.pem").unwrap();
+    leaf.key_type.map(|k| k.to_string()).unwrap_or_default()
+}
+
+/// A drop-in renewal keeps the key type the certificate has: an adopted acme.sh RSA-3072
+/// certificate renews with RSA-3072, not the default EC P-256. A key type the user sets wins
+/// (a `key_type_changed` reissue), and is then kept when the setting is removed again.
+#[test]
+fn renewals_keep_the_certificates_key_type_unless_one_is_set() {
+    let bed = bed(&["--hosts", "2"]);
+    let host = main_host(
+        bed.get("TESTBED_ACME_DIRECTORY"),
+        bed.get("TESTBED_ACME_CA_FILE"),
+    );
+    acme_sh_cert(
+        &host.cert_root().join("dyn1.example.test"),
+        "dyn1.example.test",
+        3072,
+        90,
+    );
+    let adopted = host.request(json!({}));
+    assert_eq!(
+        ok(&adopted)["certs"]["main"]["reason"],
+        "adopted",
+        "{}",
+        adopted.json
+    );
+    // Renewed (forced: openssl cannot backdate a certificate to make it due), with the
+    // adopted certificate's key type.
+    host.issue(json!({"force": true}), "forced");
+    assert_eq!(installed_key_type(&host), "rsa-3072");
+    assert_eq!(host.meta()["key_type"], "rsa-3072", "{}", host.meta());
+
+    // Not due any more, nothing set: kept as it is.
+    let again = host.request(json!({}));
+    assert_eq!(
+        ok(&again)["certs"]["main"]["action"],
+        "ok",
+        "{}",
+        again.json
+    );
+
+    // The user sets a type: reissued with it.
+    host.issue(json!({"key_type": "ec-p256"}), "key_type_changed");
+    assert_eq!(installed_key_type(&host), "ec-p256");
+    // The cert's own key_type is a setting too.
+    host.issue(
+        json!({"certs": {"main": {"names": ["dyn1.example.test"], "key_type": "rsa-2048"}}}),
+        "key_type_changed",
+    );
+    assert_eq!(installed_key_type(&host), "rsa-2048");
+
+    // Setting removed: the certificate keeps its type (no reissue).
+    let kept = host.request(json!({}));
+    let k = ok(&kept);
+    assert_eq!(k["certs"]["main"]["action"], "ok", "{k}");
+    assert_eq!(k["pending"], json!([]), "{k}");
+    println!("adopted rsa-3072 renewed as rsa-3072; set ec-p256 and rsa-2048 reissued; unset kept rsa-2048");
+}

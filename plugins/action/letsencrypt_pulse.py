@@ -69,7 +69,9 @@ options:
     choices: [request, round, finalize, acknowledge, check, certcheck]
     required: true
   dns_hosts:
-    description: round only - the hosts letsencrypt_dns_group matches.
+    description: request and round - the hosts letsencrypt_dns_group matches (request reads the
+      signing zones of that single host for acme_request's cname_check; without it, the members
+      of the group of that name).
     type: list
   hosts:
     description: certcheck only - the hosts letsencrypt_group matches.
@@ -216,6 +218,10 @@ class ActionModule(ActionBase):
         module_args.update((k, v) for k, v in args.items() if k not in CONTROL_ARGS)
 
         if step == "request":
+            if "cname_check" not in module_args and not module_args.get("self_sign"):
+                check = self._cname_check(args, role_vars, task_vars)
+                if check:
+                    module_args["cname_check"] = check
             return self._request(result, module_args, task_vars)
         if step == "finalize":
             return self._finalize(result, module_args, task_vars)
@@ -266,16 +272,37 @@ class ActionModule(ActionBase):
         result["stop_host"] = False
         return result
 
+    def _cname_check(self, args, var, task_vars):
+        """acme_request's cname_check from the DNS host's inventory variables (see
+        certbridge_pulse.cname_check)."""
+        if "dns_hosts" in args:
+            dns_hosts = list(args.get("dns_hosts") or [])
+        else:
+            dns_hosts = list((task_vars.get("groups") or {}).get(var("letsencrypt_dns_group") or "") or [])
+        try:
+            dns_vars = task_vars["hostvars"][dns_hosts[0]] if len(dns_hosts) == 1 else {}
+        except Exception:  # no hostvars for it: nothing to check against
+            return None
+
+        def dns_var(name, default):
+            try:
+                return self._templar.template(dns_vars[name]) if name in dns_vars else default
+            except Exception:  # an undefined value counts as unset
+                return default
+
+        return pulse.cname_check(dns_hosts, dns_var, var("letsencrypt_request_cname_check", True))
+
     def _round(self, result, args, task_vars):
         """The pulse round, once, from every play-1 host's result (stored on localhost); with
         merge, rebuilt after the admitted orders, keeping the first round's hosts and plan."""
         hostvars = task_vars.get("hostvars") or {}
         dns_group = self._templar.template(task_vars.get("letsencrypt_dns_group", "adns"))
+        cap = self._templar.template(task_vars.get("letsencrypt_max_values_per_name", 7))
         first = self._round_fact(task_vars) if args.get("merge") else {}
         hosts = list(first.get("hosts") or []) if first else list(task_vars.get("ansible_play_hosts") or [])
         try:
             round_ = pulse.build_round(hostvars, hosts, dns_group, list(args.get("dns_hosts") or []),
-                                       _extra_var_names())
+                                       _extra_var_names(), max_values_per_name=cap)
             plan = ({k: first.get(k) or {} for k in ("admit", "deferred")} if first
                     else self._rate_plan(hostvars, hosts, task_vars))
         except ValueError as err:

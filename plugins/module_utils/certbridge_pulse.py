@@ -129,7 +129,8 @@ def module_args(step, var):
             else var("letsencrypt_production_directory", LE_PRODUCTION)),
         "staging": staging,
         "cert_root": var("letsencrypt_cert_root"),
-        "key_type": var("letsencrypt_key_type"),
+        # Empty: the module keeps each certificate's key type.
+        "key_type": var("letsencrypt_key_type") or None,
         "self_sign": truthy(var("letsencrypt_self_sign_only", False))
         or truthy(var("letsencrypt_self_generate_tokens", False)),
         "log_file": posixpath.join(str(var("letsencrypt_log_dir")), "certbridge.log")
@@ -239,6 +240,86 @@ def backoff_without_certificate(host, result, now):
     return out
 
 
+def cname_check(dns_group_hosts, dns_var, enabled):
+    """acme_request's `cname_check`, from the DNS host's signing zones: play 1 runs before the
+    DNS host's role, so its inventory variables are read through hostvars.
+
+    ``dns_group_hosts`` is what letsencrypt_dns_group matches; ``dns_var(name, default)`` reads
+    a variable of that host. None (no check) when there is no single DNS host, it names no
+    zones, or ``enabled`` (letsencrypt_request_cname_check) is off."""
+    if not truthy(enabled) or len(dns_group_hosts) != 1:
+        return None
+    zones = [str(z.get("origin")) for z in dns_var("letsencrypt_signing_zones", []) or []
+             if hasattr(z, "get") and z.get("origin")]
+    if not zones:
+        return None
+    check = {
+        "zones": zones,
+        "lookup": dns_var("letsencrypt_cname_check", "authoritative") or "authoritative",
+        "nameserver_port": dns_var("letsencrypt_dns_nameserver_port", 53),
+    }
+    for option, name in (("resolver", "letsencrypt_cname_resolver"), ("alias", "letsencrypt_challenge_alias")):
+        if dns_var(name, ""):
+            check[option] = dns_var(name, "")
+    return check
+
+
+def retired_of(host, result):
+    """The values of `host`'s finished orders (acme_request's acme_txt_retired): the next
+    publish removes them whatever their age."""
+    return [{"host": host, "record": str(r.get("record")), "value": str(r.get("value"))}
+            for r in result.get("acme_txt_retired") or [] if hasattr(r, "get") and r.get("value")]
+
+
+def values_cap(max_values_per_name):
+    """letsencrypt_max_values_per_name as a whole number of at least 1 (ValueError otherwise)."""
+    try:
+        cap = int(max_values_per_name)
+    except (TypeError, ValueError):
+        raise ValueError("letsencrypt_max_values_per_name must be a whole number, not %r"
+                         % (max_values_per_name,))
+    if cap < 1:
+        raise ValueError("letsencrypt_max_values_per_name must be at least 1, not %d" % cap)
+    return cap
+
+
+def defer_crowded(records, cap):
+    """Keeps at most `cap` values per owner (acme_request's `owner`, else the challenge
+    record): certs are taken whole, by host and cert name; a cert that does not fit is deferred
+    to the next pulse (its order is kept), one that can never fit (more values at one owner
+    than `cap` alone) is refused with the fix. Returns (records kept, deferred entries)."""
+    by_cert = {}
+    for r in records:
+        by_cert.setdefault((str(r.get("host")), str(r.get("cert"))), []).append(r)
+    kept, deferred, carried = [], [], {}
+    for (host, cert), recs in sorted(by_cert.items()):
+        need = {}
+        for r in recs:
+            owner = str(r.get("owner") or r.get("record"))
+            need[owner] = need.get(owner, 0) + 1
+        alone = sorted(o for o, n in need.items() if n > cap)
+        full = sorted(o for o, n in need.items() if carried.get(o, 0) + n > cap)
+        if alone:
+            deferred.append({
+                "host": host, "cert": cert, "owner": alone[0], "refused": True,
+                "reason": "not published: this cert alone puts %d values at %s, more than "
+                "letsencrypt_max_values_per_name (%d); give each name its own label "
+                "(_acme-challenge.<name> CNAME <name>.<signing zone>)" % (need[alone[0]], alone[0], cap),
+            })
+        elif full:
+            deferred.append({
+                "host": host, "cert": cert, "owner": full[0], "refused": False,
+                "reason": "deferred to the next pulse: %s already gets %d values in this pulse "
+                "(letsencrypt_max_values_per_name %d); per-name labels avoid the wait"
+                % (full[0], carried.get(full[0], 0), cap),
+            })
+        else:
+            for owner, n in need.items():
+                carried[owner] = carried.get(owner, 0) + n
+            kept.extend(recs)
+    return kept, deferred
+
+
 def limit_command(argv, extra_hosts):
     """The ansible-playbook command line ``argv`` with ``extra_hosts`` added to its --limit (or
     -l), quoted for a shell: what to run so the limit takes in the DNS host."""
@@ -271,15 +352,17 @@ def unpublished_orders(result):
                   if isinstance(d, dict) and d.get("action") == "issue" and not d.get("held"))
 
 
-def build_round(hostvars, play_hosts, dns_group, dns_hosts, extra_vars=(), now=None):
+def build_round(hostvars, play_hosts, dns_group, dns_hosts, extra_vars=(), now=None,
+                max_values_per_name=7):
     """Summarise play 1: records to publish, hosts to finalize, the DNS host, warnings.
 
     ``hostvars`` maps host -> its variables (letsencrypt_request is play 1's result);
     ``dns_hosts`` is what ``letsencrypt_dns_group`` (a group or a host pattern) matches."""
     if not isinstance(play_hosts, (list, tuple)):
         raise ValueError("play_hosts must be a list of host names")
+    cap = values_cap(max_values_per_name)
     now = int(time.time()) if now is None else now
-    records, finalize, warnings = [], [], []
+    records, retired, finalize, warnings = [], [], [], []
     failed, decisions = {}, {}
     forced_in_inventory = []
     for host in play_hosts:
@@ -313,8 +396,11 @@ def build_round(hostvars, play_hosts, dns_group, dns_hosts, extra_vars=(), now=N
                 record = dict(value)
                 record["host"] = host
                 records.append(record)
+        retired.extend(retired_of(host, result))
         if pending or unacked or host in failed or truthy(_get(hv, "letsencrypt_prune", False)):
             finalize.append(host)
+    records, crowded = defer_crowded(records, cap)
+    warnings.extend("%s cert %s: %s" % (d["host"], d["cert"], d["reason"]) for d in crowded)
     if forced_in_inventory:
         warnings.append(
             "letsencrypt_force is set in the inventory for %s: every pulse reissues these "
@@ -330,9 +416,13 @@ def build_round(hostvars, play_hosts, dns_group, dns_hosts, extra_vars=(), now=N
         "id": "%d-%s" % (time.time_ns(), secrets.token_hex(4)),
         "hosts": list(play_hosts),
         "records": records,
+        # Values of finished orders, removed at this pulse's publish (if it publishes).
+        "retired": retired,
         "finalize": finalize,
         # Per host, the certs acme_request decided to (re)issue, with the reason.
         "decisions": decisions,
+        # Certs kept out of this pulse for the number of values at one owner (not finalized).
+        "crowded": crowded,
         "failed": failed,
         "dns_group": dns_group,
         # Play 2 runs only when there is something to publish: a no-op pulse skips it entirely.
@@ -351,6 +441,8 @@ def host_view(me, round_, request, publish):
     dns_hosts = list(round_.get("dns_hosts") or [])
     rejected = [dict(r) for r in publish.get("rejected") or [] if r.get("host") == me]
     rejected_certs = {str(r.get("cert")) for r in rejected}
+    crowded = [dict(d) for d in (round_.get("crowded") or []) if d.get("host") == me]
+    rejected_certs.update(str(d.get("cert")) for d in crowded)
     pending = [str(c) for c in request.get("pending") or []]
     stop = str(round_.get("problem") or "") if round_ else (
         "the pulse round of play 1 is missing: run the pulse playbook as a whole")
@@ -363,6 +455,7 @@ def host_view(me, round_, request, publish):
         "finalize": [c for c in pending if c not in rejected_certs],
         "unacked": [str(c) for c in request.get("unacked") or []],
         "rejected": rejected,
+        "refused": [d for d in crowded if d.get("refused")],
         "request_failure": str(request.get("msg") or "acme_request failed") if request_failed(request) else "",
     }
 
@@ -371,6 +464,7 @@ def unfinished(view, finalized):
     """What play 3 must fail a host for: rejected values, play 1's and play 3's CA errors."""
     problems = ["%s (%s) not published: %s; fix: %s" % (r.get("cert"), r.get("name"), r.get("reason"), r.get("fix"))
                 for r in view["rejected"]]
+    problems.extend("%s: %s" % (d.get("cert"), d.get("reason")) for d in view.get("refused") or [])
     if view["request_failure"]:
         problems.append("acme_request: " + view["request_failure"])
     if finalized.get("finalize_failure"):

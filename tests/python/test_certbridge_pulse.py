@@ -142,6 +142,89 @@ def test_round_carries_backoff_warnings_every_pulse():
     assert round_(hv)["finalize"] == []  # nothing to finish: only the warning says it
 
 
+def shared(cert, name, n):
+    """`n` values of one cert, all at the shared owner acme.example.net (acme_request's owner)."""
+    return [dict(value(cert, name), value="v%d-%s" % (i, name), owner="acme.example.net") for i in range(n)]
+
+
+def test_round_caps_values_per_owner_deferring_whole_certs():
+    hv = {"web1": {"letsencrypt_request": request(["a", "b"], values=shared("a", "a.example.org", 2)
+                                                  + shared("b", "b.example.org", 2))},
+          "web2": {"letsencrypt_request": request(["c"], values=[value("c", "c.example.org")])}}
+    r = pulse.build_round(hv, ["web1", "web2"], "adns", ["ns1"], now=NOW, max_values_per_name=3)
+    # a fits (2 of 3), b would make 4 at the shared owner: deferred whole; c has its own name.
+    assert sorted({(x["host"], x["cert"]) for x in r["records"]}) == [("web1", "a"), ("web2", "c")]
+    assert [(d["host"], d["cert"], d["owner"], d["refused"]) for d in r["crowded"]] == [
+        ("web1", "b", "acme.example.net", False)]
+    assert any("web1 cert b: deferred to the next pulse" in w for w in r["warnings"])
+    assert r["finalize"] == ["web1", "web2"]
+
+
+def test_round_refuses_a_cert_that_alone_needs_more_than_the_cap():
+    hv = {"web1": {"letsencrypt_request": request(["big"], values=shared("big", "a.example.org", 3))}}
+    r = pulse.build_round(hv, ["web1"], "adns", ["ns1"], now=NOW, max_values_per_name=2)
+    assert r["records"] == [] and r["dns_hosts"] == []
+    (d,) = r["crowded"]
+    assert d["refused"] and "alone puts 3 values at acme.example.net" in d["reason"]
+    assert "give each name its own label" in d["reason"]
+
+
+def test_round_counts_values_by_record_without_an_owner():
+    hv = {"web1": {"letsencrypt_request": request(["a", "b"], values=[value("a", "x.example.org"),
+                                                                     value("b", "x.example.org")])}}
+    r = pulse.build_round(hv, ["web1"], "adns", ["ns1"], now=NOW, max_values_per_name=1)
+    assert [x["cert"] for x in r["records"]] == ["a"]
+    assert [(d["cert"], d["owner"]) for d in r["crowded"]] == [("b", "_acme-challenge.x.example.org")]
+
+
+@pytest.mark.parametrize("cap", [0, "seven", None])
+def test_round_refuses_a_bad_cap(cap):
+    with pytest.raises(ValueError, match="letsencrypt_max_values_per_name"):
+        pulse.build_round({}, [], "adns", [], max_values_per_name=cap)
+
+
+def test_round_collects_retired_values_of_every_host():
+    retired = [{"record": "_acme-challenge.a.example.org", "value": "old"}, {"record": "x", "value": ""}]
+    hv = {"web1": {"letsencrypt_request": request(acme_txt_retired=retired)},
+          "web2": {"letsencrypt_request": request()}}
+    r = round_(hv)
+    assert r["retired"] == [{"host": "web1", "record": "_acme-challenge.a.example.org", "value": "old"}]
+    assert r["records"] == [] and r["dns_hosts"] == []  # retired values alone start no publish
+
+
+def test_cname_check_options_from_the_dns_hosts_variables():
+    dns = {"letsencrypt_signing_zones": [{"origin": "acme.example.net", "method": "rfc2136"}, {"path": "x"}],
+           "letsencrypt_cname_resolver": "127.0.0.1:5353"}
+
+    def dns_var(name, default):
+        return dns.get(name, default)
+
+    assert pulse.cname_check(["ns1"], dns_var, True) == {
+        "zones": ["acme.example.net"], "lookup": "authoritative", "nameserver_port": 53,
+        "resolver": "127.0.0.1:5353"}
+    assert pulse.cname_check(["ns1"], dns_var, "false") is None  # letsencrypt_request_cname_check off
+    assert pulse.cname_check(["ns1", "ns2"], dns_var, True) is None  # no single DNS host
+    assert pulse.cname_check(["ns1"], lambda name, default: default, True) is None  # no zones
+
+
+def test_module_args_leave_an_empty_key_type_to_the_module():
+    v = {"letsencrypt_cert_root": "/c", "letsencrypt_key_type": ""}
+    assert "key_type" not in pulse.module_args("request", lambda n, d=None: v.get(n, d))
+    v["letsencrypt_key_type"] = "rsa-2048"
+    assert pulse.module_args("request", lambda n, d=None: v.get(n, d))["key_type"] == "rsa-2048"
+
+
+# -- play 3's view -------------------------------------------------------------------------------
+
+def test_host_view_does_not_finalize_deferred_certs_and_fails_refused_ones():
+    r = {"id": "1", "records": [{"host": "web1"}], "dns_hosts": ["ns1"], "problem": "",
+         "crowded": [{"host": "web1", "cert": "later", "refused": False, "reason": "deferred"},
+                      {"host": "web1", "cert": "big", "refused": True, "reason": "not published: too many"},
+                      {"host": "web2", "cert": "other", "refused": True, "reason": "x"}]}
+    view = pulse.host_view("web1", r, {"pending": ["now", "later", "big"]}, {"published": 1})
+    assert view["stop"] == "" and view["finalize"] == ["now"]
+    assert pulse.unfinished(view, {}) == ["big: not published: too many"]
+
 # -- play 3's view -------------------------------------------------------------------------------
 
 def test_host_view_without_round_stops():

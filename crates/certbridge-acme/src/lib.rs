@@ -5,13 +5,16 @@
 //! - [`policy`]: the renewal decision.
 //! - [`certinfo`]: parsing and checking keys, certificates and chains.
 //! - [`selfsign`]: the local test CA for `self_sign`.
-//! - [`request`], [`finalize`]: what the `acme_request` and `acme_finalize` modules do.
+//! - [`request`], [`finalize`]: what the `acme_request` and `acme_finalize` modules do;
+//!   [`cnamecheck`]: acme_request's CNAME check before ordering (certbridge-dns's chaser);
+//!   [`retired`]: values of finished orders, reported so the next publish removes them.
 
 pub mod acme;
 pub mod budget;
 pub mod ca;
 pub mod certinfo;
 pub mod client;
+pub mod cnamecheck;
 pub mod config;
 pub mod eventlog;
 pub mod finalize;
@@ -19,6 +22,7 @@ pub mod http;
 pub mod metrics;
 pub mod policy;
 pub mod request;
+pub mod retired;
 pub mod selfsign;
 pub mod store;
 pub mod txtcheck;

@@ -82,6 +82,21 @@ pub enum PublishError {
         path: PathBuf,
         detail: String,
     },
+    #[error("zone {zone}: {owner} would carry {count} TXT records, more than a server holds at one name (max_records_per_type {limit}: BIND 9.18.28 and later refuse to load a zone file with more than `max-records-per-type`, 100 by default, and keep serving the old zone); the zone file is unchanged. Fewer values per name: give each name its own label (_acme-challenge.<name> CNAME <name>.<signing zone>), or let the pulse defer certs (letsencrypt_max_values_per_name)")]
+    TooManyRecords {
+        zone: String,
+        owner: String,
+        count: usize,
+        limit: usize,
+    },
+    #[error(
+        "zone {zone}: the server did not load the new zone file (serial {rendered}): {detail}"
+    )]
+    NotLoaded {
+        zone: String,
+        rendered: u32,
+        detail: String,
+    },
     #[error("zone {zone}: cannot find its authoritative servers: {detail}")]
     Servers { zone: String, detail: String },
 }

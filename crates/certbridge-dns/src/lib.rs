@@ -5,11 +5,13 @@
 //! - [`chase`]: CNAME chains to the owner in a managed zone; a zone's servers.
 //! - [`rfc2136`]: the dynamic-update method and its first-published state file.
 //! - [`verify`]: polling every authoritative server until it serves every value.
-//! - [`zonefile`]: the zone-file method over certbridge-core's zone library.
+//! - [`zonefile`]: the zone-file method over certbridge-core's zone library; [`loaded`]: did
+//!   the server load the file it was told to reload.
 //! - [`options`], [`publish`]: the `acme_txt_publish` module's options and the step itself.
 
 pub mod chase;
 pub mod error;
+pub mod loaded;
 pub mod options;
 pub mod publish;
 pub mod rfc2136;

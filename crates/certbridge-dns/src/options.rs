@@ -26,6 +26,12 @@ fn default_keep() -> u64 {
 fn default_timeout() -> u64 {
     300
 }
+/// BIND's default `max-records-per-type` (since 9.18.28): a zone file with a larger RRset
+/// is not loaded at all.
+pub const DEFAULT_MAX_RECORDS_PER_TYPE: u64 = 100;
+fn default_max_records() -> u64 {
+    DEFAULT_MAX_RECORDS_PER_TYPE
+}
 fn default_state_dir() -> String {
     "/var/lib/certbridge".into()
 }
@@ -62,6 +68,13 @@ pub struct PublishOptions {
     pub timeout: u64,
     #[serde(default = "default_state_dir")]
     pub state_dir: String,
+    /// Values of orders finished or given up since they were published (play 1's
+    /// `acme_txt_retired`): removed whatever their age, unless wanted by this run.
+    #[serde(default)]
+    pub retired: Vec<RetiredInput>,
+    /// Most TXT records one owner may carry in a written zone file (0: no limit).
+    #[serde(default = "default_max_records", deserialize_with = "coerce::uint")]
+    pub max_records_per_type: u64,
 }
 
 /// One value to publish, as a host's `acme_request` returned it plus the host's name.
@@ -73,6 +86,21 @@ pub struct RecordInput {
     pub name: String,
     pub record: String,
     pub value: String,
+    /// Where acme_request's CNAME check expects the value; informational, the CNAME is
+    /// followed here again (it may have changed since).
+    #[serde(default)]
+    pub owner: Option<String>,
+}
+
+/// A value whose order is finished, as a host's `acme_request` reported it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetiredInput {
+    pub value: String,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub record: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -228,8 +256,12 @@ pub struct Plan {
     pub nameservers: Option<Vec<SocketAddr>>,
     pub nameserver_port: u16,
     pub keep_seconds: u64,
+    /// Values of finished orders (digest-shaped ones only: nothing else can be ours).
+    pub retired: BTreeSet<String>,
     pub timeout: Duration,
     pub state_dir: PathBuf,
+    /// Most TXT records per owner in a zone file; `None`: no limit.
+    pub max_records_per_type: Option<usize>,
 }
 
 fn parse_addr(option: &str, value: &str) -> Result<SocketAddr, String> {
@@ -424,8 +456,17 @@ impl Plan {
             nameservers,
             nameserver_port,
             keep_seconds: o.keep_seconds,
+            retired: o
+                .retired
+                .iter()
+                .filter(|r| TxtDigest::parse(&r.value).is_ok())
+                .map(|r| r.value.clone())
+                .collect(),
             timeout,
             state_dir,
+            max_records_per_type: usize::try_from(o.max_records_per_type)
+                .ok()
+                .filter(|n| *n > 0),
         })
     }
 }

@@ -35,7 +35,7 @@ pub struct Report {
     pub rejected: Vec<RejectedRecord>,
     /// Server -> its verdict.
     pub verified: BTreeMap<String, ServerResult>,
-    /// Owner -> values removed because they were older than `keep_seconds`.
+    /// Owner -> values removed: older than `keep_seconds`, or of finished orders (`retired`).
     pub removed: BTreeMap<String, Vec<String>>,
     /// Seconds the whole call took.
     pub elapsed: f64,
@@ -150,6 +150,10 @@ pub async fn publish(plan: &Plan, check_mode: bool, started: std::time::Instant)
 
     // Publish, zone by zone (each under its own lock).
     let now = unix_now();
+    let expiry = zonefile::Expiry {
+        keep_seconds: plan.keep_seconds,
+        retired: plan.retired.clone(),
+    };
     let mut published_zones = Vec::new();
     for zp in &plan.zones {
         let Some(zone_wanted) = wanted.get(&zp.origin) else {
@@ -162,7 +166,8 @@ pub async fn publish(plan: &Plan, check_mode: bool, started: std::time::Instant)
                     fz,
                     zone_wanted,
                     now,
-                    plan.keep_seconds,
+                    &expiry,
+                    plan.max_records_per_type,
                     check_mode,
                     deadline,
                 )
@@ -174,7 +179,7 @@ pub async fn publish(plan: &Plan, check_mode: bool, started: std::time::Instant)
                     dz,
                     zone_wanted,
                     now,
-                    plan.keep_seconds,
+                    &expiry,
                     check_mode,
                     &plan.state_dir,
                     deadline,

@@ -133,14 +133,14 @@ impl Change {
 }
 
 /// Decides adds and deletes. Challenge owners are this run's owners and those the state file
-/// knows; at those, digest-shaped values not wanted now and first published more than
-/// `keep_seconds` ago are deleted. Other TXT values (SPF, notes) are never touched.
+/// knows; at those, digest-shaped values not wanted now and not kept by `expiry` (too old,
+/// or retired) are deleted. Other TXT values (SPF, notes) are never touched.
 pub fn plan(
     current: &BTreeMap<DomainName, BTreeSet<String>>,
     wanted: &BTreeMap<DomainName, BTreeSet<TxtDigest>>,
     ages: &Ages,
     now: u64,
-    keep_seconds: u64,
+    expiry: &crate::zonefile::Expiry,
 ) -> Change {
     let mut change = Change::default();
     let owners: BTreeSet<&DomainName> = wanted.keys().chain(ages.keys()).collect();
@@ -159,7 +159,7 @@ pub fn plan(
                 continue;
             }
             let first = known.and_then(|k| k.get(v)).copied().unwrap_or(now);
-            if want.contains(v) || now.saturating_sub(first) < keep_seconds {
+            if want.contains(v) || expiry.keeps(v, first, now) {
                 new_ages.insert(v.clone(), first);
                 after.insert(v.clone());
             } else {
@@ -242,7 +242,7 @@ pub async fn publish(
     dz: &crate::options::DynZone,
     wanted: &BTreeMap<DomainName, BTreeSet<TxtDigest>>,
     now: u64,
-    keep_seconds: u64,
+    expiry: &crate::zonefile::Expiry,
     check_mode: bool,
     state_dir: &Path,
     deadline: Instant,
@@ -268,7 +268,7 @@ pub async fn publish(
     };
     let ages = read_state(&state, origin)?;
     let current = read_zone_txt(dz.server, origin, &dz.key, deadline).await?;
-    let change = plan(&current, wanted, &ages, now, keep_seconds);
+    let change = plan(&current, wanted, &ages, now, expiry);
     if !check_mode {
         if !change.is_empty() {
             for msg in update_messages(origin, &change, dz.ttl) {
@@ -316,6 +316,13 @@ mod tests {
     fn dn(s: &str) -> DomainName {
         DomainName::parse(s).unwrap()
     }
+
+    fn keep_hour() -> crate::zonefile::Expiry {
+        crate::zonefile::Expiry {
+            keep_seconds: 3600,
+            retired: BTreeSet::new(),
+        }
+    }
     fn dig(c: char) -> String {
         std::iter::repeat_n(c, 43).collect()
     }
@@ -345,7 +352,7 @@ mod tests {
             owner.clone(),
             BTreeMap::from([(old.clone(), 1000), (recent.clone(), 9000)]),
         )]);
-        let c = plan(&current, &wanted_map, &ages, 10_000, 3600);
+        let c = plan(&current, &wanted_map, &ages, 10_000, &keep_hour());
         assert_eq!(
             c.delete,
             BTreeMap::from([(owner.clone(), BTreeSet::from([old.clone()]))])
@@ -361,7 +368,7 @@ mod tests {
         assert!(!c.after.contains_key(&dn("c.dyn.test")));
         // Same wanted values again: nothing to do.
         let current2 = BTreeMap::from([(other.clone(), BTreeSet::from([wanted.clone()]))]);
-        let c2 = plan(&current2, &wanted_map, &c.ages, 10_001, 3600);
+        let c2 = plan(&current2, &wanted_map, &c.ages, 10_001, &keep_hour());
         assert!(c2.is_empty(), "{c2:?}");
     }
 

@@ -85,18 +85,34 @@ fn rndc(fz: &FileZone, verb: &str, zone: &DomainName) -> Vec<String> {
     argv
 }
 
+/// Which published values may leave the zone: those first published `keep_seconds` ago or
+/// earlier, and those of finished orders (`retired`, reported by their hosts) whatever their
+/// age. A value wanted by this run always stays.
+#[derive(Debug, Clone, Default)]
+pub struct Expiry {
+    pub keep_seconds: u64,
+    pub retired: BTreeSet<String>,
+}
+
+impl Expiry {
+    /// An old value (not wanted now), first published at `first`, stays.
+    pub fn keeps(&self, value: &str, first: u64, now: u64) -> bool {
+        !self.retired.contains(value) && now.saturating_sub(first) < self.keep_seconds
+    }
+}
+
 /// Owner -> value -> first-published time (Unix seconds).
 pub type Published = BTreeMap<DomainName, BTreeMap<String, u64>>;
 /// Owner -> values.
 pub type Values = BTreeMap<DomainName, BTreeSet<String>>;
 
-/// The TXT records the zone should carry: old values still wanted or younger than
-/// `keep_seconds` (keeping their first-published time), plus this run's new ones.
+/// The TXT records the zone should carry: old values still wanted or kept by `expiry`
+/// (keeping their first-published time), plus this run's new ones.
 pub fn merge_values(
     old: Option<&zone::RenderedZone>,
     wanted: &BTreeMap<DomainName, BTreeSet<TxtDigest>>,
     now: u64,
-    keep_seconds: u64,
+    expiry: &Expiry,
 ) -> (Published, Values) {
     let mut keep = Published::new();
     let mut removed = Values::new();
@@ -107,7 +123,7 @@ pub fn merge_values(
             let still_wanted = wanted
                 .get(owner)
                 .is_some_and(|s| s.iter().any(|v| v.as_str() == value));
-            if still_wanted || now.saturating_sub(first) < keep_seconds {
+            if still_wanted || expiry.keeps(value, first, now) {
                 keep.entry(owner.clone())
                     .or_default()
                     .insert(value.to_owned(), first);
@@ -129,12 +145,14 @@ pub fn merge_values(
 }
 
 /// Publishes `wanted` (owner -> values, every owner inside this zone) into a zone file.
+#[allow(clippy::too_many_arguments)]
 pub async fn publish(
     origin: &DomainName,
     fz: &FileZone,
     wanted: &BTreeMap<DomainName, BTreeSet<TxtDigest>>,
     now: u64,
-    keep_seconds: u64,
+    expiry: &Expiry,
+    max_per_owner: Option<usize>,
     check_mode: bool,
     deadline: Instant,
 ) -> Result<ZoneResult, PublishError> {
@@ -169,7 +187,8 @@ pub async fn publish(
         &file,
         wanted,
         now,
-        keep_seconds,
+        expiry,
+        max_per_owner,
         check_mode,
         deadline,
     )
@@ -177,13 +196,20 @@ pub async fn publish(
     if frozen {
         // Thaw even when writing failed, so the zone takes updates again; thaw reloads it.
         let thawed = run_command(origin, &rndc(fz, "thaw", origin), deadline).await;
-        let (result, _) = written?;
+        let (result, content_changed, serial) = written?;
         thawed?;
+        if content_changed {
+            crate::loaded::confirm(origin, &fz.rndc, serial, &result.after, deadline).await?;
+        }
         return Ok(result);
     }
-    let (result, content_changed) = written?;
+    let (result, content_changed, serial) = written?;
     if content_changed && !check_mode {
         run_command(origin, &fz.reload, deadline).await?;
+        if fz.default_reload {
+            // A refused file leaves the old zone served: say so now, not at the deadline.
+            crate::loaded::confirm(origin, &fz.rndc, serial, &result.after, deadline).await?;
+        }
     }
     Ok(result)
 }
@@ -195,10 +221,11 @@ async fn write_zone(
     file: &ZoneFile,
     wanted: &BTreeMap<DomainName, BTreeSet<TxtDigest>>,
     now: u64,
-    keep_seconds: u64,
+    expiry: &Expiry,
+    max_per_owner: Option<usize>,
     check_mode: bool,
     deadline: Instant,
-) -> Result<(ZoneResult, bool), PublishError> {
+) -> Result<(ZoneResult, bool, u32), PublishError> {
     let path = &fz.write.path;
     let mut warnings = Vec::new();
     let old = match file.read_rendered() {
@@ -218,7 +245,19 @@ async fn write_zone(
             })
         }
     };
-    let (values, removed) = merge_values(old.as_ref(), wanted, now, keep_seconds);
+    let (values, removed) = merge_values(old.as_ref(), wanted, now, expiry);
+    if let Some(limit) = max_per_owner {
+        // The server would refuse the whole file and keep serving the old zone: say so now,
+        // before writing, instead of waiting for values that will never be served.
+        if let Some((owner, at)) = values.iter().find(|(_, at)| at.len() > limit) {
+            return Err(PublishError::TooManyRecords {
+                zone: origin.as_str().into(),
+                owner: owner.fqdn(),
+                count: at.len(),
+                limit,
+            });
+        }
+    }
     let mut records = fz.static_records.clone();
     for (owner, at) in &values {
         for (value, first) in at {
@@ -269,6 +308,7 @@ async fn write_zone(
             warnings,
         },
         outcome.content_changed,
+        outcome.serial,
     ))
 }
 
@@ -298,6 +338,10 @@ mod tests {
                 .unwrap()
                 .with_published(50),
             zone::Record::txt(owner.clone(), "static note").unwrap(),
+            // Recent, but its order finished: retired.
+            zone::Record::txt(owner.clone(), &dig('x'))
+                .unwrap()
+                .with_published(9_500),
         ];
         let text = zone::render(&spec, &records, 1).unwrap();
         let old = zone::parse_rendered(&text).unwrap();
@@ -308,7 +352,11 @@ mod tests {
                 TxtDigest::parse(&dig('n')).unwrap(),
             ]),
         )]);
-        let (keep, removed) = merge_values(Some(&old), &wanted, 10_000, 3600);
+        let expiry = Expiry {
+            keep_seconds: 3600,
+            retired: BTreeSet::from([dig('x')]),
+        };
+        let (keep, removed) = merge_values(Some(&old), &wanted, 10_000, &expiry);
         let at = &keep[&owner];
         assert_eq!(
             at.get(&dig('w')),
@@ -322,7 +370,7 @@ mod tests {
             "a new value is published now"
         );
         assert!(!at.contains_key(&dig('o')) && !at.contains_key("static note"));
-        assert_eq!(removed[&owner], BTreeSet::from([dig('o')]));
+        assert_eq!(removed[&owner], BTreeSet::from([dig('o'), dig('x')]));
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -15,7 +15,7 @@ pub mod seal;
 
 use bundle::{Facts, Generation, Header, Payload, Wire, VERSION};
 use certbridge_acme::certinfo;
-use certbridge_acme::config::{self, CertSpec, Config};
+use certbridge_acme::config::{self, CertSpec, Config, KeyChoice};
 use certbridge_acme::store::{gen_link, Meta};
 use certbridge_core::fsutil::Dir;
 use certbridge_core::protocol::{Failure, Invocation, Reply};
@@ -282,14 +282,17 @@ fn open_one(
         .map_err(|e| {
             format!("the sealed certificate does not fit this member's declaration: {e}")
         })?;
-    if set.leaf.key_type != Some(spec.key_type) {
-        return Err(format!(
-            "the sealed key is {}, this member declares {}",
-            set.leaf
-                .key_type
-                .map_or("of an unknown type", |k| k.as_str()),
-            spec.key_type.as_str()
-        ));
+    // A key type left unset (kept) is the issuer's to choose; a set one must match.
+    if let KeyChoice::Set(declared) = spec.key_type {
+        if set.leaf.key_type != Some(declared) {
+            return Err(format!(
+                "the sealed key is {}, this member declares {}",
+                set.leaf
+                    .key_type
+                    .map_or("of an unknown type", |k| k.as_str()),
+                declared.as_str()
+            ));
+        }
     }
     cfg.store
         .install(&spec.dir, &set)

@@ -378,7 +378,8 @@ pub(crate) fn install_issued(
     not_after: i64,
 ) -> crate::certinfo::LeafInfo {
     let spec = cfg.cert(cert).expect("declared cert");
-    let key = spec.key_type.generate().expect("key");
+    let key_type = spec.key_type.resolve(None);
+    let key = key_type.generate().expect("key");
     let names = spec.sorted_names();
     let chain = ca.issue(&key, &names, not_before, not_after);
     let set = crate::certinfo::verify_issued(&chain, &key.serialize_pem(), &names, not_before)
@@ -387,7 +388,7 @@ pub(crate) fn install_issued(
     cfg.store.install(&spec.dir, &set).expect("install");
     let mut meta = cfg.store.load_meta(cert).unwrap().unwrap_or_default();
     meta.names = names;
-    meta.key_type = Some(spec.key_type);
+    meta.key_type = Some(key_type);
     meta.directory = Some(cfg.directory.clone());
     meta.staging = cfg.untrusted_target();
     meta.account_url = Some(ACCOUNT.into());

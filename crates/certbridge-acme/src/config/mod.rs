@@ -56,13 +56,33 @@ pub enum ConfigError {
     },
 }
 
+/// Which type a cert's new keys get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyChoice {
+    /// Set by the user (`key_type`, or the cert's own): always this type.
+    Set(KeyType),
+    /// Not set: the type of the installed certificate's key (an adopted acme.sh RSA
+    /// certificate renews with RSA of its size), else the default.
+    Keep,
+}
+
+impl KeyChoice {
+    /// The type for the next key, given the installed certificate's (if any and known).
+    pub fn resolve(self, installed: Option<KeyType>) -> KeyType {
+        match self {
+            KeyChoice::Set(k) => k,
+            KeyChoice::Keep => installed.unwrap_or_default(),
+        }
+    }
+}
+
 /// One cert, validated.
 #[derive(Debug, Clone)]
 pub struct CertSpec {
     pub name: CertName,
     /// Canonical names in the order given (the first names the directory).
     pub names: Vec<Identifier>,
-    pub key_type: KeyType,
+    pub key_type: KeyChoice,
     /// The ACME profile to ask for (None: the CA's default).
     pub profile: Option<String>,
     /// `<cert_root>/<dir>`: the first name without `*.`.

@@ -33,8 +33,8 @@ pub fn validate(o: CommonOptions, default_timeout: u64) -> Result<Config, Config
         return Err(ConfigError::NoCerts);
     }
     let default_key_type = match &o.key_type {
-        Some(k) => k.parse::<KeyType>().map_err(|e| invalid("key_type", e))?,
-        None => KeyType::default(),
+        Some(k) => KeyChoice::Set(k.parse::<KeyType>().map_err(|e| invalid("key_type", e))?),
+        None => KeyChoice::Keep,
     };
     let default_profile = match &o.profile {
         Some(p) => check_profile("profile", p)?,
@@ -53,9 +53,10 @@ pub fn validate(o: CommonOptions, default_timeout: u64) -> Result<Config, Config
             CertEntry::Detailed(d) => (
                 d.names.clone(),
                 match &d.key_type {
-                    Some(k) => k
-                        .parse::<KeyType>()
-                        .map_err(|e| invalid(&format!("certs.{cert}.key_type"), e))?,
+                    Some(k) => KeyChoice::Set(
+                        k.parse::<KeyType>()
+                            .map_err(|e| invalid(&format!("certs.{cert}.key_type"), e))?,
+                    ),
                     None => default_key_type,
                 },
                 match &d.profile {

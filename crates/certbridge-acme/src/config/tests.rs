@@ -32,7 +32,17 @@ fn accepts_lists_maps_ports_and_normalises() {
     );
     assert_eq!(main.dir, "www.example.test");
     assert_eq!(c.cert("rsa").unwrap().dir, "s3.example.test");
-    assert_eq!(c.cert("rsa").unwrap().key_type, KeyType::Rsa2048);
+    assert_eq!(
+        c.cert("rsa").unwrap().key_type,
+        KeyChoice::Set(KeyType::Rsa2048)
+    );
+    // Not set: the installed certificate's type, else the default.
+    assert_eq!(main.key_type, KeyChoice::Keep);
+    assert_eq!(
+        main.key_type.resolve(Some(KeyType::Rsa3072)),
+        KeyType::Rsa3072
+    );
+    assert_eq!(main.key_type.resolve(None), KeyType::EcP256);
     assert_eq!(c.directory, LE_PRODUCTION);
     assert_eq!(c.notes.len(), 1);
     assert_eq!(c.timeout, Duration::from_secs(60));

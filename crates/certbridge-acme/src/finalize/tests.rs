@@ -31,7 +31,7 @@ fn request(cfg: &Config, ca: &FakeCa) {
     let now = crate::now();
     let out = rt()
         .block_on(crate::request::run(
-            cfg, false, 3600, 21_600, None, None, ca, &log, now,
+            cfg, false, 3600, 21_600, None, None, None, ca, &log, now,
         ))
         .unwrap();
     assert!(out.failures.is_empty(), "{:?}", out.failures);

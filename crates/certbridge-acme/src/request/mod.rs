@@ -7,6 +7,8 @@
 
 use crate::budget;
 use crate::ca::{CaAccount, CaConnector, CaFailure, OrderStatus};
+use crate::certinfo::KeyType;
+use crate::cnamecheck::{CnameCheck, CnameCheckInput};
 use crate::config::{self, CertSpec, Config};
 use crate::eventlog::EventLog;
 use crate::metrics::{self, CertMetrics};
@@ -55,12 +57,21 @@ pub struct RequestOptions {
         deserialize_with = "coerce::opt_seconds::<_, 0, { limits::YEAR }>"
     )]
     pub ari_interval: Option<u64>,
+    /// Follow each name's `_acme-challenge` CNAME before ordering (see [`crate::cnamecheck`]).
+    #[serde(default)]
+    pub cname_check: Option<CnameCheckInput>,
     /// Set when the controller plans the rate budget: the new certs it admitted (see budget).
     #[serde(default)]
     pub admit: Option<Vec<String>>,
 }
 
-pub const OWN_KEYS: &[&str] = &["pending_max_age", "metrics_file", "ari_interval", "admit"];
+pub const OWN_KEYS: &[&str] = &[
+    "pending_max_age",
+    "metrics_file",
+    "ari_interval",
+    "cname_check",
+    "admit",
+];
 
 /// What the reply says about a certificate's renewal information.
 #[derive(Debug, Clone, Serialize)]
@@ -124,6 +135,17 @@ pub struct TxtRequired {
     pub name: String,
     pub record: String,
     pub value: String,
+    /// Where the value will be published (with `cname_check`): the pulse counts values per
+    /// owner before publishing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+/// A value of a finished order, to be removed at the next publish.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct TxtRetired {
+    pub record: String,
+    pub value: String,
 }
 
 /// The whole result.
@@ -131,6 +153,7 @@ pub struct TxtRequired {
 pub struct Outcome {
     pub certs: BTreeMap<String, CertResult>,
     pub txt: Vec<TxtRequired>,
+    pub retired: Vec<TxtRetired>,
     pub pending: Vec<String>,
     pub unacked: Vec<String>,
     pub orders_created: usize,
@@ -145,6 +168,7 @@ impl Outcome {
         let mut reply = Reply::changed(self.orders_created > 0 || self.repaired > 0);
         reply.set("certs", &self.certs);
         reply.set("acme_txt_required", &self.txt);
+        reply.set("acme_txt_retired", &self.retired);
         reply.set("pending", &self.pending);
         reply.set("unacked", &self.unacked);
         for w in self.warnings {
@@ -164,6 +188,12 @@ pub fn module<C: CaConnector>(
         config::split_options(raw, OWN_KEYS).map_err(|e| Failure::new(e.to_string()))?;
     let cfg = config::validate(common, DEFAULT_TIMEOUT).map_err(|e| Failure::new(e.to_string()))?;
     crate::acme::preflight(&cfg).map_err(Failure::new)?;
+    let cname = own
+        .cname_check
+        .clone()
+        .map(CnameCheck::parse)
+        .transpose()
+        .map_err(Failure::new)?;
     let pending_max_age = own.pending_max_age.unwrap_or(DEFAULT_PENDING_MAX_AGE) as i64;
     // Both bounded by the parser (at most a year): the casts cannot wrap.
     let ari_interval = own
@@ -188,6 +218,7 @@ pub fn module<C: CaConnector>(
         pending_max_age,
         ari_interval,
         metrics_file,
+        cname.as_ref(),
         own.admit.as_deref(),
         connector,
         &log,
@@ -222,7 +253,7 @@ fn decide_one(
     let want = Wanted {
         cert: spec.name.as_str(),
         names: &names,
-        key_type: spec.key_type,
+        key_type: key_type_of(spec, on_disk),
         directory: &cfg.directory,
         untrusted_target: cfg.untrusted_target(),
         self_sign: cfg.self_sign,
@@ -234,6 +265,12 @@ fn decide_one(
     policy::decide(&want, meta, on_disk, now)
 }
 
+/// The type of `spec`'s next key: the one set, else the installed certificate's.
+fn key_type_of(spec: &CertSpec, on_disk: &OnDisk) -> KeyType {
+    spec.key_type
+        .resolve(on_disk.leaf.as_ref().and_then(|l| l.key_type))
+}
+
 /// Decides and orders. `now` is injected for tests.
 #[allow(clippy::too_many_arguments)]
 pub async fn run<C: CaConnector>(
@@ -242,6 +279,7 @@ pub async fn run<C: CaConnector>(
     pending_max_age: i64,
     ari_interval: i64,
     metrics_file: Option<PathBuf>,
+    cname: Option<&CnameCheck>,
     admit: Option<&[String]>,
     connector: &C,
     log: &EventLog,
@@ -339,6 +377,11 @@ pub async fn run<C: CaConnector>(
         }
         !wait
     });
+    // Held certs are checked when the round admits them (the second call orders them).
+    let mut owners = crate::cnamecheck::Owners::new();
+    if let Some(cc) = cname.filter(|_| !cfg.self_sign) {
+        owners = refuse_bad_cnames(cc, &states, &mut to_issue, log, deadline, &mut out).await;
+    }
     if admit.is_some() && !check_mode {
         for i in &to_issue {
             let st = &mut states[*i];
@@ -351,13 +394,15 @@ pub async fn run<C: CaConnector>(
         if cfg.self_sign {
             for i in &to_issue {
                 let st = &mut states[*i];
+                let key_type = key_type_of(st.spec, &st.on_disk);
                 let fresh = st
                     .meta
                     .pending
                     .as_ref()
-                    .is_none_or(|p| !same_request(p, st.spec, cfg));
+                    .is_none_or(|p| !same_request(p, st.spec, cfg, key_type));
                 if fresh {
-                    st.meta.pending = Some(new_pending(cfg, st.spec, OrderAt::SelfSign, now));
+                    st.meta.pending =
+                        Some(new_pending(cfg, st.spec, key_type, OrderAt::SelfSign, now));
                     out.orders_created += 1;
                     // A new order gets a new key.
                     let _ = store.clear_pending_key(st.spec.name.as_str());
@@ -381,13 +426,18 @@ pub async fn run<C: CaConnector>(
     if !check_mode && !cfg.self_sign {
         abandon_orders(cfg, &states, connector, log, deadline, &mut out).await;
     }
+    for t in &mut out.txt {
+        t.owner = owners.get(&t.record).cloned();
+    }
 
     for (i, st) in states.iter_mut().enumerate() {
         let name = st.spec.name.as_str().to_owned();
         // A cert that no longer needs issuing forgets its order in flight (see abandon_orders;
         // its key goes once the metadata no longer names the order).
         if st.decision.action == Action::Ok && st.meta.pending.is_some() && !check_mode {
-            st.meta.pending = None;
+            if let Some(p) = st.meta.pending.take() {
+                crate::retired::retire(&mut st.meta.retired, &p, now);
+            }
         }
         if st.decision.action == Action::Issue && st.meta.pending.is_some() {
             out.pending.push(name.clone());
@@ -422,6 +472,7 @@ pub async fn run<C: CaConnector>(
             },
         );
     }
+    report_retired(&mut states, check_mode, now, &mut out);
     if !check_mode {
         for st in &states {
             let changed_meta = st.had_meta || st.meta != Meta::default();
@@ -461,4 +512,34 @@ pub async fn run<C: CaConnector>(
         }
     }
     Ok(out)
+}
+
+/// Lists the values of finished orders for the next publish (a value an order in flight
+/// needs again, as a CA may hand out the same pending authorization, is left out), and
+/// forgets those reported long enough.
+fn report_retired(states: &mut [CertState<'_>], check_mode: bool, now: i64, out: &mut Outcome) {
+    let live: Vec<&str> = states
+        .iter()
+        .filter_map(|st| st.meta.pending.as_ref())
+        .flat_map(|p| p.challenges().iter().map(|c| c.value.as_str()))
+        .collect();
+    let mut retired = Vec::new();
+    for st in states.iter() {
+        for r in &st.meta.retired {
+            if now.saturating_sub(r.at) < crate::retired::REPORT_SECONDS
+                && !live.contains(&r.value.as_str())
+            {
+                retired.push(TxtRetired {
+                    record: r.record.clone(),
+                    value: r.value.clone(),
+                });
+            }
+        }
+    }
+    out.retired = retired;
+    if !check_mode {
+        for st in states.iter_mut() {
+            crate::retired::prune(&mut st.meta.retired, now);
+        }
+    }
 }

@@ -115,6 +115,48 @@ pub(super) fn refuse_over_profile_limits(
     }
 }
 
+/// Takes the certs whose `_acme-challenge` CNAMEs do not lead into the signing zones out of
+/// `to_issue`: each fails at once with the records to add, without an order and without a
+/// backoff (the next pulse after the fix should not wait). Returns where the others' values go.
+pub(super) async fn refuse_bad_cnames(
+    cc: &CnameCheck,
+    states: &[CertState<'_>],
+    to_issue: &mut Vec<usize>,
+    log: &EventLog,
+    deadline: Instant,
+    out: &mut Outcome,
+) -> crate::cnamecheck::Owners {
+    let certs: Vec<(String, Vec<certbridge_core::names::Identifier>)> = to_issue
+        .iter()
+        .map(|i| {
+            let spec = states[*i].spec;
+            (spec.name.as_str().to_owned(), spec.names.clone())
+        })
+        .collect();
+    if certs.is_empty() {
+        return Default::default();
+    }
+    let mut checked = cc.check(&certs, deadline).await;
+    let mut owners = crate::cnamecheck::Owners::new();
+    to_issue.retain(|i| {
+        let cert = states[*i].spec.name.as_str();
+        match checked.remove(cert) {
+            Some(Err(message)) => {
+                log.event("order_refused", json!({"cert": cert, "message": message}));
+                out.failures
+                    .push((cert.to_owned(), CaFailure::local(message)));
+                false
+            }
+            Some(Ok(o)) => {
+                owners.extend(o);
+                true
+            }
+            None => true,
+        }
+    });
+    owners
+}
+
 /// Why a stored order `age` seconds old is too old to resume: the CA has let it expire (its
 /// profile's known lifetime), or it is older than `pending_max_age`.
 pub(super) fn stale_reason(
@@ -138,20 +180,31 @@ pub(super) fn stale_reason(
     })
 }
 
-pub(super) fn same_request(p: &PendingOrder, spec: &CertSpec, cfg: &Config) -> bool {
+pub(super) fn same_request(
+    p: &PendingOrder,
+    spec: &CertSpec,
+    cfg: &Config,
+    key_type: KeyType,
+) -> bool {
     p.directory == cfg.directory
         && p.names == spec.sorted_names()
-        && p.key_type == spec.key_type
+        && p.key_type == key_type
         && p.is_self_sign() == cfg.self_sign
         && (cfg.self_sign || p.profile() == spec.profile.as_deref())
 }
 
-pub(super) fn new_pending(cfg: &Config, spec: &CertSpec, at: OrderAt, now: i64) -> PendingOrder {
+pub(super) fn new_pending(
+    cfg: &Config,
+    spec: &CertSpec,
+    key_type: KeyType,
+    at: OrderAt,
+    now: i64,
+) -> PendingOrder {
     PendingOrder {
         created_at: now,
         directory: cfg.directory.clone(),
         names: spec.sorted_names(),
-        key_type: spec.key_type,
+        key_type,
         staging: cfg.untrusted_target(),
         at,
     }
@@ -221,6 +274,7 @@ pub(super) async fn order_all<C: CaConnector>(
         order_one(
             cfg,
             st.spec,
+            key_type_of(st.spec, &st.on_disk),
             st.meta.pending.clone(),
             replaced_cert_id(cfg, st),
             &account,
@@ -254,6 +308,10 @@ pub(super) async fn order_all<C: CaConnector>(
                     ));
                 }
                 if created {
+                    if let Some(old) = &st.meta.pending {
+                        // The stored order is replaced: its values are of no use any more.
+                        crate::retired::retire(&mut st.meta.retired, old, now);
+                    }
                     out.orders_created += 1;
                     // A new order gets a new key.
                     let _ = cfg.store.clear_pending_key(&name);
@@ -264,6 +322,7 @@ pub(super) async fn order_all<C: CaConnector>(
                         name: c.name.clone(),
                         record: c.record.clone(),
                         value: c.value.clone(),
+                        owner: None,
                     });
                 }
                 st.meta.pending = Some(pending);
@@ -300,6 +359,7 @@ pub(super) struct Ordered {
 pub(super) async fn order_one<A: CaAccount>(
     cfg: &Config,
     spec: &CertSpec,
+    key_type: KeyType,
     stored: Option<PendingOrder>,
     replaces: Option<String>,
     account: &A,
@@ -321,7 +381,7 @@ pub(super) async fn order_one<A: CaAccount>(
     };
     let mut why_new = None;
     if let Some(p) = stored {
-        let same = same_request(&p, spec, cfg);
+        let same = same_request(&p, spec, cfg, key_type);
         match &p.at {
             OrderAt::Ca(order) if order.account_url == account_url && same => {
                 let url = &order.url;
@@ -403,6 +463,7 @@ pub(super) async fn order_one<A: CaAccount>(
         pending: new_pending(
             cfg,
             spec,
+            key_type,
             OrderAt::Ca(CaOrder {
                 url: created.url,
                 account_url: account_url.to_owned(),

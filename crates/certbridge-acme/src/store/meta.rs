@@ -180,6 +180,9 @@ pub struct Meta {
     /// The CA's renewal information (RFC 9773) about the installed certificate.
     #[serde(default)]
     pub ari: Option<AriState>,
+    /// dns-01 values of finished or abandoned orders, reported until published away.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<crate::retired::RetiredValue>,
     /// When this cert last ordered a new certificate admitted by the fleet rate budget (left
     /// out when unset: metadata without it is written back as it was).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -227,6 +230,7 @@ impl Meta {
         self.not_after = Some(leaf.not_after);
         self.issuer = Some(leaf.issuer.clone());
         self.issued_at = Some(now);
+        crate::retired::retire(&mut self.retired, pending, now);
         self.pending = None;
         self.failures = 0;
         self.retry_not_before = None;

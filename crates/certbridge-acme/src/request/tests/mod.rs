@@ -59,6 +59,7 @@ fn run_when(
         policy::DEFAULT_ARI_INTERVAL,
         None,
         None,
+        None,
         ca,
         &log,
         now,
@@ -110,7 +111,7 @@ fn store_pending(cfg: &Config, ca: &FakeCa, cert: &str, names: &[&str], age: i64
             created_at: NOW - age,
             directory: cfg.directory.clone(),
             names: sorted,
-            key_type: spec.key_type,
+            key_type: spec.key_type.resolve(None),
             staging: cfg.untrusted_target(),
             at: OrderAt::Ca(CaOrder {
                 url: STORED.into(),

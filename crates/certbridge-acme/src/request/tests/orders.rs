@@ -102,7 +102,9 @@ fn an_order_no_longer_needed_is_deactivated_before_it_is_forgotten() {
         .unwrap();
     let log = EventLog::disabled("acme_request");
     let out = rt
-        .block_on(run(&cfg, false, 3600, 21_600, None, None, &ca, &log, now))
+        .block_on(run(
+            &cfg, false, 3600, 21_600, None, None, None, &ca, &log, now,
+        ))
         .unwrap();
     assert_eq!(out.certs["main"].action, Action::Ok, "{:?}", out.certs);
     assert!(out.warnings.is_empty(), "{:?}", out.warnings);
@@ -114,7 +116,9 @@ fn an_order_no_longer_needed_is_deactivated_before_it_is_forgotten() {
     assert!(meta.pending.is_none());
     // Nothing left to abandon: the next pulse asks nothing.
     let out = rt
-        .block_on(run(&cfg, false, 3600, 21_600, None, None, &ca, &log, now))
+        .block_on(run(
+            &cfg, false, 3600, 21_600, None, None, None, &ca, &log, now,
+        ))
         .unwrap();
     assert_eq!(out.certs["main"].action, Action::Ok);
     assert_eq!(ca.calls().opened, 1);
@@ -374,6 +378,7 @@ fn a_planned_pulse_orders_only_the_admitted_new_certs_and_records_when() {
             false,
             3600,
             21_600,
+            None,
             None,
             Some(admit),
             &ca,
