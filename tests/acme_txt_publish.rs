@@ -699,16 +699,35 @@ fn a_zone_the_server_refuses_is_reported_at_once_with_the_reason() {
     let state = tempfile::tempdir().unwrap();
     let primary = bed.get("TESTBED_DNS").to_owned();
     let zone_path = bed.get("TESTBED_SIGNING_ZONE_FILE").to_owned();
-    let crowd: Vec<Value> = (0..101)
-        .map(|i| {
-            rec(
-                &format!("h{}", i % 3 + 1),
-                &format!("c{i}"),
-                &format!("host{}.example.test", i % 3 + 1),
-                &digest(&format!("crowd-{i}")),
-            )
-        })
-        .collect();
+    // 101 values at acme.signing.test (each host's CNAME leads there), `tag` makes them new.
+    let crowd_of = |tag: &str| -> Vec<Value> {
+        (0..101)
+            .map(|i| {
+                rec(
+                    &format!("h{}", i % 3 + 1),
+                    &format!("c{i}"),
+                    &format!("host{}.example.test", i % 3 + 1),
+                    &digest(&format!("{tag}-{i}")),
+                )
+            })
+            .collect()
+    };
+    let crowd = crowd_of("crowd");
+    // With the per-owner limit off, the file is written and BIND refuses it.
+    let refused_run = |records: Vec<Value>, zones: Vec<Value>, want: &[&str]| {
+        let run = run_module(
+            "acme_txt_publish",
+            &with(
+                args(&bed, state.path(), records, zones),
+                json!({"timeout": 60, "max_records_per_type": 0}),
+            ),
+        );
+        assert!(run.failed(), "{}", run.json);
+        for w in want {
+            assert!(run.msg().contains(w), "missing {w:?}: {}", run.msg());
+        }
+        run
+    };
     let zones = vec![zonefile_zone(&bed, false)];
     let before = file_hash(&zone_path);
 
@@ -737,22 +756,16 @@ fn a_zone_the_server_refuses_is_reported_at_once_with_the_reason() {
 
     // 2. Limit off: the file is written, BIND refuses to load it; reported within the
     // load grace, far below the 60 s timeout the verification would otherwise wait out.
-    let run = run_module(
-        "acme_txt_publish",
-        &with(
-            args(&bed, state.path(), crowd, zones.clone()),
-            json!({"timeout": 60, "max_records_per_type": 0}),
-        ),
+    let run = refused_run(
+        crowd,
+        zones.clone(),
+        &[
+            "did not load the new zone file",
+            "zonestatus signing.test` still shows serial 1",
+            "carries 101 TXT records",
+            "max-records-per-type",
+        ],
     );
-    assert!(run.failed(), "{}", run.json);
-    for want in [
-        "did not load the new zone file",
-        "zonestatus signing.test` still shows serial 1",
-        "carries 101 TXT records",
-        "max-records-per-type",
-    ] {
-        assert!(run.msg().contains(want), "missing {want:?}: {}", run.msg());
-    }
     assert!(
         run.elapsed < Duration::from_secs(20),
         "a refused reload was reported only after {:?}",
@@ -764,6 +777,28 @@ fn a_zone_the_server_refuses_is_reported_at_once_with_the_reason() {
         "BIND did not refuse the zone: the test exercised nothing"
     );
     let refused_after = run.elapsed;
+
+    // 2b. The same with the zone's `server_log` (the bed's named logs to that file): BIND's own
+    // words are the reason, and its logged refusal ends the wait before the load grace.
+    let mut logged_zone = zonefile_zone(&bed, false);
+    logged_zone["server_log"] = json!(bed.get("TESTBED_NAMED_LOG"));
+    let run = refused_run(
+        crowd_of("crowd2"),
+        vec![logged_zone],
+        &[
+            "did not load the new zone file",
+            "the server logged",
+            "'signing.test/IN' (zone): too many records (must not exceed 100)",
+            "zone signing.test/IN: loading from master file",
+            "max-records-per-type",
+        ],
+    );
+    assert!(
+        run.elapsed < Duration::from_secs(8),
+        "the logged refusal did not end the wait: {:?}",
+        run.elapsed
+    );
+    let logged_after = run.elapsed;
 
     // 3. A zone BIND takes: published and verified (the module recovers the file).
     let few: Vec<Value> = (0..5)
@@ -786,7 +821,8 @@ fn a_zone_the_server_refuses_is_reported_at_once_with_the_reason() {
     ok(&run);
     assert_eq!(served(&primary, "acme.signing.test").len(), 5);
     println!(
-        "101 values at one name: refused before writing; with the limit off BIND refused the zone and the module said so after {:.1} s (timeout 60 s)",
-        refused_after.as_secs_f64()
+        "101 values at one name: refused before writing; with the limit off BIND refused the zone and the module said so after {:.1} s (timeout 60 s), {:.1} s with its log quoted",
+        refused_after.as_secs_f64(),
+        logged_after.as_secs_f64()
     );
 }

@@ -417,14 +417,13 @@ class ActionModule(ActionBase):
                           "host pattern of the pulse's play 1 (e.g. letsencrypt:!disabled)" % group)
             return result
         hostvars = task_vars.get("hostvars") or {}
-        lines = []
+        certs_of_hosts = []
         for host in sorted(hosts):
             try:
-                certs = pulse.plain(hostvars[host]["letsencrypt_certs"]) or {}
+                certs_of_hosts.append(pulse.plain(hostvars[host]["letsencrypt_certs"]) or {})
             except KeyError:  # a host without certificates
-                certs = {}
-            lines.extend(pulse.certcheck_entries(certs))
-        result.update(changed=False, lines=lines, hosts=sorted(hosts))
+                pass
+        result.update(changed=False, lines=pulse.certcheck_lines(certs_of_hosts), hosts=sorted(hosts))
         return result
 
     def _finalize(self, result, module_args, task_vars):

@@ -22,22 +22,24 @@ of the inventory group ``<group>`` that declares it. Per pulse and group cert:
 
 from __future__ import annotations
 
+import os
+
 from ansible.errors import AnsibleFilterError
 
+try:  # installed as the certbridge.acme collection
+    from ansible_collections.certbridge.acme.plugins.module_utils import certbridge_pulse as _pulse
+except ImportError:  # a checkout: plugins/ is on ansible.cfg's plugin paths, not a collection
+    import importlib.util
 
-def _get(hv, name, default=None):
-    try:
-        if name in hv:
-            return hv[name]
-    except Exception:  # an undefined or unrenderable value counts as unset
-        return default
-    return default
+    _spec = importlib.util.spec_from_file_location(
+        "certbridge_pulse", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                         "module_utils", "certbridge_pulse.py"))
+    _pulse = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_pulse)
 
-
-def _truthy(value):
-    if isinstance(value, str):
-        return value.strip().lower() not in ("", "false", "no", "off", "0", "n", "f")
-    return bool(value)
+# A host variable (unset when undefined or unrenderable) and Ansible's truth: the pulse's own.
+_get = _pulse._get
+_truthy = _pulse.truthy
 
 
 def _names(spec):

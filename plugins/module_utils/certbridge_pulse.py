@@ -117,6 +117,15 @@ def certcheck_entries(certs):
     return out
 
 
+def certcheck_lines(certs_of_hosts):
+    """certcheck_entries of several hosts, each line once: a group cert (shared_by) is
+    declared by every member, but certcheck checks its first name once."""
+    out = []
+    for certs in certs_of_hosts:
+        out.extend(line for line in certcheck_entries(certs) if line not in out)
+    return out
+
+
 def module_args(step, var):
     """acme_request's (step request) or acme_finalize's options from the role's variables.
 

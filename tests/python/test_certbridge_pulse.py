@@ -299,6 +299,12 @@ def test_certcheck_entries_keep_ports_and_strip_wildcards():
     assert pulse.cert_dirs(certs) == ["web01.example.org", "mail.example.org", "s3.example.org"]
 
 
+def test_certcheck_lines_name_a_group_cert_once():
+    group = {"s3": {"names": ["s3.example.org", "*.s3.example.org"], "shared_by": "s3"}}
+    hosts = [dict(group, own={"names": ["s3-1.example.org"]}), group, {}, dict(group, mail=["mail.example.org:993"])]
+    assert pulse.certcheck_lines(hosts) == ["s3.example.org 443", "s3-1.example.org 443", "mail.example.org 993"]
+
+
 def test_missing_handlers_by_name_or_listen_topic():
     entries = [{"name": "letsencrypt updated a", "include_tasks": "roles/x/handlers/touch_file.yaml"},
                {"name": "reload", "listen": ["letsencrypt updated b"]},

@@ -30,9 +30,27 @@ def accepted_options(name, tmp_path):
     return {o.strip() for o in m.group(1).split(",") if o.strip()}
 
 
+def fragment_options(fragment):
+    """Options of a shared documentation fragment (plugins/doc_fragments/<name>.py)."""
+    namespace = {}
+    exec((ROOT / "plugins" / "doc_fragments" / (fragment + ".py")).read_text(), namespace)
+    return set((yaml.safe_load(namespace["ModuleDocFragment"].DOCUMENTATION).get("options") or {}).keys())
+
+
 def documented_options(name):
-    doc = yaml.safe_load((ROOT / "modules" / (name + ".yml")).read_text())
-    return set((doc["DOCUMENTATION"].get("options") or {}).keys())
+    doc = yaml.safe_load((ROOT / "modules" / (name + ".yml")).read_text())["DOCUMENTATION"]
+    options = set((doc.get("options") or {}).keys())
+    for fragment in doc.get("extends_documentation_fragment") or []:
+        options |= fragment_options(fragment)
+    return options
+
+
+def test_the_ca_directory_default_is_documented_once():
+    """Let's Encrypt's production URL: in the shared fragment, in no module's own page."""
+    url = "https://acme-v02.api.letsencrypt.org/directory"
+    for name in MODULES:
+        assert url not in (ROOT / "modules" / (name + ".yml")).read_text(), name
+    assert "directory" in fragment_options("certbridge_ca")
 
 
 @pytest.mark.parametrize("name", MODULES)

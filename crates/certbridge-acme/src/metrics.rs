@@ -1,5 +1,5 @@
-//! The Prometheus textfile (`metrics_file`): when each declared cert expires and when it last
-//! failed. Written atomically, and only when its content changes (a no-op pulse touches nothing).
+//! The Prometheus textfile (`metrics_file`): when each declared cert expires, when it last
+//! failed, and when a cert in backoff is tried next. Written atomically, and only when its content changes (a no-op pulse touches nothing).
 
 use certbridge_core::fsutil::{Dir, FileAttrs};
 use std::fmt::Write;
@@ -14,6 +14,8 @@ pub struct CertMetrics {
     pub issuer: Option<String>,
     pub not_after: Option<i64>,
     pub last_failure: Option<i64>,
+    /// Set while the cert is in backoff after a CA failure: when it is tried next.
+    pub next_try: Option<i64>,
 }
 
 fn label(v: &str) -> String {
@@ -47,6 +49,17 @@ pub fn render(certs: &[CertMetrics]) -> String {
             label(&c.cert),
             c.last_failure.unwrap_or(0)
         );
+    }
+    out.push_str("# HELP certbridge_cert_next_try_timestamp_seconds When a cert in backoff after a CA failure is tried next (unix time).\n");
+    out.push_str("# TYPE certbridge_cert_next_try_timestamp_seconds gauge\n");
+    for c in certs {
+        if let Some(t) = c.next_try {
+            let _ = writeln!(
+                out,
+                "certbridge_cert_next_try_timestamp_seconds{{cert=\"{}\"}} {t}",
+                label(&c.cert)
+            );
+        }
     }
     out
 }
@@ -90,6 +103,7 @@ mod tests {
             issuer: Some("Pebble \"I\"".into()),
             not_after: Some(1_900_000_000),
             last_failure: None,
+            next_try: None,
         }];
         assert!(write_if_changed(&p, &certs).unwrap());
         let text = std::fs::read_to_string(&p).unwrap();
@@ -98,5 +112,40 @@ mod tests {
         let mtime = std::fs::metadata(&p).unwrap().modified().unwrap();
         assert!(!write_if_changed(&p, &certs).unwrap());
         assert_eq!(std::fs::metadata(&p).unwrap().modified().unwrap(), mtime);
+        assert!(!text.contains("certbridge_cert_next_try_timestamp_seconds{"));
+    }
+
+    #[test]
+    fn a_cert_in_backoff_has_its_next_try() {
+        let certs = [
+            CertMetrics {
+                cert: "failing".into(),
+                dir: "f.example.test".into(),
+                issuer: None,
+                not_after: None,
+                last_failure: Some(1_800_000_000),
+                next_try: Some(1_800_000_300),
+            },
+            CertMetrics {
+                cert: "fine".into(),
+                dir: "g.example.test".into(),
+                issuer: Some("CA".into()),
+                not_after: Some(1_900_000_000),
+                last_failure: None,
+                next_try: None,
+            },
+        ];
+        let text = render(&certs);
+        assert!(text.contains("# TYPE certbridge_cert_next_try_timestamp_seconds gauge\n"));
+        assert!(
+            text.contains(
+                "certbridge_cert_next_try_timestamp_seconds{cert=\"failing\"} 1800000300\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains("certbridge_cert_next_try_timestamp_seconds{cert=\"fine\"}"),
+            "a cert not in backoff has no next try: {text}"
+        );
     }
 }

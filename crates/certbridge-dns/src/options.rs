@@ -166,6 +166,8 @@ pub struct ZoneInput {
     pub rndc_conf: Option<String>,
     #[serde(default, deserialize_with = "coerce::opt_boolean")]
     pub freeze: Option<bool>,
+    #[serde(default)]
+    pub server_log: Option<String>,
     // rfc2136
     #[serde(default)]
     pub server: Option<String>,
@@ -219,6 +221,8 @@ pub struct FileZone {
     /// Write between `rndc freeze` and `rndc thaw` (a zone that takes dynamic updates).
     pub freeze: bool,
     pub default_reload: bool,
+    /// The file named logs to: a refused reload is reported with the server's own lines.
+    pub server_log: Option<std::path::PathBuf>,
 }
 
 /// A dynamic zone updated with RFC 2136.
@@ -564,6 +568,15 @@ fn zone_plan(i: usize, z: &ZoneInput) -> Result<ZonePlan, String> {
                 rndc.push("-c".into());
                 rndc.push(conf.clone());
             }
+            let server_log = match &z.server_log {
+                None => None,
+                Some(p) if std::path::Path::new(p).is_absolute() => Some(p.into()),
+                Some(p) => {
+                    return Err(format!(
+                        "`{at}.server_log` must be an absolute path, not {p:?}"
+                    ))
+                }
+            };
             let (reload, default_reload) = match &z.reload {
                 Some(c) => (c.argv(&format!("{at}.reload"))?, false),
                 None => {
@@ -583,6 +596,7 @@ fn zone_plan(i: usize, z: &ZoneInput) -> Result<ZonePlan, String> {
                     rndc,
                     freeze: z.freeze.unwrap_or(false),
                     default_reload,
+                    server_log,
                 })),
             })
         }
@@ -600,6 +614,7 @@ fn zone_plan(i: usize, z: &ZoneInput) -> Result<ZonePlan, String> {
                 ("reload", z.reload.is_some()),
                 ("rndc_conf", z.rndc_conf.is_some()),
                 ("freeze", z.freeze.is_some()),
+                ("server_log", z.server_log.is_some()),
             ] {
                 not_for(name, present, "rfc2136")?;
             }

@@ -3,6 +3,7 @@
 //! kept in the file itself (`; certbridge published=<ts>`), so `keep_seconds` needs no state.
 
 use crate::error::PublishError;
+use crate::loaded::{confirm, LogMark};
 use crate::options::FileZone;
 use certbridge_core::names::{DomainName, TxtDigest};
 use certbridge_core::zone::{self, ZoneError, ZoneFile};
@@ -193,13 +194,16 @@ pub async fn publish(
         deadline,
     )
     .await;
+    // The server's log before it is told to load: what it logs afterwards is about this file.
+    let mark = fz.server_log.as_deref().map(LogMark::at);
+    let log = mark.as_ref().map(|m| (m, fz.write.path.as_path()));
     if frozen {
         // Thaw even when writing failed, so the zone takes updates again; thaw reloads it.
         let thawed = run_command(origin, &rndc(fz, "thaw", origin), deadline).await;
         let (result, content_changed, serial) = written?;
         thawed?;
         if content_changed {
-            crate::loaded::confirm(origin, &fz.rndc, serial, &result.after, deadline).await?;
+            confirm(origin, &fz.rndc, serial, &result.after, log, deadline).await?;
         }
         return Ok(result);
     }
@@ -208,7 +212,7 @@ pub async fn publish(
         run_command(origin, &fz.reload, deadline).await?;
         if fz.default_reload {
             // A refused file leaves the old zone served: say so now, not at the deadline.
-            crate::loaded::confirm(origin, &fz.rndc, serial, &result.after, deadline).await?;
+            confirm(origin, &fz.rndc, serial, &result.after, log, deadline).await?;
         }
     }
     Ok(result)

@@ -501,6 +501,8 @@ pub async fn run<C: CaConnector>(
                     issuer: st.meta.issuer.clone(),
                     not_after: st.not_after,
                     last_failure: st.meta.last_failure,
+                    // In backoff: from an earlier pulse's failure or this one's.
+                    next_try: st.meta.retry_not_before.filter(|t| *t > now),
                 })
                 .collect();
             if let Err(e) = metrics::write_if_changed(path, &items) {

@@ -104,3 +104,55 @@ fn the_backoff_holds_without_asking_the_ca_then_grows_with_each_failure() {
     assert!(out.failures.is_empty(), "{:?}", out.failures);
     assert_eq!(out.orders_created, 1);
 }
+
+#[test]
+fn the_metrics_file_shows_when_a_cert_in_backoff_is_tried_next() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = main_config(tmp.path());
+    let prom = tmp.path().join("certbridge.prom");
+    let ca = FakeCa::default();
+    ca.script().new_order_failures.push(ca_problem(
+        "create an order",
+        "serverInternal",
+        500,
+        "oops",
+    ));
+    let with_metrics = |now: i64| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(run(
+            &cfg,
+            false,
+            3600,
+            policy::DEFAULT_ARI_INTERVAL,
+            Some(prom.clone()),
+            None,
+            None,
+            &ca,
+            &EventLog::disabled("acme_request"),
+            now,
+        ))
+        .unwrap()
+    };
+    let next_try = format!(
+        "certbridge_cert_next_try_timestamp_seconds{{cert=\"main\"}} {}\n",
+        NOW + 60
+    );
+    // The failing pulse itself already names the next try, and so does a pulse in backoff.
+    assert!(failure(&with_metrics(NOW), "main").is_some());
+    let text = std::fs::read_to_string(&prom).unwrap();
+    assert!(text.contains(&next_try), "{text}");
+    assert_eq!(with_metrics(NOW + 30).certs["main"].reason, "backoff");
+    let text = std::fs::read_to_string(&prom).unwrap();
+    assert!(text.contains(&next_try), "{text}");
+    // Issued after the backoff: the line is gone.
+    let out = with_metrics(NOW + 60);
+    assert!(out.failures.is_empty(), "{:?}", out.failures);
+    let text = std::fs::read_to_string(&prom).unwrap();
+    assert!(
+        !text.contains("certbridge_cert_next_try_timestamp_seconds{"),
+        "{text}"
+    );
+}
