@@ -285,15 +285,20 @@ class ActionModule(ActionBase):
         return everywhere, limited
 
     def _webroot_targets(self, hostvars, hosts):
-        """host -> cert -> the hosts its webroot_hosts pattern matches (for build_round)."""
-        out = {}
+        """(host -> cert -> the hosts its webroot_hosts pattern matches, each such host -> the
+        letsencrypt_webroot its inventory sets), for build_round."""
+        out, served = {}, {}
         for host in hosts:
             certs = pulse.plain(pulse._get(hostvars[host], "letsencrypt_certs", {})) or {}
             if not isinstance(certs, dict):
                 continue
             for cert, pattern in pulse.webroot_patterns(certs).items():
-                out.setdefault(host, {})[cert] = self._inventory_hosts(pattern)[0]
-        return out
+                targets = out.setdefault(host, {})[cert] = self._inventory_hosts(pattern)[0]
+                for target in targets:
+                    own = pulse._get(hostvars[target], "letsencrypt_webroot", "") if target in hostvars else ""
+                    if own:
+                        served[target] = str(own)
+        return out, served
 
     def _cname_check(self, args, var, task_vars):
         """acme_request's cname_check from the DNS host's inventory variables (see
@@ -323,10 +328,11 @@ class ActionModule(ActionBase):
         cap = self._templar.template(task_vars.get("letsencrypt_max_values_per_name", 7))
         first = self._round_fact(task_vars) if args.get("merge") else {}
         hosts = list(first.get("hosts") or []) if first else list(task_vars.get("ansible_play_hosts") or [])
+        targets, served = self._webroot_targets(hostvars, hosts)
         try:
             round_ = pulse.build_round(hostvars, hosts, dns_group, list(args.get("dns_hosts") or []),
                                        _extra_var_names(), max_values_per_name=cap,
-                                       webroot_targets=self._webroot_targets(hostvars, hosts))
+                                       webroot_targets=targets, served_webroots=served)
             plan = ({k: first.get(k) or {} for k in ("admit", "deferred")} if first
                     else self._rate_plan(hostvars, hosts, task_vars))
         except ValueError as err:

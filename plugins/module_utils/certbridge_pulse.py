@@ -406,10 +406,12 @@ def unpublished_orders(result):
                   if isinstance(d, dict) and d.get("action") == "issue" and not d.get("held"))
 
 
-def http_tokens_of(host, result, targets):
+def http_tokens_of(host, result, targets, served_webroots=None):
     """`host`'s http-01 tokens (acme_request's acme_http_required) by the host that serves them:
     ``targets`` maps a cert to the hosts its webroot_hosts matches; other certs' tokens go to
-    `host` itself. Returns [(target, token)], each token naming its requesting host."""
+    `host` itself. Another host writes under its own webroot when ``served_webroots`` names
+    one (its letsencrypt_webroot), else under the cert's. Returns [(target, token)], each
+    token naming its requesting host."""
     out = []
     for item in result.get("acme_http_required") or []:
         if not hasattr(item, "get") or not item.get("token"):
@@ -417,33 +419,37 @@ def http_tokens_of(host, result, targets):
         token = dict(item)
         token["host"] = host
         for target in (targets or {}).get(str(token.get("cert"))) or [host]:
-            out.append((str(target), token))
+            target = str(target)
+            own = (served_webroots or {}).get(target) if target != host else None
+            out.append((target, dict(token, webroot=own) if own else token))
     return out
 
 
 def http_retired(round_, target, done):
     """The tokens this pulse placed on `target` whose orders finished: ``done`` maps a requesting
     host to its acme_finalize acme_http_done ([{token, webroot}]). acme_http_publish's
-    `retired` for `target` (removed whatever their age)."""
-    finished = {(str(host), str(d.get("token")), str(d.get("webroot")))
+    `retired` for `target` (removed whatever their age), under the webroot `target` wrote them
+    to (its own, with webroot_hosts)."""
+    finished = {(str(host), str(d.get("token")))
                 for host, items in (done or {}).items() for d in items or [] if hasattr(d, "get")}
     out = []
     for token in ((round_ or {}).get("http_tokens") or {}).get(target) or []:
-        key = (str(token.get("host")), str(token.get("token")), str(token.get("webroot")))
-        entry = {"token": key[1], "webroot": key[2]}
+        key = (str(token.get("host")), str(token.get("token")))
+        entry = {"token": key[1], "webroot": str(token.get("webroot"))}
         if key in finished and entry not in out:
             out.append(entry)
     return out
 
 
 def build_round(hostvars, play_hosts, dns_group, dns_hosts, extra_vars=(), now=None,
-                max_values_per_name=7, webroot_targets=None):
+                max_values_per_name=7, webroot_targets=None, served_webroots=None):
     """Summarise play 1: records to publish, hosts to finalize, the DNS host, warnings.
 
     ``hostvars`` maps host -> its variables (letsencrypt_request is play 1's result);
     ``dns_hosts`` is what ``letsencrypt_dns_group`` (a group or a host pattern) matches;
     ``webroot_targets`` maps host -> cert -> the hosts its ``webroot_hosts`` pattern matches
-    (resolved by the caller: this stays a function of its arguments)."""
+    (resolved by the caller: this stays a function of its arguments); ``served_webroots`` maps
+    such a host to the letsencrypt_webroot its inventory sets (it writes there)."""
     if not isinstance(play_hosts, (list, tuple)):
         raise ValueError("play_hosts must be a list of host names")
     cap = values_cap(max_values_per_name)
@@ -492,7 +498,7 @@ def build_round(hostvars, play_hosts, dns_group, dns_hosts, extra_vars=(), now=N
                 record = dict(value)
                 record["host"] = host
                 records.append(record)
-        for target, token in http_tokens_of(host, result, (webroot_targets or {}).get(host)):
+        for target, token in http_tokens_of(host, result, (webroot_targets or {}).get(host), served_webroots):
             http_tokens.setdefault(target, []).append(token)
         retired.extend(retired_of(host, result))
         if pending or unacked or host in failed or truthy(_get(hv, "letsencrypt_prune", False)):

@@ -239,3 +239,14 @@ def test_the_cleanup_filter_reads_play_3_results():
     assert retired(hostvars, "be2") == [{"token": "t-lb.example.org", "webroot": "/var/www/acme"}]
     # Play 3 registered nothing on web1 (it failed before): nothing is retired, nothing breaks.
     assert retired({"localhost": {"letsencrypt_round": r}, "web1": {}}, "be2") == []
+
+
+def test_a_webroot_host_writes_under_its_own_webroot_and_retires_there():
+    hv = {"app": {"letsencrypt_request": request(["www"], tokens=[token("www", "www.example.org", "/srv/app")])}}
+    r = pulse.build_round(hv, ["app"], "adns", [], (), now=NOW, webroot_targets={"app": {"www": ["be1", "be2", "app"]}},
+                          served_webroots={"be1": "/var/www/be1", "app": "/ignored"})
+    assert {h: ts[0]["webroot"] for h, ts in r["http_tokens"].items()} == {
+        "be1": "/var/www/be1", "be2": "/srv/app", "app": "/srv/app"}
+    done = {"app": [{"token": "t-www.example.org", "webroot": "/srv/app"}]}
+    assert pulse.http_retired(r, "be1", done) == [{"token": "t-www.example.org", "webroot": "/var/www/be1"}]
+    assert pulse.http_retired(r, "be2", done) == [{"token": "t-www.example.org", "webroot": "/srv/app"}]
