@@ -287,6 +287,9 @@ fn misrouted_refused_and_interrupted_orders() {
             .any(|l| l.contains(token) && !l.contains("certbridge/")),
         "the CA fetched {token}"
     );
+    // The next pulse resumes the order and lists the same token again.
+    let again = ok(&host.request(&certs)).clone();
+    assert_eq!(again["acme_http_required"], http, "{again}");
     // Fixed: the same order (still pending at the CA) validates.
     ok(&http_publish(
         state.path(),

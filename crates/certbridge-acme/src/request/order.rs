@@ -138,11 +138,12 @@ pub(super) async fn refuse_bad_cnames(
     if certs.is_empty() {
         return Default::default();
     }
-    let mut checked = cc.check(&certs, deadline).await;
+    // One result per cert of `to_issue`, in its order (retain visits it in order).
+    let mut checked = cc.check(&certs, deadline).await.into_iter();
     let mut owners = crate::cnamecheck::Owners::new();
     to_issue.retain(|i| {
         let cert = states[*i].spec.name.as_str();
-        match checked.remove(cert) {
+        match checked.next() {
             Some(Err(message)) => {
                 log.event("order_refused", json!({"cert": cert, "message": message}));
                 out.failures
