@@ -2,7 +2,7 @@
 # `make demo` is the main job; `make test` runs all tests (what CI runs).
 
 TARGET   := x86_64-unknown-linux-gnu
-MODULES  := acme_request acme_txt_publish acme_finalize acme_group zone_render
+MODULES  := acme_request acme_txt_publish acme_http_publish acme_finalize acme_group zone_render
 CARGO    ?= cargo
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 

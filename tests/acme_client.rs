@@ -187,7 +187,12 @@ fn client_against_the_test_bed() {
     assert_eq!(snapshot.challenges, order.challenges);
     let csr = make_csr(work.path(), &names);
     let chain = rt
-        .block_on(resumed.finalize(&order.url, &csr, Instant::now() + budget))
+        .block_on(resumed.finalize(
+            &order.url,
+            &csr,
+            Instant::now() + budget,
+            certbridge_acme::ca::ChallengeKind::Dns01,
+        ))
         .expect("finalize");
     verify_chain(&bed, work.path(), &chain, &names);
     let done = rt
@@ -198,7 +203,12 @@ fn client_against_the_test_bed() {
     assert!(done.challenges.is_empty());
     // A rerun on the valid order downloads the same chain (no second issuance).
     let again = rt
-        .block_on(resumed.finalize(&order.url, &csr, Instant::now() + budget))
+        .block_on(resumed.finalize(
+            &order.url,
+            &csr,
+            Instant::now() + budget,
+            certbridge_acme::ca::ChallengeKind::Dns01,
+        ))
         .expect("re-download");
     assert_eq!(again, chain);
 
@@ -208,7 +218,12 @@ fn client_against_the_test_bed() {
         .unwrap();
     let csr3 = make_csr(work.path(), &["dyn3.example.test"]);
     let err = rt
-        .block_on(resumed.finalize(&unpublished.url, &csr3, Instant::now() + budget))
+        .block_on(resumed.finalize(
+            &unpublished.url,
+            &csr3,
+            Instant::now() + budget,
+            certbridge_acme::ca::ChallengeKind::Dns01,
+        ))
         .expect_err("unpublished value must fail");
     assert!(matches!(err, AcmeError::OrderInvalid { .. }), "{err:?}");
     let text = err.to_string();
@@ -319,7 +334,12 @@ fn client_against_the_test_bed() {
         .expect("no error");
     assert!(gone.is_none(), "{gone:?}");
     let err = rt
-        .block_on(resumed.finalize(&pending.url, &csr, Instant::now() + budget))
+        .block_on(resumed.finalize(
+            &pending.url,
+            &csr,
+            Instant::now() + budget,
+            certbridge_acme::ca::ChallengeKind::Dns01,
+        ))
         .expect_err("finalize on a forgotten order");
     assert!(matches!(err, AcmeError::OrderGone { .. }), "{err:?}");
     let fresh = rt
@@ -349,7 +369,12 @@ fn flaky_nonces_are_retried_until_issued() {
     publish(&bed, &order.challenges);
     let csr = make_csr(work.path(), &names);
     let chain = rt
-        .block_on(account.finalize(&order.url, &csr, cfg.deadline))
+        .block_on(account.finalize(
+            &order.url,
+            &csr,
+            cfg.deadline,
+            certbridge_acme::ca::ChallengeKind::Dns01,
+        ))
         .expect("issued despite bad nonces");
     verify_chain(&bed, work.path(), &chain, &names);
     println!(
@@ -400,7 +425,12 @@ fn external_account_binding_is_required_and_used() {
     publish(&bed, &order.challenges);
     let csr = make_csr(work.path(), &names);
     let chain = rt
-        .block_on(account.finalize(&order.url, &csr, cfg.deadline))
+        .block_on(account.finalize(
+            &order.url,
+            &csr,
+            cfg.deadline,
+            certbridge_acme::ca::ChallengeKind::Dns01,
+        ))
         .expect("issued with binding");
     verify_chain(&bed, work.path(), &chain, &names);
 }

@@ -5,10 +5,13 @@
 use std::path::PathBuf;
 
 /// (module, budget in bytes)
-const BUDGETS: [(&str, u64); 5] = [
+const BUDGETS: [(&str, u64); 6] = [
     ("acme_request", 4 * 1024 * 1024),
     ("acme_finalize", 4 * 1024 * 1024 + 512 * 1024),
     ("acme_txt_publish", 3 * 1024 * 1024),
+    // http-01 token files: certbridge-core only (the protocol shim, serde_json, safe writes;
+    // no TLS, no async), as zone_render: the same budget.
+    ("acme_http_publish", 1024 * 1024 + 512 * 1024),
     // Group certificates: the store, the local test CA's parsing and HPKE; no ACME client.
     ("acme_group", 2 * 1024 * 1024 + 512 * 1024),
     ("zone_render", 1024 * 1024 + 512 * 1024),

@@ -91,7 +91,7 @@ DEFAULT_MODULE_DIR = "/usr/local/lib/certbridge"
 CONTROL_ARGS = frozenset(("step", "dns_hosts", "hosts", "admitted", "merge"))
 STEPS = ("request", "round", "finalize", "acknowledge", "check", "certcheck")
 # The roles the pulse plays after play 1, under their checkout names.
-LATER_ROLES = ("letsencrypt-install-txt-record", "letsencrypt-create-certs")
+LATER_ROLES = ("letsencrypt-install-txt-record", "letsencrypt-install-http-token", "letsencrypt-create-certs")
 _UNSET = object()
 
 
@@ -251,6 +251,8 @@ class ActionModule(ActionBase):
         planned = budget.enabled(self._role_var("letsencrypt_rate_budget", "auto"), module_args.get("directory"))
         if planned:
             problems.extend(self._budget_problems())
+        problems.extend(pulse.webroot_hosts_problems(
+            module_args.get("certs"), module_args.get("challenge"), lambda p: self._inventory_hosts(p)[0]))
         if not problems:
             problems.extend(self._unpublishable(module_args, task_vars))
         if problems:
@@ -271,6 +273,32 @@ class ActionModule(ActionBase):
             result["request_failed"] = True
         result["stop_host"] = False
         return result
+
+    def _inventory_hosts(self, pattern):
+        """(every host, hosts inside --limit) the pattern matches; ([], []) without an inventory."""
+        try:
+            inventory = self._task._variable_manager._inventory
+            everywhere = [h.name for h in inventory.get_hosts(pattern, ignore_limits=True, ignore_restrictions=True)]
+            limited = [h.name for h in inventory.get_hosts(pattern, ignore_restrictions=True)]
+        except Exception:  # no inventory at hand (a play of one's own)
+            return [], []
+        return everywhere, limited
+
+    def _webroot_targets(self, hostvars, hosts):
+        """(host -> cert -> the hosts its webroot_hosts pattern matches, each such host -> the
+        letsencrypt_webroot its inventory sets), for build_round."""
+        out, served = {}, {}
+        for host in hosts:
+            certs = pulse.plain(pulse._get(hostvars[host], "letsencrypt_certs", {})) or {}
+            if not isinstance(certs, dict):
+                continue
+            for cert, pattern in pulse.webroot_patterns(certs).items():
+                targets = out.setdefault(host, {})[cert] = self._inventory_hosts(pattern)[0]
+                for target in targets:
+                    own = pulse._get(hostvars[target], "letsencrypt_webroot", "") if target in hostvars else ""
+                    if own:
+                        served[target] = str(own)
+        return out, served
 
     def _cname_check(self, args, var, task_vars):
         """acme_request's cname_check from the DNS host's inventory variables (see
@@ -300,9 +328,11 @@ class ActionModule(ActionBase):
         cap = self._templar.template(task_vars.get("letsencrypt_max_values_per_name", 7))
         first = self._round_fact(task_vars) if args.get("merge") else {}
         hosts = list(first.get("hosts") or []) if first else list(task_vars.get("ansible_play_hosts") or [])
+        targets, served = self._webroot_targets(hostvars, hosts)
         try:
             round_ = pulse.build_round(hostvars, hosts, dns_group, list(args.get("dns_hosts") or []),
-                                       _extra_var_names(), max_values_per_name=cap)
+                                       _extra_var_names(), max_values_per_name=cap,
+                                       webroot_targets=targets, served_webroots=served)
             plan = ({k: first.get(k) or {} for k in ("admit", "deferred")} if first
                     else self._rate_plan(hostvars, hosts, task_vars))
         except ValueError as err:
@@ -345,33 +375,46 @@ class ActionModule(ActionBase):
         return budget.plan(requests, history, limits, now)
 
     def _unpublishable(self, module_args, task_vars):
-        """A --limit that leaves out the DNS host: orders made now would have nobody to publish
-        their values. A check-mode acme_request (no order, no write) says whether this host
-        would order; if so it stops here with the command that takes the DNS host in."""
+        """A --limit that leaves out the DNS host, or a host of an http-01 cert's webroot_hosts:
+        orders made now would have nobody to publish their values or write their tokens. A
+        check-mode acme_request (no order, no write) says whether this host would order such a
+        cert; if so it stops here with the command that takes those hosts in."""
         if not task_vars.get("ansible_limit"):
             return []
-        try:
-            inventory = self._task._variable_manager._inventory
-            group = str(self._templar.template(task_vars.get("letsencrypt_dns_group", "adns")))
-            everywhere = [h.name for h in inventory.get_hosts(group, ignore_limits=True, ignore_restrictions=True)]
-            limited = {h.name for h in inventory.get_hosts(group, ignore_restrictions=True)}
-        except Exception:  # no inventory at hand (a play of one's own): play 3 says it instead
-            return []
-        outside = [h for h in everywhere if h not in limited]
-        if not outside:
+        group = str(self._templar.template(task_vars.get("letsencrypt_dns_group", "adns")))
+        everywhere, limited = self._inventory_hosts(group)
+        dns_outside = [h for h in everywhere if h not in limited]
+        certs = module_args.get("certs") or {}
+        http_outside = {}
+        for cert, pattern in pulse.webroot_patterns(certs).items():
+            every, inside = self._inventory_hosts(pattern)
+            if any(h not in inside for h in every):
+                http_outside[cert] = [h for h in every if h not in inside]
+        if not dns_outside and not http_outside:
             return []
         check_mode, self._task.check_mode = self._task.check_mode, True
         try:
             would = self._run_module("acme_request", dict(module_args), task_vars)
         finally:
             self._task.check_mode = check_mode
-        certs = pulse.unpublished_orders(would)
-        if not certs:
-            return []
-        return ["%s (letsencrypt_dns_group %s) is outside --limit %s: the dns-01 values of %s would have "
+        ordering = pulse.unpublished_orders(would)
+        problems = []
+        dns_certs = [c for c in ordering if pulse.cert_challenge(certs.get(c), module_args.get("challenge")) != pulse.HTTP_01]
+        if dns_outside and dns_certs:
+            problems.append(
+                "%s (letsencrypt_dns_group %s) is outside --limit %s: the dns-01 values of %s would have "
                 "nobody to publish them, so nothing was ordered. Run: %s"
-                % (", ".join(outside), group, task_vars.get("ansible_limit"), ", ".join(certs),
-                   pulse.limit_command(sys.argv, outside))]
+                % (", ".join(dns_outside), group, task_vars.get("ansible_limit"), ", ".join(dns_certs),
+                   pulse.limit_command(sys.argv, dns_outside)))
+        http_certs = [c for c in ordering if c in http_outside]
+        if http_certs:
+            outside = sorted({h for c in http_certs for h in http_outside[c]})
+            problems.append(
+                "%s (webroot_hosts of %s) outside --limit %s: the http-01 tokens would have nobody to "
+                "write them, so nothing was ordered. Run: %s"
+                % (", ".join(outside), ", ".join(http_certs), task_vars.get("ansible_limit"),
+                   pulse.limit_command(sys.argv, outside)))
+        return problems
 
     def _round_fact(self, task_vars):
         """The round play 1 stored on localhost ({} when there is none)."""
@@ -462,6 +505,7 @@ class ActionModule(ActionBase):
             result["failed"] = False
             result["finalize_failure"] = str(module_result.get("msg") or "acme_finalize failed")
         result["updated"] = updated
+        self._remove_own_tokens(result, module_result, view, task_vars)
         if self._task.check_mode:
             renotify = [c for c in handlers_for if c not in only]
             result["msg"] = "would finalize %s; would notify %s" % (
@@ -474,6 +518,24 @@ class ActionModule(ActionBase):
             # For the common topic's handler: which certs of this host changed in this pulse.
             result["ansible_facts"] = {"letsencrypt_updated_certs": updated}
         return result
+
+    def _remove_own_tokens(self, result, module_result, view, task_vars):
+        """Removes the tokens of this host's finished orders that this host served itself, inside
+        the finalize step: a host play 3 fails (a CA refusal) joins no later play, yet keeps no
+        token. Tokens served by other hosts (webroot_hosts) go in the pulse's cleanup play."""
+        me = task_vars.get("inventory_hostname")
+        retired = pulse.http_retired(view["round"], me, {me: module_result.get("acme_http_done")})
+        if not retired or self._task.check_mode:
+            return
+        var = self._role_var
+        args = {"tokens": [], "retired": retired, "keep_seconds": var("letsencrypt_http_keep_seconds", 3600)}
+        if var("letsencrypt_http_state_dir"):
+            args["state_dir"] = var("letsencrypt_http_state_dir")
+        removed = self._run_module("acme_http_publish", args, task_vars)
+        if removed.get("failed"):
+            result["http_cleanup_failure"] = str(removed.get("msg") or "acme_http_publish failed")
+        else:
+            result["http_removed"] = removed.get("removed") or []
 
     def _acknowledge(self, result, module_args, task_vars):
         """Acknowledge the updates whose handlers ran, prune, then fail for what is unfinished."""
@@ -515,9 +577,16 @@ class ActionModule(ActionBase):
                 publish = pulse.plain(hostvars[dns_hosts[0]]["letsencrypt_publish"]) or {}
             except Exception:  # not set: play 2 did not run on it (--limit)
                 publish = {}
+        http_publish = {}
+        for target in round_.get("http_tokens") or {}:
+            try:
+                http_publish[target] = pulse.plain(hostvars[target]["letsencrypt_http_publish"])
+            except Exception:  # not set: the publish play did not run there
+                http_publish[target] = None
         request = pulse.plain(task_vars.get("letsencrypt_request")) or {}
-        view = pulse.host_view(task_vars.get("inventory_hostname"), round_, request, publish)
+        view = pulse.host_view(task_vars.get("inventory_hostname"), round_, request, publish, http_publish)
         view["round_id"] = round_.get("id")
+        view["round"] = round_
         return view
 
     def _handlers_file(self, task_vars):

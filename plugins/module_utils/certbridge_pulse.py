@@ -6,7 +6,9 @@ and module results; everything here is testable without a play (tests/python/).
 
 The round is built once per pulse, on the controller, from what play 1 produced; it is stored on
 ``localhost`` and drives the later plays: play 2 publishes ``records`` on ``dns_hosts``, play 3
-runs on ``finalize``. Only hosts that completed play 1 in this run count, and each round has a
+runs on ``finalize``; http-01 tokens go to ``http_hosts`` (each requesting host itself, or the
+hosts its cert's ``webroot_hosts`` names) before play 3 and leave them once their orders
+finished. Only hosts that completed play 1 in this run count, and each round has a
 fresh id, so values of an earlier run or of an unreachable host can never be published.
 """
 
@@ -38,6 +40,15 @@ OPTIONAL_ARGS = {
     "profile": "letsencrypt_profile",
     "group": "letsencrypt_key_group",
 }
+
+# acme_finalize's http-01 pre-check <- role variable, sent only when it differs from the module's
+# default: a dns-01 fleet's finalize gets exactly the options it got before http-01 existed.
+HTTP_CHECK_ARGS = (
+    ("http_check", "letsencrypt_http_check", True),
+    ("http_check_port", "letsencrypt_http_check_port", 80),
+    ("http_check_resolver", "letsencrypt_http_check_resolver", ""),
+)
+DNS_01, HTTP_01 = "dns-01", "http-01"
 
 # OpenDev variables certbridge does not take as they are, with what replaces them. A host that
 # sets one fails in play 1 with this text, before any order (never a silent production cert).
@@ -100,6 +111,35 @@ def cert_dir(spec):
     return names[0][2:] if names[0].startswith("*.") else names[0]
 
 
+def cert_challenge(spec, default=None):
+    """The challenge of one letsencrypt_certs entry: its own, else the host's default, else dns-01
+    (OpenDev's list form is always the host default)."""
+    own = spec.get("challenge") if isinstance(spec, dict) else None
+    return str(own or default or DNS_01)
+
+
+def webroot_patterns(certs):
+    """cert -> its ``webroot_hosts`` host pattern, for the certs that name one."""
+    return {str(cert): str(spec["webroot_hosts"]) for cert, spec in (certs or {}).items()
+            if isinstance(spec, dict) and spec.get("webroot_hosts") not in (None, "")}
+
+
+def webroot_hosts_problems(certs, default_challenge, resolve):
+    """Refusals of ``webroot_hosts`` before any order: only http-01 certs place tokens on other
+    hosts, and the pattern must match at least one inventory host (``resolve(pattern)``)."""
+    problems = []
+    for cert, pattern in sorted(webroot_patterns(certs).items()):
+        challenge = cert_challenge(certs[cert], default_challenge)
+        if challenge != HTTP_01:
+            problems.append("cert %s: webroot_hosts %r places http-01 tokens, but the cert's challenge is %s "
+                            "(set challenge: http-01 or remove webroot_hosts)" % (cert, pattern, challenge))
+        elif not resolve(pattern):
+            problems.append("cert %s: webroot_hosts %r matches no inventory host: name the group (or host "
+                            "pattern) of the web servers that serve its names' /.well-known/acme-challenge/"
+                            % (cert, pattern))
+    return problems
+
+
 def cert_dirs(certs):
     """Directory names of the declared certs."""
     return [d for d in (cert_dir(spec) for spec in (certs or {}).values()) if d]
@@ -150,6 +190,11 @@ def module_args(step, var):
         if var(name) not in (None, ""):
             args[option] = var(name)
     if step == "request":
+        # The host's default challenge (a cert's own `challenge`/`webroot` in certs wins).
+        if var("letsencrypt_challenge") not in (None, "", DNS_01):
+            args["challenge"] = var("letsencrypt_challenge")
+        if var("letsencrypt_webroot") not in (None, ""):
+            args["webroot"] = var("letsencrypt_webroot")
         args["timeout"] = var("letsencrypt_request_timeout")
         args["ari_interval"] = var("letsencrypt_ari_interval")
         args["force"] = force(var("letsencrypt_force", False))
@@ -161,6 +206,15 @@ def module_args(step, var):
         args["timeout"] = var("letsencrypt_finalize_timeout")
         if step == "finalize" and var("letsencrypt_dns_check"):
             args["dns_check"] = var("letsencrypt_dns_check")
+        if step == "finalize":
+            for option, name, default in HTTP_CHECK_ARGS:
+                value = var(name, default)
+                if option == "http_check":
+                    value = truthy(value)
+                elif option == "http_check_port" and str(value).isdigit():
+                    value = int(value)
+                if value is not None and value != default:
+                    args[option] = value
     return {k: v for k, v in args.items() if v is not None}
 
 
@@ -361,17 +415,56 @@ def unpublished_orders(result):
                   if isinstance(d, dict) and d.get("action") == "issue" and not d.get("held"))
 
 
+def http_tokens_of(host, result, targets, served_webroots=None):
+    """`host`'s http-01 tokens (acme_request's acme_http_required) by the host that serves them:
+    ``targets`` maps a cert to the hosts its webroot_hosts matches; other certs' tokens go to
+    `host` itself. Another host writes under its own webroot when ``served_webroots`` names
+    one (its letsencrypt_webroot), else under the cert's. Returns [(target, token)], each
+    token naming its requesting host."""
+    out = []
+    for item in result.get("acme_http_required") or []:
+        if not hasattr(item, "get") or not item.get("token"):
+            continue
+        token = dict(item)
+        token["host"] = host
+        for target in (targets or {}).get(str(token.get("cert"))) or [host]:
+            target = str(target)
+            own = (served_webroots or {}).get(target) if target != host else None
+            out.append((target, dict(token, webroot=own) if own else token))
+    return out
+
+
+def http_retired(round_, target, done):
+    """The tokens this pulse placed on `target` whose orders finished: ``done`` maps a requesting
+    host to its acme_finalize acme_http_done ([{token, webroot}]). acme_http_publish's
+    `retired` for `target` (removed whatever their age), under the webroot `target` wrote them
+    to (its own, with webroot_hosts)."""
+    finished = {(str(host), str(d.get("token")))
+                for host, items in (done or {}).items() for d in items or [] if hasattr(d, "get")}
+    out = []
+    for token in ((round_ or {}).get("http_tokens") or {}).get(target) or []:
+        key = (str(token.get("host")), str(token.get("token")))
+        entry = {"token": key[1], "webroot": str(token.get("webroot"))}
+        if key in finished and entry not in out:
+            out.append(entry)
+    return out
+
+
 def build_round(hostvars, play_hosts, dns_group, dns_hosts, extra_vars=(), now=None,
-                max_values_per_name=7):
+                max_values_per_name=7, webroot_targets=None, served_webroots=None):
     """Summarise play 1: records to publish, hosts to finalize, the DNS host, warnings.
 
     ``hostvars`` maps host -> its variables (letsencrypt_request is play 1's result);
-    ``dns_hosts`` is what ``letsencrypt_dns_group`` (a group or a host pattern) matches."""
+    ``dns_hosts`` is what ``letsencrypt_dns_group`` (a group or a host pattern) matches;
+    ``webroot_targets`` maps host -> cert -> the hosts its ``webroot_hosts`` pattern matches
+    (resolved by the caller: this stays a function of its arguments); ``served_webroots`` maps
+    such a host to the letsencrypt_webroot its inventory sets (it writes there)."""
     if not isinstance(play_hosts, (list, tuple)):
         raise ValueError("play_hosts must be a list of host names")
     cap = values_cap(max_values_per_name)
     now = int(time.time()) if now is None else now
     records, retired, finalize, warnings = [], [], [], []
+    http_tokens, http_planned = {}, {}
     failed, decisions = {}, {}
     forced_in_inventory = []
     for host in play_hosts:
@@ -382,9 +475,14 @@ def build_round(hostvars, play_hosts, dns_group, dns_hosts, extra_vars=(), now=N
         if request_failed(result):
             failed[host] = str(result.get("msg", "acme_request failed"))
         warnings.extend(backoff_without_certificate(host, result, now))
+        declared = _get(hv, "letsencrypt_certs", {}) or {}
         for cert, decision in (result.get("certs") or {}).items():
             if isinstance(decision, dict) and decision.get("action", "ok") != "ok":
                 decisions.setdefault(host, {})[cert] = "%s (%s)" % (decision.get("action"), decision.get("reason"))
+                if cert_challenge(declared.get(cert) if hasattr(declared, "get") else None,
+                                  _get(hv, "letsencrypt_challenge")) == HTTP_01:
+                    http_planned.setdefault(host, {})[cert] = list(
+                        ((webroot_targets or {}).get(host) or {}).get(cert) or [host])
         pending = list(result.get("pending") or [])
         unacked = list(result.get("unacked") or [])
         if truthy(_get(hv, "letsencrypt_force", False)) and "letsencrypt_force" not in extra_vars:
@@ -392,6 +490,10 @@ def build_round(hostvars, play_hosts, dns_group, dns_hosts, extra_vars=(), now=N
         if truthy(_get(hv, "letsencrypt_self_generate_tokens", False)):
             certs = _get(hv, "letsencrypt_certs", {}) or {}
             for cert in pending:
+                # Self-generated values are dns-01 only: an http-01 cert is signed by the test CA
+                # with nothing to publish.
+                if cert_challenge(certs.get(cert, []), _get(hv, "letsencrypt_challenge")) == HTTP_01:
+                    continue
                 for name in cert_names(certs.get(cert, [])):
                     records.append({
                         "host": host,
@@ -405,6 +507,8 @@ def build_round(hostvars, play_hosts, dns_group, dns_hosts, extra_vars=(), now=N
                 record = dict(value)
                 record["host"] = host
                 records.append(record)
+        for target, token in http_tokens_of(host, result, (webroot_targets or {}).get(host), served_webroots):
+            http_tokens.setdefault(target, []).append(token)
         retired.extend(retired_of(host, result))
         if pending or unacked or host in failed or truthy(_get(hv, "letsencrypt_prune", False)):
             finalize.append(host)
@@ -438,20 +542,57 @@ def build_round(hostvars, play_hosts, dns_group, dns_hosts, extra_vars=(), now=N
         "dns_hosts": dns_hosts if records and len(dns_hosts) == 1 else [],
         "problem": problem,
         "warnings": warnings,
+        # http-01: target host -> the tokens it serves (each names its requesting host). The
+        # publish play runs on http_hosts only, so a pulse without http-01 work has no such play.
+        "http_tokens": http_tokens,
+        "http_hosts": list(http_tokens),
+        # Targets serving another host's tokens: after play 3 they remove the finished ones
+        # (a host serving only its own tokens removes them in play 3's finalize step).
+        # Per host, its http-01 certs acme_request decided to (re)issue -> the hosts that would
+        # serve their tokens (check mode orders nothing, so this is what it can say).
+        "http_planned": http_planned,
+        "http_cleanup_hosts": [t for t, tokens in http_tokens.items() if any(x["host"] != t for x in tokens)],
     }
 
 
-def host_view(me, round_, request, publish):
+def http_unwritten(me, round_, http_publish):
+    """`me`'s http-01 tokens that no publish wrote, and those a publish rejected.
+
+    ``http_publish`` maps each target of the round to its letsencrypt_http_publish (None: the
+    publish play did not run there - --limit, unreachable, failed). A cert missing a token on
+    any of its targets is not finalized: the CA may ask exactly that host."""
+    unwritten, rejected = [], []
+    for target, tokens in ((round_ or {}).get("http_tokens") or {}).items():
+        mine = [t for t in tokens if t.get("host") == me]
+        if not mine:
+            continue
+        result = plain((http_publish or {}).get(target))
+        if not isinstance(result, dict) or "written" not in result:
+            for token in mine:
+                entry = {"cert": str(token.get("cert")), "name": str(token.get("name")), "target": target}
+                if entry not in unwritten:
+                    unwritten.append(entry)
+            continue
+        for r in result.get("rejected") or []:
+            if r.get("host") == me:
+                rejected.append(dict(r, target=target))
+    return unwritten, rejected
+
+
+def host_view(me, round_, request, publish, http_publish=None):
     """One host's part of the round for play 3: what to finalize, what was rejected, and why
     the round cannot go on here (``stop``)."""
     round_ = round_ or {}
     request = request or {}
     publish = publish or {}
+    unwritten, http_rejected = http_unwritten(me, round_, http_publish)
     dns_hosts = list(round_.get("dns_hosts") or [])
     rejected = [dict(r) for r in publish.get("rejected") or [] if r.get("host") == me]
     rejected_certs = {str(r.get("cert")) for r in rejected}
     crowded = [dict(d) for d in (round_.get("crowded") or []) if d.get("host") == me]
     rejected_certs.update(str(d.get("cert")) for d in crowded)
+    rejected.extend(http_rejected)
+    rejected_certs.update(str(r.get("cert")) for r in http_rejected + unwritten)
     pending = [str(c) for c in request.get("pending") or []]
     stop = str(round_.get("problem") or "") if round_ else (
         "the pulse round of play 1 is missing: run the pulse playbook as a whole")
@@ -465,19 +606,26 @@ def host_view(me, round_, request, publish):
         "unacked": [str(c) for c in request.get("unacked") or []],
         "rejected": rejected,
         "refused": [d for d in crowded if d.get("refused")],
+        "unwritten": unwritten,
         "request_failure": str(request.get("msg") or "acme_request failed") if request_failed(request) else "",
     }
 
 
 def unfinished(view, finalized):
     """What play 3 must fail a host for: rejected values, play 1's and play 3's CA errors."""
-    problems = ["%s (%s) not published: %s; fix: %s" % (r.get("cert"), r.get("name"), r.get("reason"), r.get("fix"))
-                for r in view["rejected"]]
+    problems = ["%s (%s) not published%s: %s%s" % (
+        r.get("cert"), r.get("name"), " on " + str(r["target"]) if r.get("target") else "", r.get("reason"),
+        "; fix: %s" % r["fix"] if r.get("fix") else "") for r in view["rejected"]]
+    problems.extend("%s (%s): its http-01 token was not written on %s (the publish play did not run there: "
+                    "left out by --limit, unreachable or failed), so the CA was not asked"
+                    % (u["cert"], u["name"], u["target"]) for u in view.get("unwritten") or [])
     problems.extend("%s: %s" % (d.get("cert"), d.get("reason")) for d in view.get("refused") or [])
     if view["request_failure"]:
         problems.append("acme_request: " + view["request_failure"])
     if finalized.get("finalize_failure"):
         problems.append("acme_finalize: " + str(finalized["finalize_failure"]))
+    if finalized.get("http_cleanup_failure"):
+        problems.append("acme_http_publish (removing finished tokens): " + str(finalized["http_cleanup_failure"]))
     return problems
 
 

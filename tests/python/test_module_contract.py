@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-MODULES = ["acme_request", "acme_txt_publish", "acme_finalize", "acme_group", "zone_render"]
+MODULES = ["acme_request", "acme_txt_publish", "acme_http_publish", "acme_finalize", "acme_group", "zone_render"]
 PROBE = "certbridge_contract_probe"
 
 

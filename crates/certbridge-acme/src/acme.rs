@@ -1,6 +1,9 @@
 //! The host modules' CA trait ([`crate::ca`]) over the ACME client ([`crate::client`]).
 
-use crate::ca::{CaAccount, CaConnector, CaFailure, CreatedOrder, OrderView, RenewalWindow};
+use crate::ca::{
+    CaAccount, CaConnector, CaFailure, ChallengeKind, CreatedOrder, HttpToken, OrderView,
+    RenewalWindow,
+};
 use crate::client::{
     from_http_failure, map_error, problem_error, AccountStore, AcmeAccount, AcmeError,
     ClientConfig, OrderInfo, ProblemDoc,
@@ -62,6 +65,10 @@ fn challenges(info: &OrderInfo) -> Vec<ChallengeRecord> {
             value: c.value.as_str().to_owned(),
         })
         .collect()
+}
+
+fn http_tokens(info: &OrderInfo) -> Vec<HttpToken> {
+    info.http.clone()
 }
 
 fn left(deadline: Instant) -> Duration {
@@ -229,6 +236,7 @@ impl CaAccount for AcmeAccount {
         let info = AcmeAccount::new_order(self, names, replaces, profile).await?;
         Ok(CreatedOrder {
             challenges: challenges(&info),
+            http: http_tokens(&info),
             url: info.url,
         })
     }
@@ -242,6 +250,7 @@ impl CaAccount for AcmeAccount {
                 .map(|n| n.as_str().to_owned())
                 .collect(),
             challenges: challenges(&i),
+            http: http_tokens(&i),
         }))
     }
     async fn deactivate_pending(&self, url: &str) -> Result<(), CaFailure> {
@@ -253,8 +262,9 @@ impl CaAccount for AcmeAccount {
         url: &str,
         csr_der: &[u8],
         deadline: Instant,
+        kind: ChallengeKind,
     ) -> Result<String, CaFailure> {
-        Ok(AcmeAccount::finalize(self, url, csr_der, deadline).await?)
+        Ok(AcmeAccount::finalize(self, url, csr_der, deadline, kind).await?)
     }
 }
 

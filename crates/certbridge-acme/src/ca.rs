@@ -12,11 +12,43 @@ use std::time::Instant;
 /// An order's status as the CA reports it (instant-acme's, the one vocabulary of the crate).
 pub use instant_acme::OrderStatus;
 
-/// A freshly created order: its URL and the dns-01 values still needed.
+/// Which challenge a cert's authorizations are validated by.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ChallengeKind {
+    #[default]
+    #[serde(rename = "dns-01")]
+    Dns01,
+    #[serde(rename = "http-01")]
+    Http01,
+}
+
+impl ChallengeKind {
+    pub fn is_dns(&self) -> bool {
+        *self == ChallengeKind::Dns01
+    }
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ChallengeKind::Dns01 => "dns-01",
+            ChallengeKind::Http01 => "http-01",
+        }
+    }
+}
+
+/// One pending http-01 challenge: the CA will GET `/.well-known/acme-challenge/<token>` on
+/// `name` and expect `key_authorization`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HttpToken {
+    pub name: String,
+    pub token: String,
+    pub key_authorization: String,
+}
+
+/// A freshly created order: its URL and the dns-01 values and http-01 tokens still needed.
 #[derive(Debug, Clone)]
 pub struct CreatedOrder {
     pub url: String,
     pub challenges: Vec<ChallengeRecord>,
+    pub http: Vec<HttpToken>,
 }
 
 /// What a CA's renewal information says about one certificate (the policy's type).
@@ -30,6 +62,8 @@ pub struct OrderView {
     pub identifiers: Vec<String>,
     /// The dns-01 values still pending.
     pub challenges: Vec<ChallengeRecord>,
+    /// The http-01 tokens still pending.
+    pub http: Vec<HttpToken>,
 }
 
 /// Why the CA layer failed for one cert: the ACME client's error, kept whole (the CA's
@@ -69,6 +103,12 @@ impl CaFailure {
     /// may work.
     pub fn refuses_replaces(&self) -> bool {
         matches!(self, CaFailure::Acme(e) if replaces_refused(e))
+    }
+
+    /// Whether the CA is done with the order: it turned invalid or is gone (its challenges
+    /// will never be validated again).
+    pub fn order_finished(&self) -> bool {
+        matches!(self, CaFailure::Acme(e) if matches!(**e, AcmeError::OrderInvalid { .. } | AcmeError::OrderGone { .. }))
     }
 
     /// The message users read (the CA's problem rendered in full).
@@ -131,12 +171,14 @@ pub trait CaAccount {
     /// None: the CA no longer knows the order (restarted, expired, another account).
     async fn order_state(&self, url: &str) -> Result<Option<OrderView>, CaFailure>;
     async fn deactivate_pending(&self, url: &str) -> Result<(), CaFailure>;
-    /// Resumes the order, lets the CA validate, finalizes with `csr_der`, returns the PEM chain.
+    /// Resumes the order, marks its pending `kind` challenges ready, lets the CA validate,
+    /// finalizes with `csr_der`, returns the PEM chain.
     async fn finalize(
         &self,
         url: &str,
         csr_der: &[u8],
         deadline: Instant,
+        kind: ChallengeKind,
     ) -> Result<String, CaFailure>;
 }
 

@@ -182,8 +182,20 @@ pub fn leaf_info(der: &[u8], what: &str) -> Result<LeafInfo, CertError> {
     let mut names = BTreeSet::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for n in &san.value.general_names {
-            if let GeneralName::DNSName(s) = n {
-                names.insert(s.to_ascii_lowercase());
+            match n {
+                GeneralName::DNSName(s) => {
+                    names.insert(s.to_ascii_lowercase());
+                }
+                // RFC 8738 identifiers, in the canonical text form the config uses.
+                GeneralName::IPAddress(b) => {
+                    let ip = match b.len() {
+                        4 => <[u8; 4]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                        _ => None,
+                    };
+                    names.extend(ip.map(|ip| ip.to_string()));
+                }
+                _ => {}
             }
         }
     }

@@ -6,6 +6,7 @@
 mod connect;
 mod proxy;
 
+pub(crate) use connect::build_resolver;
 pub use connect::ConnectFailure;
 pub use proxy::{BadProxy, Proxy, ProxyPolicy};
 

@@ -61,6 +61,8 @@ mod tests {
                 }],
                 profile: None,
                 replaces: None,
+                kind: Default::default(),
+                http: Vec::new(),
             }),
         };
         let mut list = Vec::new();

@@ -235,6 +235,31 @@ impl Dir {
         })
     }
 
+    /// Opens the directory `name` in this one, creating it with `mode` (exactly, whatever the
+    /// umask) when missing; never through a symbolic link.
+    pub fn subdir_or_create(&self, name: &OsStr, mode: u32) -> io::Result<Dir> {
+        match rustix::fs::mkdirat(&self.fd, name, Mode::from_raw_mode(mode)) {
+            Ok(()) => {
+                let dir = self.subdir(name)?;
+                dir.set_mode(mode)?;
+                self.sync()?;
+                Ok(dir)
+            }
+            Err(Errno::EXIST) => self.subdir(name),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes the file (or symbolic link) `name` in this directory, never what a link points
+    /// at; `Ok(false)` when there was none.
+    pub fn remove_file(&self, name: &OsStr) -> io::Result<bool> {
+        match rustix::fs::unlinkat(&self.fd, name, AtFlags::empty()) {
+            Ok(()) => Ok(true),
+            Err(Errno::NOENT) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Sets this directory's mode (through its handle).
     pub fn set_mode(&self, mode: u32) -> io::Result<()> {
         Ok(rustix::fs::fchmod(&self.fd, Mode::from_raw_mode(mode))?)

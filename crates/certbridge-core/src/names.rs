@@ -161,6 +161,12 @@ impl Identifier {
     /// Parses a certificate name; `Ok((id, normalized))` where `normalized` says the input was
     /// changed (case or trailing dot), which callers report.
     pub fn parse(input: &str) -> Result<(Self, bool), NameError> {
+        // An IP address (RFC 8738): kept in its canonical text form (`::1`, not `0:0:...:1`).
+        if let Ok(ip) = input.trim().parse::<IpAddr>() {
+            let text = ip.to_string();
+            let same = text == input;
+            return Ok((Identifier(text), !same));
+        }
         let (name, same) = canonical(input.trim());
         check_labels(input, &name, false)?;
         if !name.contains('.')
@@ -176,6 +182,27 @@ impl Identifier {
     }
     pub fn is_wildcard(&self) -> bool {
         self.0.starts_with("*.")
+    }
+    /// The address, when this is an IP identifier (RFC 8738).
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.0.parse().ok()
+    }
+    /// The cert directory name this identifier gives as a cert's first name: the name without
+    /// `*.`; an IPv6 address with each `:` as `-`, and `0` before a leading `-` (`::1` ->
+    /// `0--1`), so no directory name starts with `-` or holds a `:`. Canonical addresses never
+    /// start with `0:`, so no two addresses share a directory name.
+    pub fn dir_name(&self) -> String {
+        match self.ip() {
+            Some(IpAddr::V6(_)) => {
+                let d = self.0.replace(':', "-");
+                if d.starts_with('-') {
+                    format!("0{d}")
+                } else {
+                    d
+                }
+            }
+            _ => self.base().to_owned(),
+        }
     }
     /// The name without a leading `*.` (where its dns-01 record lives, and its directory).
     pub fn base(&self) -> &str {
@@ -376,6 +403,24 @@ serde_via_str!(Identifier, |s: &str| Identifier::parse(s).map(|(id, _)| id));
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ip_identifiers_are_canonical_and_name_safe_directories() {
+        let (v6, changed) = Identifier::parse("0:0:0:0:0:0:0:1").unwrap();
+        assert_eq!((v6.as_str(), changed), ("::1", true));
+        assert_eq!(v6.dir_name(), "0--1");
+        let (v6, _) = Identifier::parse("2001:DB8::a").unwrap();
+        assert_eq!(
+            (v6.as_str(), v6.dir_name().as_str()),
+            ("2001:db8::a", "2001-db8--a")
+        );
+        let (v4, changed) = Identifier::parse("127.0.0.1").unwrap();
+        assert_eq!((v4.dir_name().as_str(), changed), ("127.0.0.1", false));
+        assert!(v4.ip().is_some() && !v4.is_wildcard());
+        let (dns, _) = Identifier::parse("*.Example.org").unwrap();
+        assert!(dns.ip().is_none());
+        assert_eq!(dns.dir_name(), "example.org");
+    }
 
     #[test]
     fn identifiers_normalize_and_refuse() {

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The module binaries of the `certbridge` package.
-pub const MODULES: [&str; 5] = [
+pub const MODULES: [&str; 6] = [
     "zone_render",
     "acme_txt_publish",
+    "acme_http_publish",
     "acme_request",
     "acme_finalize",
     "acme_group",

@@ -20,6 +20,7 @@ pub(crate) struct FakeOrder {
     /// Sorted, as the modules store them.
     pub identifiers: Vec<String>,
     pub challenges: Vec<ChallengeRecord>,
+    pub http: Vec<crate::ca::HttpToken>,
 }
 
 impl FakeOrder {
@@ -27,7 +28,7 @@ impl FakeOrder {
     pub fn pending(names: &[String]) -> FakeOrder {
         let mut identifiers = names.to_vec();
         identifiers.sort();
-        let challenges = identifiers
+        let challenges: Vec<ChallengeRecord> = identifiers
             .iter()
             .map(|n| ChallengeRecord {
                 name: n.clone(),
@@ -35,10 +36,25 @@ impl FakeOrder {
                 value: format!("value-for-{n}"),
             })
             .collect();
+        // The CA offers both challenges, except http-01 for wildcards and dns-01 for addresses.
+        let http = identifiers
+            .iter()
+            .filter(|n| !n.starts_with("*."))
+            .map(|n| crate::ca::HttpToken {
+                name: n.clone(),
+                token: format!("token-{}", n.replace([':', '.'], "-")),
+                key_authorization: format!("token-{}.thumb", n.replace([':', '.'], "-")),
+            })
+            .collect();
+        let challenges = challenges
+            .into_iter()
+            .filter(|c: &ChallengeRecord| c.name.parse::<std::net::IpAddr>().is_err())
+            .collect();
         FakeOrder {
             status: OrderStatus::Pending,
             identifiers,
             challenges,
+            http,
         }
     }
 }
@@ -326,8 +342,13 @@ impl CaAccount for FakeCa {
         let url = format!("{ORDER_PREFIX}{count}");
         let order = FakeOrder::pending(&names);
         let challenges = order.challenges.clone();
+        let http = order.http.clone();
         script.orders.insert(url.clone(), order);
-        Ok(CreatedOrder { url, challenges })
+        Ok(CreatedOrder {
+            url,
+            challenges,
+            http,
+        })
     }
     async fn order_state(&self, url: &str) -> Result<Option<OrderView>, CaFailure> {
         self.calls().order_states.push(url.to_owned());
@@ -336,6 +357,7 @@ impl CaAccount for FakeCa {
             status: o.status,
             identifiers: o.identifiers.clone(),
             challenges: o.challenges.clone(),
+            http: o.http.clone(),
         }))
     }
     async fn deactivate_pending(&self, url: &str) -> Result<(), CaFailure> {
@@ -351,6 +373,7 @@ impl CaAccount for FakeCa {
         url: &str,
         csr_der: &[u8],
         _deadline: Instant,
+        _kind: crate::ca::ChallengeKind,
     ) -> Result<String, CaFailure> {
         self.calls().finalized.push(url.to_owned());
         self.failing(|s| s.finalize_failure.clone())?;

@@ -141,8 +141,11 @@ pub enum AcmeError {
     OrderGone { url: String },
     /// The order is invalid; `problem` holds the order's and each challenge's errors.
     OrderInvalid { url: String, problem: ProblemDoc },
-    /// A pending authorization offers no dns-01 challenge.
-    NoDns01 { identifier: String },
+    /// A pending authorization offers no challenge of the cert's kind.
+    NoChallenge {
+        identifier: String,
+        kind: &'static str,
+    },
     /// The server lacks a feature (e.g. ARI for `replaces`).
     Unsupported { what: String },
     /// An answer that is not the JSON RFC 8555 describes (e.g. Pebble's order status
@@ -242,9 +245,9 @@ impl fmt::Display for AcmeError {
             AcmeError::OrderInvalid { url, problem } => {
                 write!(f, "order {url} is invalid: {problem}")
             }
-            AcmeError::NoDns01 { identifier } => write!(
+            AcmeError::NoChallenge { identifier, kind } => write!(
                 f,
-                "the CA offers no dns-01 challenge for {identifier} (dns-01 is required)"
+                "the CA offers no {kind} challenge for {identifier} (the cert's `challenge`)"
             ),
             AcmeError::Unsupported { what } => write!(f, "the ACME server does not support {what}"),
             AcmeError::UnexpectedAnswer { what, reason } => {

@@ -20,6 +20,8 @@ pub struct OrderInfo {
     pub identifiers: Vec<Identifier>,
     /// The dns-01 values of the pending authorizations, sorted by record, then identifier.
     pub challenges: Vec<PendingChallenge>,
+    /// The http-01 tokens of the pending authorizations, sorted by name.
+    pub http: Vec<crate::ca::HttpToken>,
     pub profile: Option<String>,
     /// The order's error, if the CA recorded one.
     pub error: Option<ProblemDoc>,
@@ -70,12 +72,19 @@ pub fn ari_cert_id(cert_der: &[u8]) -> Result<String, AcmeError> {
         .map_err(|reason| AcmeError::BadCertificateId { reason })
 }
 
-/// Reads the order's authorizations: every identifier, and the dns-01 value of each pending one.
-pub(super) async fn read_authorizations(
-    order: &mut Order,
-) -> Result<(Vec<Identifier>, Vec<PendingChallenge>), OpError> {
+/// What [`read_authorizations`] found.
+type Authorizations = (
+    Vec<Identifier>,
+    Vec<PendingChallenge>,
+    Vec<crate::ca::HttpToken>,
+);
+
+/// Reads the order's authorizations: every identifier, and the dns-01 value and http-01 token
+/// each pending one offers (a challenge missing for the cert's kind fails at finalize).
+pub(super) async fn read_authorizations(order: &mut Order) -> Result<Authorizations, OpError> {
     let mut identifiers = Vec::new();
     let mut challenges = Vec::new();
+    let mut http = Vec::new();
     let mut authzs = order.authorizations();
     while let Some(authz) = authzs.next().await {
         let mut authz = authz?;
@@ -86,23 +95,41 @@ pub(super) async fn read_authorizations(
                 reason: format!("the CA returned identifier {shown:?}: {e}"),
             })?
             .0;
-        if authz.status == AuthorizationStatus::Pending {
-            let challenge =
-                authz
-                    .challenge(ChallengeType::Dns01)
-                    .ok_or_else(|| AcmeError::NoDns01 {
-                        identifier: shown.clone(),
-                    })?;
-            let value = challenge.key_authorization().dns_value();
-            let value = TxtDigest::parse(&value).map_err(|e| AcmeError::Protocol {
-                what: "compute the dns-01 value".into(),
-                reason: e.to_string(),
-            })?;
-            challenges.push(PendingChallenge {
-                record: identifier.challenge_record(),
-                identifier: identifier.clone(),
-                value,
-            });
+        let pending = authz.status == AuthorizationStatus::Pending;
+        let offered = |t: ChallengeType| authz.challenges.iter().find(|c| c.r#type == t);
+        let http_token = offered(ChallengeType::Http01).map(|c| c.token.clone());
+        let has_dns = offered(ChallengeType::Dns01).is_some();
+        // One handle per authorization (instant-acme's borrow): both key authorizations share
+        // the account thumbprint after the token.
+        let first = if has_dns {
+            ChallengeType::Dns01
+        } else {
+            ChallengeType::Http01
+        };
+        let key_authorization = match authz.challenge(first) {
+            Some(c) if pending => Some(c.key_authorization()),
+            _ => None,
+        };
+        if let Some(ka) = key_authorization {
+            if let (Some(token), Some((_, thumbprint))) = (http_token, ka.as_str().split_once('.'))
+            {
+                http.push(crate::ca::HttpToken {
+                    name: identifier.as_str().to_owned(),
+                    key_authorization: format!("{token}.{thumbprint}"),
+                    token,
+                });
+            }
+            if has_dns {
+                let value = TxtDigest::parse(&ka.dns_value()).map_err(|e| AcmeError::Protocol {
+                    what: "compute the dns-01 value".into(),
+                    reason: e.to_string(),
+                })?;
+                challenges.push(PendingChallenge {
+                    record: identifier.challenge_record(),
+                    identifier: identifier.clone(),
+                    value,
+                });
+            }
         }
         identifiers.push(identifier);
     }
@@ -110,7 +137,8 @@ pub(super) async fn read_authorizations(
     // same order always reads the same.
     identifiers.sort();
     challenges.sort_by(|a, b| (&a.record, &a.identifier).cmp(&(&b.record, &b.identifier)));
-    Ok((identifiers, challenges))
+    http.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok((identifiers, challenges, http))
 }
 
 impl AcmeAccount {
@@ -157,7 +185,10 @@ impl AcmeAccount {
     ) -> Result<OrderInfo, AcmeError> {
         let ids: Vec<instant_acme::Identifier> = identifiers
             .iter()
-            .map(|i| instant_acme::Identifier::Dns(i.as_str().to_owned()))
+            .map(|i| match i.ip() {
+                Some(ip) => instant_acme::Identifier::Ip(ip),
+                None => instant_acme::Identifier::Dns(i.as_str().to_owned()),
+            })
             .collect();
         let mut request = NewOrder::new(&ids);
         if let Some(r) = replaces {
@@ -171,10 +202,11 @@ impl AcmeAccount {
         })
         .await?;
         let what = format!("read the authorizations of order {}", order.url());
-        let (identifiers, challenges) = attempt(&self.stats, &what, self.deadline, async || {
-            read_authorizations(&mut order).await
-        })
-        .await?;
+        let (identifiers, challenges, http) =
+            attempt(&self.stats, &what, self.deadline, async || {
+                read_authorizations(&mut order).await
+            })
+            .await?;
         let state = order.state();
         Ok(OrderInfo {
             status: state.status,
@@ -183,6 +215,7 @@ impl AcmeAccount {
             url: order.url().to_owned(),
             identifiers,
             challenges,
+            http,
         })
     }
 
@@ -214,7 +247,7 @@ impl AcmeAccount {
             read_authorizations(&mut order).await
         })
         .await;
-        let (identifiers, challenges) = match read {
+        let (identifiers, challenges, http) = match read {
             Ok(r) => r,
             Err(AcmeError::Problem { problem, .. }) if problem.means_unknown() => return Ok(None),
             Err(e) => return Err(e),
@@ -227,6 +260,7 @@ impl AcmeAccount {
             error: state.error.as_ref().map(ProblemDoc::from_acme),
             identifiers,
             challenges,
+            http,
         }))
     }
 
@@ -264,6 +298,7 @@ impl AcmeAccount {
         order_url: &str,
         csr_der: &[u8],
         deadline: Instant,
+        kind: crate::ca::ChallengeKind,
     ) -> Result<String, AcmeError> {
         let deadline = deadline.min(self.deadline);
         let Some(mut order) = self.fetch_order(order_url, deadline).await? else {
@@ -278,7 +313,7 @@ impl AcmeAccount {
                 OrderStatus::Pending => {
                     let what = format!("mark the challenges of order {order_url} ready");
                     attempt(&self.stats, &what, deadline, async || {
-                        set_challenges_ready(&mut order, &mut readied).await
+                        set_challenges_ready(&mut order, &mut readied, kind).await
                     })
                     .await?;
                     let what = format!("wait for the CA to validate order {order_url}");
@@ -387,11 +422,17 @@ pub(super) fn poll_policy(deadline: Instant) -> RetryPolicy {
         .timeout(deadline.saturating_duration_since(Instant::now()))
 }
 
-/// POSTs `{}` to each pending authorization's dns-01 challenge once (`readied` survives retries).
+/// POSTs `{}` to each pending authorization's `kind` challenge once (`readied` survives
+/// retries).
 pub(super) async fn set_challenges_ready(
     order: &mut Order,
     readied: &mut HashSet<String>,
+    kind: crate::ca::ChallengeKind,
 ) -> Result<(), OpError> {
+    let wanted = match kind {
+        crate::ca::ChallengeKind::Dns01 => ChallengeType::Dns01,
+        crate::ca::ChallengeKind::Http01 => ChallengeType::Http01,
+    };
     let mut authzs = order.authorizations();
     while let Some(authz) = authzs.next().await {
         let mut authz = authz?;
@@ -400,8 +441,11 @@ pub(super) async fn set_challenges_ready(
         }
         let shown = authz.identifier().to_string();
         let mut challenge = authz
-            .challenge(ChallengeType::Dns01)
-            .ok_or(AcmeError::NoDns01 { identifier: shown })?;
+            .challenge(wanted.clone())
+            .ok_or(AcmeError::NoChallenge {
+                identifier: shown,
+                kind: kind.as_str(),
+            })?;
         if readied.contains(&challenge.url) {
             continue;
         }

@@ -1,6 +1,7 @@
 //! The options `acme_request` and `acme_finalize` share, parsed strictly and validated in full
 //! before any disk or network access: names, cert names, directories, key types, limits.
 
+use crate::ca::ChallengeKind;
 use crate::certinfo::KeyType;
 use crate::policy::{self, LE_PRODUCTION, SELF_SIGN_DIRECTORY};
 use crate::store::{Store, RESERVED};
@@ -85,8 +86,34 @@ pub struct CertSpec {
     pub key_type: KeyChoice,
     /// The ACME profile to ask for (None: the CA's default).
     pub profile: Option<String>,
-    /// `<cert_root>/<dir>`: the first name without `*.`.
+    /// `<cert_root>/<dir>`: the first name without `*.` (see `Identifier::dir_name`).
     pub dir: String,
+    pub challenge: Challenge,
+}
+
+/// How a cert's names are validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Challenge {
+    Dns01,
+    /// http-01: tokens go to `<webroot>/.well-known/acme-challenge/` (an absolute path).
+    Http01 {
+        webroot: String,
+    },
+}
+
+impl Challenge {
+    pub fn kind(&self) -> ChallengeKind {
+        match self {
+            Challenge::Dns01 => ChallengeKind::Dns01,
+            Challenge::Http01 { .. } => ChallengeKind::Http01,
+        }
+    }
+    pub fn webroot(&self) -> Option<&str> {
+        match self {
+            Challenge::Dns01 => None,
+            Challenge::Http01 { webroot } => Some(webroot),
+        }
+    }
 }
 
 impl CertSpec {

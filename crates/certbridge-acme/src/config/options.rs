@@ -16,14 +16,21 @@ pub enum CertEntry {
 }
 
 /// The keys of a cert's map form.
-pub const CERT_KEYS: &[&str] = &["names", "key_type", "profile"];
+pub const CERT_KEYS: &[&str] = &[
+    "names",
+    "key_type",
+    "profile",
+    "challenge",
+    "webroot",
+    "webroot_hosts",
+];
 
 /// By hand rather than `untagged`, whose only error is "did not match any variant of untagged
 /// enum CertEntry": this one names the key at fault (serde's path names the cert).
 impl<'de> Deserialize<'de> for CertEntry {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error;
-        let shape = "expected a list of names, or a map with `names` (and optionally `key_type`, `profile`)";
+        let shape = "expected a list of names, or a map with `names` (and optionally `key_type`, `profile`, `challenge`, `webroot`, `webroot_hosts`)";
         match Value::deserialize(d)? {
             Value::Array(items) => items
                 .into_iter()
@@ -54,6 +61,8 @@ impl<'de> Deserialize<'de> for CertEntry {
                     names: Vec::new(),
                     key_type: None,
                     profile: None,
+                    challenge: None,
+                    webroot: None,
                 };
                 for (key, v) in map {
                     let text = |v: Value| match v {
@@ -75,6 +84,10 @@ impl<'de> Deserialize<'de> for CertEntry {
                             }
                         },
                         "key_type" => detailed.key_type = text(v)?,
+                        "challenge" => detailed.challenge = text(v)?,
+                        "webroot" => detailed.webroot = text(v)?,
+                        // Where the controller writes the tokens: not this module's business.
+                        "webroot_hosts" => {}
                         _ => detailed.profile = text(v)?,
                     }
                 }
@@ -93,6 +106,8 @@ pub struct DetailedCert {
     pub names: Vec<String>,
     pub key_type: Option<String>,
     pub profile: Option<String>,
+    pub challenge: Option<String>,
+    pub webroot: Option<String>,
 }
 
 /// `force`: true/false, or a list of cert names.
@@ -178,6 +193,12 @@ pub struct CommonOptions {
     pub proxy: Option<String>,
     #[serde(default)]
     pub profile: Option<String>,
+    /// `dns-01` (default) or `http-01`, for certs that do not set their own.
+    #[serde(default)]
+    pub challenge: Option<String>,
+    /// The http-01 webroot of certs that do not set their own.
+    #[serde(default)]
+    pub webroot: Option<String>,
 }
 
 /// The option names of [`CommonOptions`].
@@ -202,6 +223,8 @@ pub const COMMON_KEYS: &[&str] = &[
     "eab_hmac_key",
     "proxy",
     "profile",
+    "challenge",
+    "webroot",
 ];
 
 /// Option names that hold secrets (never echoed): the EAB key, and the proxy URL, which may

@@ -4,6 +4,10 @@ use super::*;
 
 /// Strips an OpenDev-style `:port` suffix (used by their cert checks, not for issuance).
 pub(super) fn strip_port(name: &str) -> &str {
+    // An IPv6 address ends in `:<hex>` too: it has no port to strip.
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return name;
+    }
     match name.rsplit_once(':') {
         Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
         _ => name,
@@ -48,6 +52,13 @@ pub fn validate(o: CommonOptions, default_timeout: u64) -> Result<Config, Config
         if cert.eq_ignore_ascii_case(RESERVED) {
             return Err(ConfigError::Reserved { cert: cert.clone() });
         }
+        let (challenge, webroot) = match entry {
+            CertEntry::Detailed(d) => (
+                d.challenge.as_ref().or(o.challenge.as_ref()),
+                d.webroot.as_ref().or(o.webroot.as_ref()),
+            ),
+            CertEntry::Names(_) => (o.challenge.as_ref(), o.webroot.as_ref()),
+        };
         let (raw_names, key_type, profile) = match entry {
             CertEntry::Names(n) => (n.clone(), default_key_type, default_profile.clone()),
             CertEntry::Detailed(d) => (
@@ -100,7 +111,8 @@ pub fn validate(o: CommonOptions, default_timeout: u64) -> Result<Config, Config
                 count: names.len(),
             });
         }
-        let dir = names[0].base().to_owned();
+        let challenge = check_challenge(cert, &names, challenge, webroot)?;
+        let dir = names[0].dir_name();
         if let Some(other) = dirs.insert(dir.clone(), cert.clone()) {
             return Err(ConfigError::SameDirectory {
                 a: other,
@@ -114,6 +126,7 @@ pub fn validate(o: CommonOptions, default_timeout: u64) -> Result<Config, Config
             key_type,
             profile,
             dir,
+            challenge,
         });
     }
     let self_sign = o.self_sign.unwrap_or(false);
@@ -326,4 +339,54 @@ pub(super) fn check_profile(option: &str, p: &str) -> Result<Option<String>, Con
         ));
     }
     Ok(Some(p.to_owned()))
+}
+
+/// The cert's challenge, refused when the CA could not validate a name by it (wildcards need
+/// dns-01, IP addresses http-01) or when http-01 has no absolute webroot.
+pub(super) fn check_challenge(
+    cert: &str,
+    names: &[Identifier],
+    challenge: Option<&String>,
+    webroot: Option<&String>,
+) -> Result<Challenge, ConfigError> {
+    let option = format!("certs.{cert}");
+    let first = names.first().map(|n| n.as_str()).unwrap_or_default();
+    let challenge = match challenge.map(|c| c.trim()) {
+        None | Some("") | Some("dns-01") => Challenge::Dns01,
+        Some("http-01") => {
+            let webroot = webroot.map(|w| w.trim()).filter(|w| !w.is_empty());
+            let Some(webroot) = webroot else {
+                return Err(invalid(
+                    &option,
+                    format!("`{first}`: challenge http-01 needs `webroot` (the directory under which .well-known/acme-challenge/ is served)"),
+                ));
+            };
+            certbridge_core::webroot::check_webroot_path(webroot)
+                .map_err(|e| invalid(&option, format!("`{first}`: {e}")))?;
+            Challenge::Http01 {
+                webroot: webroot.to_owned(),
+            }
+        }
+        Some(other) => {
+            return Err(invalid(
+                &format!("{option}.challenge"),
+                format!("`{other}` is not a challenge: dns-01 or http-01"),
+            ))
+        }
+    };
+    for n in names {
+        if n.is_wildcard() && challenge != Challenge::Dns01 {
+            return Err(invalid(
+                &option,
+                format!("`{n}` is a wildcard, which the CA validates by dns-01 only: put it in a dns-01 cert"),
+            ));
+        }
+        if n.ip().is_some() && challenge == Challenge::Dns01 {
+            return Err(invalid(
+                &option,
+                format!("`{n}` is an IP address, which the CA validates by http-01 only (RFC 8738): set `challenge: http-01` and a `webroot`"),
+            ));
+        }
+    }
+    Ok(challenge)
 }

@@ -308,3 +308,56 @@ fn force_accepts_bool_string_and_list() {
             .unwrap();
     assert!(!c.forced("a") && c.forced("b"));
 }
+
+#[test]
+fn http01_options_per_cert_and_as_defaults() {
+    let c = check(json!({"certs": {
+        "web": {"names": ["web.example.test", "www.example.test"], "challenge": "http-01",
+                "webroot": "/var/www/acme", "webroot_hosts": "backends"},
+        "ip": {"names": ["0:0:0:0:0:0:0:1", "127.0.0.1"]},
+        "dns": {"names": ["*.example.test"], "challenge": "dns-01"}},
+        "challenge": "http-01", "webroot": "/srv/acme", "jitter_seed": "h"}))
+    .unwrap();
+    let web = c.cert("web").unwrap();
+    assert_eq!(
+        web.challenge,
+        Challenge::Http01 {
+            webroot: "/var/www/acme".into()
+        }
+    );
+    let ip = c.cert("ip").unwrap();
+    assert_eq!(ip.challenge.webroot(), Some("/srv/acme"));
+    assert_eq!(ip.name_strings(), vec!["::1", "127.0.0.1"]);
+    assert_eq!(ip.dir, "0--1");
+    assert_eq!(c.cert("dns").unwrap().challenge, Challenge::Dns01);
+}
+
+#[test]
+fn http01_refusals_name_cert_and_name() {
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            json!({"certs": {"w": {"names": ["*.example.test"], "challenge": "http-01", "webroot": "/w"}}}),
+            "certs.w: `*.example.test` is a wildcard",
+        ),
+        (
+            json!({"certs": {"ip": ["192.0.2.7"]}}),
+            "certs.ip: `192.0.2.7` is an IP address",
+        ),
+        (
+            json!({"certs": {"r": {"names": ["r.example.test"], "challenge": "http-01", "webroot": "www"}}}),
+            "certs.r: `r.example.test`: webroot `www` is not an absolute path",
+        ),
+        (
+            json!({"certs": {"n": {"names": ["n.example.test"], "challenge": "http-01"}}}),
+            "certs.n: `n.example.test`: challenge http-01 needs `webroot`",
+        ),
+        (
+            json!({"certs": {"t": {"names": ["t.example.test"], "challenge": "tls-alpn-01"}}}),
+            "certs.t.challenge: `tls-alpn-01` is not a challenge",
+        ),
+    ];
+    for (v, want) in cases {
+        let e = check(v.clone()).expect_err(&v.to_string());
+        assert!(e.contains(want), "{v}: {e}");
+    }
+}

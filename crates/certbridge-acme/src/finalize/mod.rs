@@ -45,9 +45,53 @@ pub struct FinalizeOptions {
         deserialize_with = "certbridge_core::protocol::coerce::opt_seconds::<_, 0, { certbridge_core::protocol::limits::DAY }>"
     )]
     pub dns_check_timeout: Option<u64>,
+    /// Fetch each http-01 token as the CA will before asking it to validate (default true).
+    #[serde(
+        default,
+        deserialize_with = "certbridge_core::protocol::coerce::opt_boolean"
+    )]
+    pub http_check: Option<bool>,
+    /// The port the pre-check fetches (default 80, the CA's).
+    #[serde(default)]
+    pub http_check_port: Option<u16>,
+    /// The DNS server (address or address:port) the pre-check resolves names with (default:
+    /// the system resolver).
+    #[serde(default)]
+    pub http_check_resolver: Option<String>,
 }
 
-pub const OWN_KEYS: &[&str] = &["only", "ack", "rollback", "dns_check", "dns_check_timeout"];
+pub const OWN_KEYS: &[&str] = &[
+    "only",
+    "ack",
+    "rollback",
+    "dns_check",
+    "dns_check_timeout",
+    "http_check",
+    "http_check_port",
+    "http_check_resolver",
+];
+
+/// The http-01 pre-check's settings: None when turned off.
+fn http_check_settings(
+    own: &FinalizeOptions,
+) -> Result<Option<(u16, Option<std::net::SocketAddr>)>, String> {
+    if own.http_check == Some(false) {
+        return Ok(None);
+    }
+    let port = own.http_check_port.unwrap_or(80);
+    if port == 0 {
+        return Err("http_check_port: 0 is not a port".into());
+    }
+    let resolver = match own.http_check_resolver.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(s) => Some(
+            certbridge_core::names::ServerAddr::parse(s, 53)
+                .map_err(|e| format!("http_check_resolver: {e}"))?
+                .0,
+        ),
+    };
+    Ok(Some((port, resolver)))
+}
 
 /// The parsed `dns_check` option.
 fn dns_check_server(own: &FinalizeOptions) -> Result<Option<std::net::SocketAddr>, String> {
@@ -76,6 +120,8 @@ pub struct Outcome {
     pub updated: BTreeSet<String>,
     pub changed: bool,
     pub acme_retries: u64,
+    /// http-01 tokens of orders that finished this run (valid, invalid or gone).
+    pub http_done: Vec<certbridge_core::webroot::TokenPlace>,
     pub failures: Vec<(String, CaFailure)>,
     pub warnings: Vec<String>,
 }
@@ -86,6 +132,7 @@ impl Outcome {
         reply.set("updated", &self.updated);
         reply.set("certs", &self.certs);
         reply.set("acme_retries", self.acme_retries);
+        reply.set("acme_http_done", &self.http_done);
         for w in self.warnings {
             reply.warn(w);
         }
@@ -115,6 +162,7 @@ pub fn module<C: CaConnector>(
         }
     }
     dns_check_server(&own).map_err(Failure::new)?;
+    http_check_settings(&own).map_err(Failure::new)?;
     let log = if inv.check_mode {
         EventLog::disabled("acme_finalize")
     } else {
@@ -310,6 +358,31 @@ pub async fn run<C: CaConnector>(
         }
         acme = visible;
     }
+    if let (Some((port, server)), true) = (
+        http_check_settings(own).map_err(Failure::new)?,
+        acme.iter().any(|(_, p)| !p.http().is_empty()),
+    ) {
+        let check = httpcheck::HttpCheck::new(port, server).map_err(Failure::new)?;
+        let jobs = acme
+            .iter()
+            .map(|(cert, p)| check.check(cert, p.http(), deadline));
+        let results = futures_util::future::join_all(jobs).await;
+        let mut passed = Vec::new();
+        for ((cert, pending), result) in acme.into_iter().zip(results) {
+            match result {
+                Ok(()) => passed.push((cert, pending)),
+                Err(message) => {
+                    log.event(
+                        "http_check_failed",
+                        json!({"cert": cert, "message": message}),
+                    );
+                    // Not the CA's failure: no backoff, the order stays pending.
+                    out.failures.push((cert, local_failure(message)));
+                }
+            }
+        }
+        acme = passed;
+    }
     if !acme.is_empty() {
         match connector.open(cfg, deadline).await {
             Ok(account) => {
@@ -320,6 +393,18 @@ pub async fn run<C: CaConnector>(
                 out.acme_retries = account.retries();
                 for ((cert, pending), result) in acme.iter().zip(results) {
                     let result = result.and_then(|set| install(cfg, cert, set));
+                    // The CA is done with the order (issued, invalid, gone): its tokens go.
+                    if result
+                        .as_ref()
+                        .map_or_else(|f| f.order_finished(), |_| true)
+                    {
+                        out.http_done.extend(pending.http().iter().map(|h| {
+                            certbridge_core::webroot::TokenPlace {
+                                token: h.token.clone(),
+                                webroot: h.webroot.clone(),
+                            }
+                        }));
+                    }
                     finish(
                         cfg,
                         cert,
@@ -497,7 +582,7 @@ async fn finalize_one<A: CaAccount>(
     let left = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(1));
-    let chain = tokio::time::timeout(left, account.finalize(url, &csr, deadline))
+    let chain = tokio::time::timeout(left, account.finalize(url, &csr, deadline, pending.kind()))
         .await
         .map_err(|_| {
             local_failure(format!(
@@ -509,5 +594,6 @@ async fn finalize_one<A: CaAccount>(
         .map_err(|e| local_failure(format!("the CA's certificate was not installed: {e}")))
 }
 
+mod httpcheck;
 #[cfg(test)]
 mod tests;

@@ -255,7 +255,7 @@ impl Direct {
 
 /// The system resolver configuration (/etc/resolv.conf), or hosts-file-only resolution when
 /// there is none (names from /etc/hosts and IP literals still work).
-fn build_resolver() -> Result<TokioResolver, String> {
+pub(crate) fn build_resolver() -> Result<TokioResolver, String> {
     match TokioResolver::builder_tokio().and_then(|b| b.build()) {
         Ok(r) => Ok(r),
         Err(system) => {

@@ -141,6 +141,16 @@ pub struct TxtRequired {
     pub owner: Option<String>,
 }
 
+/// One http-01 token to serve (acme_http_publish writes it on the webroot hosts).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct HttpRequired {
+    pub cert: String,
+    pub name: String,
+    pub token: String,
+    pub key_authorization: String,
+    pub webroot: String,
+}
+
 /// A value of a finished order, to be removed at the next publish.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct TxtRetired {
@@ -153,6 +163,7 @@ pub struct TxtRetired {
 pub struct Outcome {
     pub certs: BTreeMap<String, CertResult>,
     pub txt: Vec<TxtRequired>,
+    pub http: Vec<HttpRequired>,
     pub retired: Vec<TxtRetired>,
     pub pending: Vec<String>,
     pub unacked: Vec<String>,
@@ -168,6 +179,7 @@ impl Outcome {
         let mut reply = Reply::changed(self.orders_created > 0 || self.repaired > 0);
         reply.set("certs", &self.certs);
         reply.set("acme_txt_required", &self.txt);
+        reply.set("acme_http_required", &self.http);
         reply.set("acme_txt_retired", &self.retired);
         reply.set("pending", &self.pending);
         reply.set("unacked", &self.unacked);

@@ -126,8 +126,10 @@ pub(super) async fn refuse_bad_cnames(
     deadline: Instant,
     out: &mut Outcome,
 ) -> crate::cnamecheck::Owners {
+    // http-01 certs have no `_acme-challenge` records to check.
     let certs: Vec<(String, Vec<certbridge_core::names::Identifier>)> = to_issue
         .iter()
+        .filter(|i| states[**i].spec.challenge.kind().is_dns())
         .map(|i| {
             let spec = states[*i].spec;
             (spec.name.as_str().to_owned(), spec.names.clone())
@@ -192,6 +194,7 @@ pub(super) fn same_request(
         && p.key_type == key_type
         && p.is_self_sign() == cfg.self_sign
         && (cfg.self_sign || p.profile() == spec.profile.as_deref())
+        && (cfg.self_sign || p.kind() == spec.challenge.kind())
 }
 
 pub(super) fn new_pending(
@@ -326,6 +329,13 @@ pub(super) async fn order_all<C: CaConnector>(
                         owner: None,
                     });
                 }
+                out.http.extend(pending.http().iter().map(|h| HttpRequired {
+                    cert: name.clone(),
+                    name: h.name.clone(),
+                    token: h.token.clone(),
+                    key_authorization: h.key_authorization.clone(),
+                    webroot: h.webroot.clone(),
+                }));
                 st.meta.pending = Some(pending);
             }
             Err(f) => {
@@ -408,7 +418,8 @@ pub(super) async fn order_one<A: CaAccount>(
                             if live && ids == p.names {
                                 let mut reused = p.clone();
                                 if let OrderAt::Ca(o) = &mut reused.at {
-                                    o.challenges = view.challenges;
+                                    (o.challenges, o.http) =
+                                        of_kind(spec, view.challenges, view.http);
                                 }
                                 return Ok(Ordered {
                                     pending: reused,
@@ -460,6 +471,7 @@ pub(super) async fn order_one<A: CaAccount>(
             (created, sent, None)
         }
     };
+    let (challenges, http) = of_kind(spec, created.challenges, created.http);
     Ok(Ordered {
         pending: new_pending(
             cfg,
@@ -468,9 +480,11 @@ pub(super) async fn order_one<A: CaAccount>(
             OrderAt::Ca(CaOrder {
                 url: created.url,
                 account_url: account_url.to_owned(),
-                challenges: created.challenges,
+                challenges,
                 profile: spec.profile.clone(),
                 replaces,
+                kind: spec.challenge.kind(),
+                http,
             }),
             now,
         ),
@@ -478,4 +492,30 @@ pub(super) async fn order_one<A: CaAccount>(
         replaces_dropped,
         why_new,
     })
+}
+
+/// The challenges of the cert's kind (a CA offers both for a name): dns-01 values, or http-01
+/// tokens with the cert's webroot.
+fn of_kind(
+    spec: &CertSpec,
+    txt: Vec<crate::store::ChallengeRecord>,
+    http: Vec<crate::ca::HttpToken>,
+) -> (
+    Vec<crate::store::ChallengeRecord>,
+    Vec<crate::store::HttpRecord>,
+) {
+    match spec.challenge.webroot() {
+        None => (txt, Vec::new()),
+        Some(webroot) => (
+            Vec::new(),
+            http.into_iter()
+                .map(|t| crate::store::HttpRecord {
+                    name: t.name,
+                    token: t.token,
+                    key_authorization: t.key_authorization,
+                    webroot: webroot.to_owned(),
+                })
+                .collect(),
+        ),
+    }
 }

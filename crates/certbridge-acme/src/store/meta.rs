@@ -1,6 +1,7 @@
 //! What is kept per cert across runs: the metadata file's contents and the order in flight.
 
 use super::*;
+use crate::ca::ChallengeKind;
 
 /// The order in flight for one cert (written by acme_request, consumed by acme_finalize).
 /// Stored in the flat format of earlier releases ([`PendingOrderFile`]), read back into
@@ -37,6 +38,19 @@ pub struct CaOrder {
     pub profile: Option<String>,
     /// The ARI id of the certificate this order replaces, when the CA accepted `replaces`.
     pub replaces: Option<String>,
+    /// The challenge its authorizations are validated by.
+    pub kind: ChallengeKind,
+    /// The http-01 tokens this order needs, with the webroot each goes to.
+    pub http: Vec<HttpRecord>,
+}
+
+/// One http-01 token to serve, and where.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HttpRecord {
+    pub name: String,
+    pub token: String,
+    pub key_authorization: String,
+    pub webroot: String,
 }
 
 impl PendingOrder {
@@ -62,6 +76,16 @@ impl PendingOrder {
         self.ca().map_or(&[], |o| o.challenges.as_slice())
     }
 
+    /// The http-01 tokens to serve (none for `self_sign`).
+    pub fn http(&self) -> &[HttpRecord] {
+        self.ca().map_or(&[], |o| o.http.as_slice())
+    }
+
+    /// The challenge the order's authorizations are validated by.
+    pub fn kind(&self) -> ChallengeKind {
+        self.ca().map_or(ChallengeKind::Dns01, |o| o.kind)
+    }
+
     pub fn profile(&self) -> Option<&str> {
         self.ca().and_then(|o| o.profile.as_deref())
     }
@@ -85,6 +109,11 @@ struct PendingOrderFile {
     profile: Option<String>,
     #[serde(default)]
     replaces: Option<String>,
+    /// Left out for dns-01 orders: metadata of earlier releases reads back unchanged.
+    #[serde(default, skip_serializing_if = "ChallengeKind::is_dns")]
+    challenge: ChallengeKind,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    http: Vec<HttpRecord>,
 }
 
 impl TryFrom<PendingOrderFile> for PendingOrder {
@@ -98,6 +127,8 @@ impl TryFrom<PendingOrderFile> for PendingOrder {
                 challenges: f.challenges,
                 profile: f.profile,
                 replaces: f.replaces,
+                kind: f.challenge,
+                http: f.http,
             }),
             (false, None, _) => return Err("an order at a CA without its URL".into()),
             (false, Some(_), None) => return Err("an order at a CA without its account".into()),
@@ -115,17 +146,29 @@ impl TryFrom<PendingOrderFile> for PendingOrder {
 
 impl From<PendingOrder> for PendingOrderFile {
     fn from(p: PendingOrder) -> Self {
-        let (url, account_url, challenges, profile, replaces, self_sign) = match p.at {
-            OrderAt::SelfSign => (None, None, Vec::new(), None, None, true),
-            OrderAt::Ca(o) => (
-                Some(o.url),
-                Some(o.account_url),
-                o.challenges,
-                o.profile,
-                o.replaces,
-                false,
-            ),
-        };
+        let (url, account_url, challenges, profile, replaces, self_sign, challenge, http) =
+            match p.at {
+                OrderAt::SelfSign => (
+                    None,
+                    None,
+                    Vec::new(),
+                    None,
+                    None,
+                    true,
+                    ChallengeKind::Dns01,
+                    Vec::new(),
+                ),
+                OrderAt::Ca(o) => (
+                    Some(o.url),
+                    Some(o.account_url),
+                    o.challenges,
+                    o.profile,
+                    o.replaces,
+                    false,
+                    o.kind,
+                    o.http,
+                ),
+            };
         PendingOrderFile {
             url,
             created_at: p.created_at,
@@ -138,6 +181,8 @@ impl From<PendingOrder> for PendingOrderFile {
             challenges,
             profile,
             replaces,
+            challenge,
+            http,
         }
     }
 }

@@ -119,6 +119,8 @@ fn store_pending(cfg: &Config, ca: &FakeCa, cert: &str, names: &[&str], age: i64
                 challenges: Vec::new(),
                 profile: spec.profile.clone(),
                 replaces: None,
+                kind: Default::default(),
+                http: Vec::new(),
             }),
         }),
         ..Default::default()
