@@ -1,7 +1,10 @@
-//! Proving publication: ask every authoritative server directly (no recursion, UDP then TCP
-//! when truncated) for every owner until each expected value is there, or the deadline passes.
-//! Values are compared, never serials: an inline-signed zone serves another serial than its
-//! file, and a secondary may already serve the values under a serial we never saw.
+//! The one propagation checker: ask servers (UDP, then TCP when truncated) for every name
+//! until each expected value is there, or the deadline passes. acme_txt_publish asks every
+//! authoritative server of a zone directly ([`Ask::Authoritative`]); acme_finalize's
+//! `dns_check` asks the host's resolver for the `_acme-challenge` records, whose CNAMEs it
+//! follows ([`Ask::Resolver`]). Values are compared, never serials: an inline-signed zone
+//! serves another serial than its file, and a secondary may already serve the values under a
+//! serial we never saw.
 
 use crate::chase::to_name;
 use crate::transport;
@@ -25,6 +28,16 @@ const POLL_MAX: Duration = Duration::from_millis(100);
 /// What one server must answer: owner -> values.
 pub type Expected = BTreeMap<DomainName, BTreeSet<String>>;
 
+/// How a server is asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ask {
+    /// An authoritative server: no recursion, the answer must be authoritative, and only
+    /// values at the name itself count.
+    Authoritative,
+    /// A resolver: recursion desired; the values at the end of the CNAME chain it followed.
+    Resolver,
+}
+
 /// One server's verdict.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ServerResult {
@@ -45,10 +58,12 @@ pub struct ServerResult {
 pub async fn txt_values(
     server: SocketAddr,
     owner: &DomainName,
+    ask: Ask,
     deadline: Instant,
 ) -> Result<BTreeSet<String>, String> {
     let name = to_name(owner);
-    let msg = transport::query(server, &name, RecordType::TXT, false, deadline)
+    let recurse = ask == Ask::Resolver;
+    let msg = transport::query(server, &name, RecordType::TXT, recurse, deadline)
         .await
         .map_err(|e| e.to_string())?;
     match msg.metadata.response_code {
@@ -61,7 +76,7 @@ pub async fn txt_values(
             ))
         }
     }
-    if !msg.metadata.authoritative {
+    if !recurse && !msg.metadata.authoritative {
         return Err(format!(
             "{server}: is not authoritative for {}",
             owner.fqdn()
@@ -70,7 +85,7 @@ pub async fn txt_values(
     Ok(msg
         .answers
         .iter()
-        .filter(|r| r.name == name)
+        .filter(|r| recurse || r.name == name)
         .filter_map(|r| match &r.data {
             RData::TXT(t) => Some(
                 t.txt_data
@@ -87,6 +102,7 @@ pub async fn txt_values(
 pub async fn verify_server(
     server: SocketAddr,
     expected: &Expected,
+    ask: Ask,
     deadline: Instant,
 ) -> ServerResult {
     let start = Instant::now();
@@ -100,7 +116,7 @@ pub async fn verify_server(
         let owners: Vec<DomainName> = missing.keys().cloned().collect();
         let answers: Vec<(DomainName, Result<BTreeSet<String>, String>)> = stream::iter(owners)
             .map(|owner| async move {
-                let got = txt_values(server, &owner, deadline).await;
+                let got = txt_values(server, &owner, ask, deadline).await;
                 (owner, got)
             })
             .buffer_unordered(CONCURRENCY)
@@ -157,7 +173,7 @@ pub async fn verify_all(
     deadline: Instant,
 ) -> BTreeMap<String, ServerResult> {
     let checks = plan.into_iter().map(|(server, expected)| async move {
-        let r = verify_server(server, &expected, deadline).await;
+        let r = verify_server(server, &expected, Ask::Authoritative, deadline).await;
         (server.to_string(), r)
     });
     futures_util::future::join_all(checks)
@@ -202,5 +218,7 @@ pub fn served_values(
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    runtime.block_on(async { txt_values(server, &owner, Instant::now() + timeout).await })
+    runtime.block_on(async {
+        txt_values(server, &owner, Ask::Authoritative, Instant::now() + timeout).await
+    })
 }

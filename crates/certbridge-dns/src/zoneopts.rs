@@ -33,8 +33,11 @@ pub enum ZoneInput {
 #[serde(deny_unknown_fields)]
 pub struct FileZoneInput {
     pub origin: String,
-    pub path: serde_json::Value,
-    pub ns: serde_json::Value,
+    // Required; Option so that null reads as missing, as Ansible's own modules do.
+    #[serde(default)]
+    pub path: Raw,
+    #[serde(default)]
+    pub ns: Raw,
     #[serde(default)]
     pub ttl: Raw,
     #[serde(default)]
@@ -64,9 +67,13 @@ pub struct FileZoneInput {
 #[serde(deny_unknown_fields)]
 pub struct Rfc2136Input {
     pub origin: String,
-    pub server: String,
-    pub tsig_name: String,
-    pub tsig_secret: String,
+    // Required; Option so that null reads as missing.
+    #[serde(default)]
+    pub server: Option<String>,
+    #[serde(default)]
+    pub tsig_name: Option<String>,
+    #[serde(default)]
+    pub tsig_secret: Option<String>,
     #[serde(default = "default_algorithm")]
     pub tsig_algorithm: String,
     #[serde(default)]
@@ -78,8 +85,9 @@ pub struct Rfc2136Input {
 #[serde(deny_unknown_fields)]
 pub struct ExecInput {
     pub origin: String,
-    /// argv, never run through a shell.
-    pub command: Vec<String>,
+    /// argv, never run through a shell (required).
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
     /// Variables the command gets besides PATH, HOME and LANG (values never printed).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -105,6 +113,13 @@ fn default_exec_deadline() -> u64 {
 }
 
 impl ZoneInput {
+    pub fn method(&self) -> &'static str {
+        match self {
+            ZoneInput::Zonefile(_) => "zonefile",
+            ZoneInput::Rfc2136(_) => "rfc2136",
+            ZoneInput::Exec(_) => "exec",
+        }
+    }
     pub fn origin(&self) -> &str {
         match self {
             ZoneInput::Zonefile(z) => &z.origin,
@@ -147,14 +162,34 @@ pub fn zone_plan(
     let at = format!("zones[{i}]");
     let origin = DomainName::parse(z.origin()).map_err(|e| format!("option `{at}.origin`: {e}"))?;
     let in_zone = |e: String| format!("`{at}` (zone {}): {e}", origin.fqdn());
+    let required = |name: &str| {
+        format!(
+            "missing required option `{name}` in `{at}` (zone {}, method {})",
+            origin.fqdn(),
+            z.method()
+        )
+    };
     let backend = match z {
         ZoneInput::Zonefile(z) => {
-            ZoneBackend::Zonefile(Box::new(file_zone(&at, &origin, z, max_records_per_type)?))
+            let (Some(path), Some(ns)) = (&z.path, &z.ns) else {
+                let name = if z.path.is_none() { "path" } else { "ns" };
+                return Err(required(name));
+            };
+            let fz = file_zone(&at, &origin, z, path, ns, max_records_per_type)?;
+            ZoneBackend::Zonefile(Box::new(fz))
         }
         ZoneInput::Rfc2136(z) => {
-            let server = parse_addr(&format!("{at}.server"), &z.server)?;
-            let key =
-                TsigKey::new(&z.tsig_name, &z.tsig_algorithm, &z.tsig_secret).map_err(in_zone)?;
+            let server = z.server.as_deref().ok_or_else(|| required("server"))?;
+            let server = parse_addr(&format!("{at}.server"), server)?;
+            let name = z
+                .tsig_name
+                .as_deref()
+                .ok_or_else(|| required("tsig_name"))?;
+            let secret = z
+                .tsig_secret
+                .as_deref()
+                .ok_or_else(|| required("tsig_secret"))?;
+            let key = TsigKey::new(name, &z.tsig_algorithm, secret).map_err(in_zone)?;
             ZoneBackend::Rfc2136(Box::new(DynZone {
                 server,
                 key,
@@ -162,7 +197,8 @@ pub fn zone_plan(
             }))
         }
         ZoneInput::Exec(z) => {
-            let command = CommandInput::Argv(z.command.clone()).argv(&format!("{at}.command"))?;
+            let command = z.command.clone().ok_or_else(|| required("command"))?;
+            let command = CommandInput::Argv(command).argv(&format!("{at}.command"))?;
             for name in z.env.keys() {
                 if name.is_empty() || name.contains('=') || name.contains('\0') {
                     return Err(format!(
@@ -200,6 +236,8 @@ fn file_zone(
     at: &str,
     origin: &DomainName,
     z: &FileZoneInput,
+    path: &serde_json::Value,
+    ns: &serde_json::Value,
     max_records_per_type: Option<usize>,
 ) -> Result<FileZone, String> {
     let mut render = serde_json::Map::new();
@@ -207,8 +245,8 @@ fn file_zone(
         "origin".into(),
         serde_json::Value::String(origin.as_str().to_owned()),
     );
-    render.insert("path".into(), z.path.clone());
-    render.insert("ns".into(), z.ns.clone());
+    render.insert("path".into(), path.clone());
+    render.insert("ns".into(), ns.clone());
     for (key, value) in [
         ("ttl", &z.ttl),
         ("soa", &z.soa),
