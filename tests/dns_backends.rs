@@ -730,7 +730,8 @@ fn an_option_of_another_method_is_refused_by_the_parser() {
     let msg = run.msg();
     assert!(run.failed(), "{}", run.json);
     assert!(
-        msg.contains("unsupported option `tsig_secret` in `zones[0]`") && msg.contains("command"),
+        msg.contains("option `zones[0]`: unsupported option `tsig_secret` for method exec")
+            && msg.contains("command"),
         "{msg}"
     );
 }

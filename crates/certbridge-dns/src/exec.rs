@@ -9,7 +9,7 @@ use crate::error::PublishError;
 use certbridge_core::names::DomainName;
 use serde::Deserialize;
 use serde_json::json;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
@@ -134,9 +134,17 @@ impl ExecZone {
             Ok(Ok(out)) => out,
             Ok(Err(e)) => return Err(self.error(zone, format!("cannot run it: {e}"))),
             Err(_) => {
-                if let Some(pgid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
-                    let _ =
-                        rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+                // The child itself dies with its handle (kill_on_drop); what it started is
+                // in its process group. kill(1) rather than a system-call crate: this is
+                // the rare path, and the module binaries count their bytes.
+                if let Some(pgid) = pid {
+                    let _ = tokio::process::Command::new("kill")
+                        .args(["-s", "KILL", "--", &format!("-{pgid}")])
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status()
+                        .await;
                 }
                 return Err(self.error(
                     zone,
@@ -214,7 +222,7 @@ impl Backend for ExecZone {
         for (owner, vs) in answer.txt {
             let o = DomainName::parse(&owner)
                 .map_err(|e| self.error(zone, format!("malformed answer: owner `{owner}`: {e}")))?;
-            values.entry(o).or_insert_with(BTreeSet::new).extend(vs);
+            values.entry(o).or_default().extend(vs);
         }
         Ok(Snapshot { values, ages: None })
     }

@@ -1,10 +1,10 @@
-//! The one propagation checker: ask servers (UDP, then TCP when truncated) for every name
-//! until each expected value is there, or the deadline passes. acme_txt_publish asks every
-//! authoritative server of a zone directly ([`Ask::Authoritative`]); acme_finalize's
-//! `dns_check` asks the host's resolver for the `_acme-challenge` records, whose CNAMEs it
-//! follows ([`Ask::Resolver`]). Values are compared, never serials: an inline-signed zone
-//! serves another serial than its file, and a secondary may already serve the values under a
-//! serial we never saw.
+//! The one propagation checker: poll a source of TXT answers for every name until each
+//! expected value is there, or the deadline passes ([`verify_server`]). acme_txt_publish asks
+//! every authoritative server of a zone directly ([`Direct`]: no recursion, UDP then TCP when
+//! truncated). A caller with its own DNS client (acme_finalize's `dns_check`, which links
+//! hickory's resolver for HTTP) plugs it in as a [`TxtSource`] instead of a second client.
+//! Values are compared, never serials: an inline-signed zone serves another serial than its
+//! file, and a secondary may already serve the values under a serial we never saw.
 
 use crate::chase::to_name;
 use crate::transport;
@@ -28,14 +28,21 @@ const POLL_MAX: Duration = Duration::from_millis(100);
 /// What one server must answer: owner -> values.
 pub type Expected = BTreeMap<DomainName, BTreeSet<String>>;
 
-/// How a server is asked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ask {
-    /// An authoritative server: no recursion, the answer must be authoritative, and only
-    /// values at the name itself count.
-    Authoritative,
-    /// A resolver: recursion desired; the values at the end of the CNAME chain it followed.
-    Resolver,
+/// Where the checker's answers come from.
+#[allow(async_fn_in_trait)] // static dispatch only
+pub trait TxtSource {
+    /// The TXT values served at `owner` now.
+    async fn txt(&self, owner: &DomainName, deadline: Instant) -> Result<BTreeSet<String>, String>;
+}
+
+/// An authoritative server asked directly.
+#[derive(Debug, Clone, Copy)]
+pub struct Direct(pub SocketAddr);
+
+impl TxtSource for Direct {
+    async fn txt(&self, owner: &DomainName, deadline: Instant) -> Result<BTreeSet<String>, String> {
+        txt_values(self.0, owner, deadline).await
+    }
 }
 
 /// One server's verdict.
@@ -58,12 +65,10 @@ pub struct ServerResult {
 pub async fn txt_values(
     server: SocketAddr,
     owner: &DomainName,
-    ask: Ask,
     deadline: Instant,
 ) -> Result<BTreeSet<String>, String> {
     let name = to_name(owner);
-    let recurse = ask == Ask::Resolver;
-    let msg = transport::query(server, &name, RecordType::TXT, recurse, deadline)
+    let msg = transport::query(server, &name, RecordType::TXT, false, deadline)
         .await
         .map_err(|e| e.to_string())?;
     match msg.metadata.response_code {
@@ -76,7 +81,7 @@ pub async fn txt_values(
             ))
         }
     }
-    if !recurse && !msg.metadata.authoritative {
+    if !msg.metadata.authoritative {
         return Err(format!(
             "{server}: is not authoritative for {}",
             owner.fqdn()
@@ -85,7 +90,7 @@ pub async fn txt_values(
     Ok(msg
         .answers
         .iter()
-        .filter(|r| recurse || r.name == name)
+        .filter(|r| r.name == name)
         .filter_map(|r| match &r.data {
             RData::TXT(t) => Some(
                 t.txt_data
@@ -98,11 +103,10 @@ pub async fn txt_values(
         .collect())
 }
 
-/// Polls one server until it serves every expected value or `deadline` passes.
-pub async fn verify_server(
-    server: SocketAddr,
+/// Polls `source` until it serves every expected value or `deadline` passes.
+pub async fn verify_server<S: TxtSource>(
+    source: &S,
     expected: &Expected,
-    ask: Ask,
     deadline: Instant,
 ) -> ServerResult {
     let start = Instant::now();
@@ -116,7 +120,7 @@ pub async fn verify_server(
         let owners: Vec<DomainName> = missing.keys().cloned().collect();
         let answers: Vec<(DomainName, Result<BTreeSet<String>, String>)> = stream::iter(owners)
             .map(|owner| async move {
-                let got = txt_values(server, &owner, ask, deadline).await;
+                let got = source.txt(&owner, deadline).await;
                 (owner, got)
             })
             .buffer_unordered(CONCURRENCY)
@@ -173,7 +177,7 @@ pub async fn verify_all(
     deadline: Instant,
 ) -> BTreeMap<String, ServerResult> {
     let checks = plan.into_iter().map(|(server, expected)| async move {
-        let r = verify_server(server, &expected, Ask::Authoritative, deadline).await;
+        let r = verify_server(&Direct(server), &expected, deadline).await;
         (server.to_string(), r)
     });
     futures_util::future::join_all(checks)
@@ -218,7 +222,5 @@ pub fn served_values(
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    runtime.block_on(async {
-        txt_values(server, &owner, Ask::Authoritative, Instant::now() + timeout).await
-    })
+    runtime.block_on(async { txt_values(server, &owner, Instant::now() + timeout).await })
 }

@@ -19,12 +19,65 @@ use std::time::Duration;
 type Raw = Option<serde_json::Value>;
 
 /// A managed signing zone; `method` chooses the variant (and so the valid options).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "method", rename_all = "lowercase")]
+#[derive(Debug, Clone)]
 pub enum ZoneInput {
-    Zonefile(FileZoneInput),
+    Zonefile(Box<FileZoneInput>),
     Rfc2136(Rfc2136Input),
     Exec(ExecInput),
+}
+
+const METHODS: &str = "zonefile, rfc2136 or exec";
+
+/// Like `#[serde(tag = "method")]`, but an error inside the variant names the option and
+/// the method (serde's buffered tagged enums lose the option's path).
+impl<'de> Deserialize<'de> for ZoneInput {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut map = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        let method = match map.remove("method") {
+            Some(serde_json::Value::String(m)) => m,
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "`method` {other} is not one of {METHODS}"
+                )))
+            }
+            None => return Err(D::Error::missing_field("method")),
+        };
+        let rest = serde_json::Value::Object(map);
+        let parsed = match method.as_str() {
+            "zonefile" => variant(rest).map(|z| ZoneInput::Zonefile(Box::new(z))),
+            "rfc2136" => variant(rest).map(ZoneInput::Rfc2136),
+            "exec" => variant(rest).map(ZoneInput::Exec),
+            other => {
+                return Err(D::Error::custom(format!(
+                    "unknown `method` `{other}`: expected {METHODS}"
+                )))
+            }
+        };
+        parsed.map_err(|(path, inner)| D::Error::custom(reword(&method, &path, &inner)))
+    }
+}
+
+fn variant<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, (String, String)> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        (path, e.into_inner().to_string())
+    })
+}
+
+/// serde's wording in Ansible's vocabulary, naming the method.
+fn reword(method: &str, path: &str, inner: &str) -> String {
+    if let Some(rest) = inner.strip_prefix("unknown field ") {
+        let (name, valid) = rest.split_once(", expected ").unwrap_or((rest, ""));
+        let valid = valid.trim_start_matches("one of ").replace('`', "");
+        return format!(
+            "unsupported option {name} for method {method}; valid options: method, {valid}"
+        );
+    }
+    if let Some(rest) = inner.strip_prefix("missing field ") {
+        return format!("missing required option {rest} for method {method}");
+    }
+    format!("`{path}` (method {method}): {inner}")
 }
 
 /// `method: zonefile`: most options go to zone_render's own option parser (one

@@ -285,9 +285,10 @@ pub async fn run<C: CaConnector>(
             .dns_check_timeout
             .map(|s| (Instant::now() + Duration::from_secs(s)).min(deadline))
             .unwrap_or(deadline);
+        let resolver = crate::txtcheck::resolver(server).map_err(Failure::new)?;
         let jobs = acme
             .iter()
-            .map(|(_, p)| crate::txtcheck::wait_visible(server, p.challenges(), check_deadline));
+            .map(|(_, p)| crate::txtcheck::wait_visible(&resolver, p.challenges(), check_deadline));
         let missing = futures_util::future::join_all(jobs).await;
         let mut visible = Vec::new();
         for ((cert, pending), missing) in acme.into_iter().zip(missing) {
