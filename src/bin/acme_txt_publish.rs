@@ -2,7 +2,8 @@
 fn main() {
     certbridge_core::protocol::run(
         "acme_txt_publish",
-        &["tsig_secret"],
+        // `env`: an exec zone's variables (API passwords, tokens).
+        &["tsig_secret", "env"],
         certbridge_dns::publish::run_module,
     )
 }

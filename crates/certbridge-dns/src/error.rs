@@ -97,6 +97,12 @@ pub enum PublishError {
         rendered: u32,
         detail: String,
     },
+    #[error("zone {zone}: exec `{command}` {detail}")]
+    Exec {
+        zone: String,
+        command: String,
+        detail: String,
+    },
     #[error("zone {zone}: cannot find its authoritative servers: {detail}")]
     Servers { zone: String, detail: String },
 }
