@@ -6,7 +6,7 @@ MODULES  := acme_request acme_txt_publish acme_finalize acme_group zone_render
 CARGO    ?= cargo
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: all deps modules collection demo test test-rust test-ansible lint bench clean
+.PHONY: all deps modules collection demo test test-rust test-ansible lint bench bench-rollout clean
 
 all: modules
 
@@ -42,6 +42,10 @@ test: deps lint modules test-rust test-ansible
 
 bench: deps modules
 	scripts/bench
+
+# The simulated first rollout alone (300 hosts, the rate budget against a CA that answers 429s).
+bench-rollout:
+	python3 bench/rollout.py
 
 clean:
 	$(CARGO) clean
