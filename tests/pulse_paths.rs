@@ -805,7 +805,8 @@ fn values_per_name_are_capped_and_bad_cnames_fail_before_ordering() {
 /// the budget planning that limit, the first pulse orders 2 of 3 new certificates and defers
 /// the third (`rate_budget`): the CA answers no 429. With the budget off, the next pulse
 /// orders the third, the CA answers 429 and the cert fails alone with the CA's problem and
-/// backs off until the CA's Retry-After: the pulse after that makes no order.
+/// backs off until the CA's Retry-After: the pulse after that makes no order. The round's
+/// metrics file names the deferred cert, the limit and when it fits.
 #[test]
 fn a_planned_rate_limit_meets_no_429_and_without_the_budget_the_429_backs_off() {
     use support::ca_proxy::{CaProxy, Endpoint, ProxyConfig};
@@ -838,9 +839,10 @@ fn a_planned_rate_limit_meets_no_429_and_without_the_budget_the_429_backs_off() 
     let directory = proxy.directory_url();
     let site = Site::new(&bed, &hosts, Some(&directory));
     site.set_handlers(&["a-main", "b-main", "g-main"].map(|c| site.counting_handler(c, None)));
+    let round_metrics = site.path("round.prom");
     let vars = |budget: bool| {
         json!({"letsencrypt_ca_file": proxy.ca_file(), "letsencrypt_rate_budget": budget,
-               "letsencrypt_rate_registered_domain": 2})
+               "letsencrypt_rate_registered_domain": 2, "letsencrypt_round_metrics_file": round_metrics})
     };
     let orders = |status: u16| {
         proxy
@@ -875,6 +877,22 @@ fn a_planned_rate_limit_meets_no_429_and_without_the_budget_the_429_backs_off() 
         out,
     );
 
+    // The round's metrics file (on the controller) names the deferred cert, why, and when.
+    let metrics = std::fs::read_to_string(&round_metrics).expect("the round's metrics file");
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("certbridge_cert_deferred_until_seconds{host=\"gamma\",cert=\"g-main\",reason=\"rate_budget\",limit=\"registered_domain\"} "))
+        .unwrap_or_else(|| panic!("no deferral line for gamma:\n{metrics}"));
+    let fits: i64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        (now + 3 * 86400..now + 4 * 86400).contains(&fits),
+        "gamma fits in 3.5 days (2 per week): {line}"
+    );
+
     let unplanned = site.pulse(vars(false));
     let out = &unplanned.output;
     assert_eq!(
@@ -903,10 +921,6 @@ fn a_planned_rate_limit_meets_no_429_and_without_the_budget_the_429_backs_off() 
         .find(|r| r.status == Some(429))
         .and_then(|r| r.retry_after.as_deref()?.parse().ok())
         .expect("the 429 carries Retry-After");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
     let not_before = site.meta("gamma", "g-main")["retry_not_before"]
         .as_i64()
         .unwrap_or_else(|| panic!("no backoff recorded: {}", site.meta("gamma", "g-main")));

@@ -308,6 +308,7 @@ class ActionModule(ActionBase):
         except ValueError as err:
             raise AnsibleActionFail(str(err))
         round_.update(plan, admit_hosts=sorted(plan["admit"]))
+        self._round_metrics(round_, task_vars)
         if not first:
             for warning in round_["warnings"]:
                 display.warning(warning)
@@ -315,6 +316,20 @@ class ActionModule(ActionBase):
                 display.display(line)
         result.update(changed=False, ansible_facts={"letsencrypt_round": round_})
         return result
+
+    def _round_metrics(self, round_, task_vars):
+        """letsencrypt_round_metrics_file: the certs this pulse did not order (rate budget,
+        values cap) and when they fit, written here on the controller, which decided them: a
+        host-side file would cost a module call per host with a deferral at every pulse of a
+        rollout."""
+        path = self._templar.template(task_vars.get("letsencrypt_round_metrics_file", ""))
+        if not path:
+            return
+        text = budget.deferral_metrics(round_.get("deferred"), round_.get("crowded"), int(time.time()))
+        try:
+            budget.write_textfile(str(path), text)
+        except OSError as err:
+            raise AnsibleActionFail("cannot write letsencrypt_round_metrics_file %s: %s" % (path, err))
 
     def _rate_plan(self, hostvars, hosts, task_vars):
         """Admit or defer the new certificates play 1 held (certbridge_budget.plan)."""
