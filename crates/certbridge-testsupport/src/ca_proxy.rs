@@ -818,7 +818,7 @@ async fn handle(shared: Arc<Shared>, ip: String, req: Request<Incoming>) -> Answ
     };
     let answer = answer(&shared, call, fault).await;
     if let Ok(rsp) = &answer {
-        shared.update(index, |r| answered(r, &rsp));
+        shared.update(index, |r| answered(r, rsp));
     }
     answer
 }
