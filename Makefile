@@ -6,7 +6,7 @@ MODULES  := acme_request acme_txt_publish acme_http_publish acme_finalize acme_g
 CARGO    ?= cargo
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: all deps modules collection demo test test-rust test-ansible lint bench clean
+.PHONY: all deps modules collection demo test test-rust test-ansible lint bench bench-fleet bench-rollout clean
 
 all: modules
 
@@ -42,6 +42,15 @@ test: deps lint modules test-rust test-ansible
 
 bench: deps modules
 	scripts/bench
+
+# Fleet scale (docs/benchmarks.md): N = 200, 500 and 1,000 hosts, local connection, the floor and
+# the pulse with the common-topic handler. Long (about 25 minutes here): not part of `bench`.
+bench-fleet: deps modules
+	scripts/bench --hosts 200,500,1000 --runs 1 --connection local --cases trivial,certbridge-common --group 0
+
+# The simulated first rollout alone (300 hosts, the rate budget against a CA that answers 429s).
+bench-rollout:
+	python3 bench/rollout.py
 
 clean:
 	$(CARGO) clean

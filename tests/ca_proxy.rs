@@ -14,6 +14,7 @@ use rustls::pki_types::CertificateDer;
 use std::future::Future;
 use std::time::Duration;
 use support::ca_proxy::{CaProxy, Endpoint, Fault, ProxyConfig, Recorded, Window};
+use support::rate_limits::{Limit, RateLimits};
 use support::Testbed;
 
 /// Every ACME exchange here must finish well within this, else the test fails (never hangs).
@@ -39,6 +40,13 @@ fn proxy(bed: &Testbed, config: ProxyConfig) -> CaProxy {
 }
 
 async fn account(proxy: &CaProxy) -> (Account, AccountCredentials) {
+    account_with(proxy)
+        .await
+        .expect("account through the proxy")
+}
+
+/// A new account (a new key) through the proxy, or the CA's refusal.
+async fn account_with(proxy: &CaProxy) -> Result<(Account, AccountCredentials), Error> {
     let builder = Account::builder_with_root(proxy.ca_file()).expect("client with the proxy's CA");
     let new = NewAccount {
         contact: &[],
@@ -50,7 +58,6 @@ async fn account(proxy: &CaProxy) -> (Account, AccountCredentials) {
         builder.create(&new, proxy.directory_url(), None),
     )
     .await
-    .expect("account through the proxy")
 }
 
 fn dns(name: &str) -> Vec<Identifier> {
@@ -809,6 +816,106 @@ async fn replaces_is_refused_while_a_replacement_order_is_live_or_finalized() {
         .collect();
     assert_eq!(rules, vec!["already_replaced", "already_replaced"]);
     println!("alreadyReplaced 409 while pending ({detail}); accepted after deactivation; refused again once finalized");
+}
+
+/// Let's Encrypt's rate limits, made small: 429 `rateLimited` with `Retry-After` and Boulder's
+/// detail for a third account from one IP, a second certificate under one registered domain and
+/// a third for one exact set of names; a renewal of an issued set skips the registered-domain
+/// limit but not the exact-set one, and one naming the certificate it `replaces` skips all.
+#[tokio::test]
+async fn rate_limits_answer_429_with_retry_after_and_exempt_ari_renewals() {
+    let bed = bed();
+    let mut config = ProxyConfig::default().with_ari();
+    let week = Duration::from_secs(7 * 86400);
+    config.strict.rate_limits = RateLimits {
+        new_accounts_per_ip: Some(Limit::new(2, Duration::from_secs(3 * 3600))),
+        certs_per_registered_domain: Some(Limit::new(1, week)),
+        certs_per_exact_set: Some(Limit::new(2, week)),
+        ..RateLimits::lets_encrypt()
+    };
+    let proxy = proxy(&bed, config);
+    let limited = |err: Error| {
+        let Error::Api(p) = &err else {
+            panic!("not a problem: {err:?}")
+        };
+        assert_eq!(
+            (p.r#type.as_deref(), p.status),
+            (Some("urn:ietf:params:acme:error:rateLimited"), Some(429)),
+            "{p:?}"
+        );
+        let r = last(&proxy);
+        assert_eq!((r.strict, r.upstream_status), (Some("rate_limit"), None));
+        let secs: u64 = r.retry_after.as_deref().unwrap_or("").parse().unwrap_or(0);
+        (p.detail.clone().unwrap_or_default(), secs)
+    };
+
+    let (account, _) = account(&proxy).await;
+    let _second = account_with(&proxy).await.expect("a second account");
+    let (detail, secs) = limited(account_with(&proxy).await.err().expect("a third account"));
+    assert!(
+        detail.starts_with(
+            "too many new registrations (2) from this IP address in the last 3h0m0s, retry after "
+        ) && detail.ends_with(
+            " UTC: see https://letsencrypt.org/docs/rate-limits/#new-registrations-per-ip-address"
+        ),
+        "{detail}"
+    );
+    assert!(
+        (5300..=5400).contains(&secs),
+        "Retry-After {secs}: one account back per 90 min"
+    );
+
+    let host1 = dns("host1.example.test");
+    let mut first = within("newOrder", account.new_order(&NewOrder::new(&host1)))
+        .await
+        .expect("the first certificate under example.test");
+    let cert = issue(&mut first).await;
+    let (detail, secs) = limited(
+        within(
+            "newOrder",
+            account.new_order(&NewOrder::new(&dns("host2.example.test"))),
+        )
+        .await
+        .err()
+        .expect("a second name under example.test"),
+    );
+    assert!(
+        detail.starts_with("too many certificates (1) already issued for \"example.test\" in the last 168h0m0s, retry after ")
+            && detail.ends_with(": see https://letsencrypt.org/docs/rate-limits/#new-certificates-per-registered-domain"),
+        "{detail}"
+    );
+    assert!(secs > 7 * 86400 - 120, "Retry-After {secs}");
+
+    // The same set again is a renewal: no registered-domain limit, but the exact set counts.
+    within("newOrder", account.new_order(&NewOrder::new(&host1)))
+        .await
+        .expect("a renewal of host1 (second of its exact set)");
+    let (detail, _) = limited(
+        within("newOrder", account.new_order(&NewOrder::new(&host1)))
+            .await
+            .err()
+            .expect("a third certificate for one exact set"),
+    );
+    assert!(
+        detail.starts_with("too many certificates (2) already issued for this exact set of identifiers in the last 168h0m0s, retry after ")
+            && detail.ends_with(": see https://letsencrypt.org/docs/rate-limits/#new-certificates-per-exact-set-of-identifiers"),
+        "{detail}"
+    );
+    // An ARI renewal naming the certificate it replaces is exempt from every limit.
+    let id = CertificateIdentifier::try_from(&cert).unwrap();
+    within(
+        "newOrder",
+        account.new_order(&NewOrder::new(&host1).replaces(id)),
+    )
+    .await
+    .expect("an ARI renewal over every limit");
+    let rules: Vec<_> = proxy
+        .strict_rejections()
+        .iter()
+        .map(|r| (r.strict.unwrap(), r.status))
+        .collect();
+    assert_eq!(rules, vec![("rate_limit", Some(429)); 3]);
+    println!("429 rateLimited with Retry-After for accounts per IP, registered domain and exact set; renewal and replaces exemptions hold");
 }
 
 /// The serial of a DER certificate in lower-case hex (as in Let's Encrypt's problem details).

@@ -799,3 +799,142 @@ fn values_per_name_are_capped_and_bad_cnames_fail_before_ordering() {
     assert_eq!(site.handler_runs("a-main"), 1, "alpha is not issued again");
     println!("cap 2 at one name: 2 issued, 1 deferred then issued at the next pulse, 1 refused with the fix; a missing CNAME failed in play 1 without an order");
 }
+
+/// Issue 18, the rate budget against a CA that enforces a limit: Pebble behind the CA proxy,
+/// which answers Let's Encrypt's 429 past 2 certificates per registered domain per week. With
+/// the budget planning that limit, the first pulse orders 2 of 3 new certificates and defers
+/// the third (`rate_budget`): the CA answers no 429. With the budget off, the next pulse
+/// orders the third, the CA answers 429 and the cert fails alone with the CA's problem and
+/// backs off until the CA's Retry-After: the pulse after that makes no order. The round's
+/// metrics file names the deferred cert, the limit and when it fits.
+#[test]
+fn a_planned_rate_limit_meets_no_429_and_without_the_budget_the_429_backs_off() {
+    use support::ca_proxy::{CaProxy, Endpoint, ProxyConfig};
+    use support::rate_limits::{Limit, RateLimits};
+    let bed = start_bed();
+    let mut config = ProxyConfig::default();
+    config.strict.rate_limits = RateLimits {
+        certs_per_registered_domain: Some(Limit::new(2, std::time::Duration::from_secs(7 * 86400))),
+        ..RateLimits::lets_encrypt()
+    };
+    let proxy = CaProxy::start(
+        bed.get("TESTBED_ACME_DIRECTORY"),
+        bed.get("TESTBED_ACME_CA_FILE"),
+        config,
+    );
+    let hosts = [
+        HostSpec {
+            name: "alpha",
+            certs: json!({"a-main": ["host4.example.test"]}),
+        },
+        HostSpec {
+            name: "beta",
+            certs: json!({"b-main": ["host5.example.test"]}),
+        },
+        HostSpec {
+            name: "gamma",
+            certs: json!({"g-main": ["host6.example.test"]}),
+        },
+    ];
+    let directory = proxy.directory_url();
+    let site = Site::new(&bed, &hosts, Some(&directory));
+    site.set_handlers(&["a-main", "b-main", "g-main"].map(|c| site.counting_handler(c, None)));
+    let round_metrics = site.path("round.prom");
+    let vars = |budget: bool| {
+        json!({"letsencrypt_ca_file": proxy.ca_file(), "letsencrypt_rate_budget": budget,
+               "letsencrypt_rate_registered_domain": 2, "letsencrypt_round_metrics_file": round_metrics})
+    };
+    let orders = |status: u16| {
+        proxy
+            .requests_to(Endpoint::NewOrder)
+            .iter()
+            .filter(|r| r.status == Some(status))
+            .count()
+    };
+
+    let planned = site.pulse(vars(true));
+    let out = &planned.output;
+    assert!(planned.exit_ok, "the planned pulse succeeds:\n{out}");
+    assert_eq!(
+        (orders(201), orders(429)),
+        (2, 0),
+        "2 orders, no 429:\n{out}"
+    );
+    site.assert_certificate("alpha", "host4.example.test");
+    site.assert_certificate("beta", "host5.example.test");
+    assert!(site.installed_entries("gamma").is_empty(), "{out}");
+    let flat = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert_contains(
+        &flat,
+        "rate budget: 2 new certificate(s) admitted, 1 deferred (rate_budget)",
+        "the round defers the third",
+        out,
+    );
+    assert_contains(
+        &flat,
+        "rate budget: 1 deferred by registered_domain: 2 per 7 d per registered domain (example.test)",
+        "the deferral names the limit",
+        out,
+    );
+
+    // The round's metrics file (on the controller) names the deferred cert, why, and when.
+    let metrics = std::fs::read_to_string(&round_metrics).expect("the round's metrics file");
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("certbridge_cert_deferred_until_seconds{host=\"gamma\",cert=\"g-main\",reason=\"rate_budget\",limit=\"registered_domain\"} "))
+        .unwrap_or_else(|| panic!("no deferral line for gamma:\n{metrics}"));
+    let fits: i64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        (now + 3 * 86400..now + 4 * 86400).contains(&fits),
+        "gamma fits in 3.5 days (2 per week): {line}"
+    );
+
+    let unplanned = site.pulse(vars(false));
+    let out = &unplanned.output;
+    assert_eq!(
+        (orders(201), orders(429)),
+        (2, 1),
+        "one more order, a 429:\n{out}"
+    );
+    assert_eq!(unplanned.count("alpha", "failed"), 0, "{out}");
+    assert_eq!(unplanned.count("beta", "failed"), 0, "{out}");
+    let failure = unplanned.failure_text("gamma");
+    assert_contains(
+        &failure,
+        "urn:ietf:params:acme:error:rateLimited",
+        "gamma fails with the CA's problem type",
+        out,
+    );
+    assert_contains(
+        &failure,
+        "too many certificates (2) already issued for \\\"example.test\\\" in the last 168h0m0s",
+        "and Let's Encrypt's detail",
+        out,
+    );
+    let retry_after: i64 = proxy
+        .requests_to(Endpoint::NewOrder)
+        .iter()
+        .find(|r| r.status == Some(429))
+        .and_then(|r| r.retry_after.as_deref()?.parse().ok())
+        .expect("the 429 carries Retry-After");
+    let not_before = site.meta("gamma", "g-main")["retry_not_before"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no backoff recorded: {}", site.meta("gamma", "g-main")));
+    assert!(
+        not_before >= now + retry_after - 600,
+        "the backoff honours Retry-After ({retry_after} s): {not_before} vs now {now}"
+    );
+
+    let after = site.pulse(vars(false));
+    assert_eq!(
+        (orders(201), orders(429)),
+        (2, 1),
+        "in backoff: no order\n{}",
+        after.output
+    );
+    println!("planned: 2 orders, 1 deferred, 0 429s; unplanned: one 429 (Retry-After {retry_after} s), gamma alone failed and backs off; then no order");
+}

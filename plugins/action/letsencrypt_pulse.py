@@ -171,6 +171,52 @@ def _handler_file(path):
     return topics, imports
 
 
+def _run_cache(name):
+    """A file of this run's local temp dir (one per ansible-playbook process, shared by its
+    forked workers), or None."""
+    from ansible import constants as C
+
+    cache_dir = getattr(C, "DEFAULT_LOCAL_TMP", None)
+    return os.path.join(cache_dir, name) if cache_dir else None
+
+
+def _read_run_cache(name):
+    import json
+
+    path = _run_cache(name)
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def _write_run_cache(name, data):
+    """Written whole, then renamed: a worker reads a complete file or none. A cache only."""
+    import json
+    import tempfile
+
+    path = _run_cache(name)
+    if not path:
+        return
+    try:
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".certbridge-")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle)
+        os.replace(tmp, path)
+    except (OSError, TypeError, ValueError):
+        pass
+
+
+# The round as the last round step built it. Every play-3 host needs it, and reading it
+# through hostvars['localhost'] costs each worker time in proportion to the round's size
+# (Ansible templates the whole fact on access: ~0.5 s per host at 1,000 records), so the
+# round grew with hosts x hosts; the file is read in a few ms.
+ROUND_CACHE = "certbridge-round.json"
+
+
 def _extra_var_names():
     """Names given with -e, so a letsencrypt_force from inventory can be told apart."""
     try:
@@ -338,6 +384,8 @@ class ActionModule(ActionBase):
         except ValueError as err:
             raise AnsibleActionFail(str(err))
         round_.update(plan, admit_hosts=sorted(plan["admit"]))
+        _write_run_cache(ROUND_CACHE, round_)
+        self._round_metrics(round_, task_vars)
         if not first:
             for warning in round_["warnings"]:
                 display.warning(warning)
@@ -345,6 +393,20 @@ class ActionModule(ActionBase):
                 display.display(line)
         result.update(changed=False, ansible_facts={"letsencrypt_round": round_})
         return result
+
+    def _round_metrics(self, round_, task_vars):
+        """letsencrypt_round_metrics_file: the certs this pulse did not order (rate budget,
+        values cap) and when they fit, written here on the controller, which decided them: a
+        host-side file would cost a module call per host with a deferral at every pulse of a
+        rollout."""
+        path = self._templar.template(task_vars.get("letsencrypt_round_metrics_file", ""))
+        if not path:
+            return
+        text = budget.deferral_metrics(round_.get("deferred"), round_.get("crowded"), int(time.time()))
+        try:
+            budget.write_textfile(str(path), text)
+        except OSError as err:
+            raise AnsibleActionFail("cannot write letsencrypt_round_metrics_file %s: %s" % (path, err))
 
     def _rate_plan(self, hostvars, hosts, task_vars):
         """Admit or defer the new certificates play 1 held (certbridge_budget.plan)."""
@@ -417,7 +479,11 @@ class ActionModule(ActionBase):
         return problems
 
     def _round_fact(self, task_vars):
-        """The round play 1 stored on localhost ({} when there is none)."""
+        """The round play 1 stored on localhost ({} when there is none); from this run's cache
+        file when there is one."""
+        cached = _read_run_cache(ROUND_CACHE)
+        if isinstance(cached, dict):
+            return cached
         try:
             return pulse.plain(task_vars["hostvars"]["localhost"]["letsencrypt_round"]) or {}
         except Exception:  # not built: play 1 did not run in this playbook
@@ -566,19 +632,26 @@ class ActionModule(ActionBase):
     def _view(self, task_vars):
         """This host's part of the round (see certbridge_pulse.host_view)."""
         hostvars = task_vars.get("hostvars") or {}
-        try:
-            round_ = pulse.plain(hostvars["localhost"]["letsencrypt_round"]) or {}
-        except Exception:  # not set: play 1 did not run in this playbook
-            round_ = {}
+        round_ = self._round_fact(task_vars)
         publish = {}
         dns_hosts = list(round_.get("dns_hosts") or [])
         if dns_hosts:
-            try:
-                publish = pulse.plain(hostvars[dns_hosts[0]]["letsencrypt_publish"]) or {}
-            except Exception:  # not set: play 2 did not run on it (--limit)
-                publish = {}
+            # Its size grows with the round's values too: read once through hostvars per run.
+            name = "certbridge-publish-%s-%s.json" % (round_.get("id"), dns_hosts[0])
+            publish = _read_run_cache(name)
+            if not isinstance(publish, dict):
+                try:
+                    publish = pulse.plain(hostvars[dns_hosts[0]]["letsencrypt_publish"]) or {}
+                    _write_run_cache(name, publish)
+                except Exception:  # not set: play 2 did not run on it (--limit)
+                    publish = {}
         http_publish = {}
-        for target in round_.get("http_tokens") or {}:
+        me = task_vars.get("inventory_hostname")
+        for target, tokens in (round_.get("http_tokens") or {}).items():
+            # Only the hosts that write this host's tokens: reading every target's result
+            # from every host would grow with hosts x targets.
+            if not any(isinstance(t, dict) and t.get("host") == me for t in tokens or []):
+                continue
             try:
                 http_publish[target] = pulse.plain(hostvars[target]["letsencrypt_http_publish"])
             except Exception:  # not set: the publish play did not run there

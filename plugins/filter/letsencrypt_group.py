@@ -199,12 +199,22 @@ def letsencrypt_group_certs(certs, plan, host, step="finalize"):
     return own
 
 
+def letsencrypt_group_members(hostvars, hosts):
+    """The hosts (of `hosts`, in order) that declare a group certificate: only they report
+    their group status, in a play of their own, so a fleet of per-host certificates pays no
+    worker per host for a step that does nothing there."""
+    if not isinstance(hosts, (list, tuple)):
+        raise AnsibleFilterError("letsencrypt_group_members: hosts must be a list of host names")
+    return [h for h in hosts if group_certs_of(_get(hostvars[h], "letsencrypt_certs", {}))]
+
+
 class FilterModule:
     """certbridge group certificate filters."""
 
     def filters(self):
         return {
             "letsencrypt_group_problem": letsencrypt_group_problem,
+            "letsencrypt_group_members": letsencrypt_group_members,
             "letsencrypt_group_plan": letsencrypt_group_plan,
             "letsencrypt_group_delivery": letsencrypt_group_delivery,
             "letsencrypt_group_certs": letsencrypt_group_certs,

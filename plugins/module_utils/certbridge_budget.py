@@ -240,3 +240,66 @@ def summary(plan_):
         count = sum(1 for x in deferred if x["limit"] == limit)
         lines.append("rate budget: %d deferred by %s; the first fits at %s" % (count, limit, d["earliest_utc"]))
     return lines
+
+
+def _label(value):
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def deferral_metrics(deferred, crowded, now):
+    """The round's Prometheus textfile: per cert this pulse did not order, when it fits.
+
+    ``deferred``: the plan's {host: {cert: {limit, earliest, ...}}} (reason rate_budget);
+    ``crowded``: the round's values-cap entries (reason crowded: they fit at the next pulse, so
+    their time is ``now``; those refused outright are failures, not deferrals)."""
+    rows = []
+    for host, certs in sorted((deferred or {}).items()):
+        for cert, d in sorted(certs.items()):
+            limit = str(d.get("limit", "")).split(":", 1)[0]
+            rows.append((host, cert, "rate_budget", limit, int(d.get("earliest", now))))
+    for d in sorted(crowded or [], key=lambda d: (str(d.get("host")), str(d.get("cert")))):
+        if not d.get("refused"):
+            rows.append((str(d.get("host")), str(d.get("cert")), "crowded", "max_values_per_name", int(now)))
+    out = ["# HELP certbridge_cert_deferred_until_seconds When a cert the pulse did not order fits (unix time): "
+           "reason rate_budget (the limit that binds) or crowded (values per name: the next pulse).",
+           "# TYPE certbridge_cert_deferred_until_seconds gauge"]
+    out += ['certbridge_cert_deferred_until_seconds{host="%s",cert="%s",reason="%s",limit="%s"} %d'
+            % (_label(h), _label(c), r, _label(lim), at) for h, c, r, lim, at in rows]
+    out += ["# HELP certbridge_round_deferred_certs Certs the last pulse did not order, by reason.",
+            "# TYPE certbridge_round_deferred_certs gauge"]
+    out += ['certbridge_round_deferred_certs{reason="%s"} %d' % (reason, sum(1 for r in rows if r[2] == reason))
+            for reason in ("crowded", "rate_budget")]
+    return "\n".join(out) + "\n"
+
+
+def write_textfile(path, text):
+    """Replaces ``path`` with ``text`` when it differs (a node_exporter textfile on the
+    controller): a temp file in the same directory, created exclusively, then renamed over it;
+    a link at ``path`` is replaced, never written through. Returns whether it wrote."""
+    import os
+    import tempfile
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        old = None
+    except OSError:
+        old = None  # a link (ELOOP): replace it
+    else:
+        with os.fdopen(fd, "rb") as f:
+            old = f.read()
+    if old == text.encode():
+        return False
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".certbridge-round-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode())
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return True

@@ -144,3 +144,33 @@ def test_the_public_suffix_list_gives_the_registered_domain():
     assert reg("www.example.co.uk") == "example.co.uk"
     assert reg("*.a.b.example.org") == "example.org"
     assert reg("someone.github.io") == "someone.github.io"
+
+
+def test_deferrals_reach_the_round_metrics_file_with_reason_and_time(tmp_path):
+    deferred = {"web02": {"main": {"reason": "rate_budget", "limit": "registered_domain: 50 per 7 d per registered "
+                                   "domain (example.org)", "earliest": 1_800_012_096}}}
+    crowded = [{"host": "web03", "cert": "mail", "refused": False, "reason": "deferred to the next pulse"},
+               {"host": "web04", "cert": "big", "refused": True, "reason": "not published"}]
+    text = budget.deferral_metrics(deferred, crowded, now=1_800_000_000)
+    assert ('certbridge_cert_deferred_until_seconds{host="web02",cert="main",reason="rate_budget",'
+            'limit="registered_domain"} 1800012096') in text
+    assert ('certbridge_cert_deferred_until_seconds{host="web03",cert="mail",reason="crowded",'
+            'limit="max_values_per_name"} 1800000000') in text
+    assert "web04" not in text  # refused outright: a failure, not a deferral
+    assert 'certbridge_round_deferred_certs{reason="rate_budget"} 1' in text
+    path = tmp_path / "round.prom"
+    assert budget.write_textfile(str(path), text)
+    assert path.read_text() == text and oct(path.stat().st_mode & 0o777) == "0o644"
+    mtime = path.stat().st_mtime_ns
+    assert not budget.write_textfile(str(path), text)  # unchanged: not rewritten
+    assert path.stat().st_mtime_ns == mtime
+    # A link planted at the path is replaced, never written through.
+    target = tmp_path / "elsewhere"
+    target.write_text("keep")
+    path.unlink()
+    path.symlink_to(target)
+    assert budget.write_textfile(str(path), text)
+    assert target.read_text() == "keep" and not path.is_symlink() and path.read_text() == text
+    empty = budget.deferral_metrics({}, [], now=1)
+    assert "certbridge_cert_deferred_until_seconds{" not in empty
+    assert 'certbridge_round_deferred_certs{reason="crowded"} 0' in empty

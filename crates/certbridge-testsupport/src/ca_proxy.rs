@@ -19,7 +19,11 @@
 //! `User-Agent`, a POST without `Content-Type: application/jose+json`, a GET where POST-as-GET
 //! is required, a nonce used twice, a `replaces` naming a certificate that already has a live
 //! replacement order, and more names than the order's profile allows. docs/testbed.md lists each rule with its source.
+//! It also enforces Let's Encrypt's rate limits ([`crate::rate_limits`]: new orders per account,
+//! certificates per registered domain and per exact set of names, new accounts per IP), with
+//! 429 `rateLimited`, `Retry-After` and Boulder's detail text; a `replaces` renewal is exempt.
 
+use crate::rate_limits::{Limiter, OrderRequest, RateLimits};
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -29,7 +33,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{json, Map, Value};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -315,13 +319,14 @@ pub const LE_PROFILES: [(&str, &str, usize); 3] = [
 
 /// The ids of the strict rules, as [`Recorded::strict`] names them (docs/testbed.md has a row
 /// for each).
-pub const STRICT_RULES: [&str; 6] = [
+pub const STRICT_RULES: [&str; 7] = [
     "user_agent",
     "post_as_get",
     "content_type",
     "nonce",
     "already_replaced",
     "max_names",
+    "rate_limit",
 ];
 
 /// The requests the proxy refuses itself, as Let's Encrypt (Boulder) and current Pebble do,
@@ -348,6 +353,9 @@ pub struct StrictRules {
     pub max_names: Option<usize>,
     /// Per profile name, at most this many names in its orders.
     pub profile_max_names: Vec<(String, usize)>,
+    /// Let's Encrypt's rate limits on newOrder and newAccount: 429 `rateLimited` with
+    /// `Retry-After` (letsencrypt.org/docs/rate-limits). Changing them resets the buckets.
+    pub rate_limits: RateLimits,
 }
 
 impl Default for StrictRules {
@@ -360,6 +368,7 @@ impl Default for StrictRules {
             replaced: true,
             max_names: Some(LE_CLASSIC_MAX_NAMES),
             profile_max_names: Vec::new(),
+            rate_limits: RateLimits::lets_encrypt(),
         }
     }
 }
@@ -374,6 +383,7 @@ impl StrictRules {
             replaced: false,
             max_names: None,
             profile_max_names: Vec::new(),
+            rate_limits: RateLimits::none(),
         }
     }
 }
@@ -398,8 +408,10 @@ pub struct Recorded {
     /// Whether a fault acted on this request.
     pub faulted: bool,
     /// The strict rule that refused it (`content_type`, `post_as_get`, `nonce`,
-    /// `already_replaced`, `max_names`), if one did.
+    /// `already_replaced`, `max_names`, `rate_limit`), if one did.
     pub strict: Option<&'static str>,
+    /// The `Retry-After` header of the answer, if it had one.
+    pub retry_after: Option<String>,
     pub at: Instant,
 }
 
@@ -692,16 +704,18 @@ async fn accept_loop(
     shared: Arc<Shared>,
 ) {
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
+        let Ok((tcp, peer)) = listener.accept().await else {
             continue;
         };
         let (acceptor, shared) = (acceptor.clone(), shared.clone());
+        let ip = peer.ip().to_string();
         tokio::spawn(async move {
             // A failed handshake or a closed connection only ends this connection.
             let Ok(tls) = acceptor.accept(tcp).await else {
                 return;
             };
-            let service = hyper::service::service_fn(move |req| handle(shared.clone(), req));
+            let service =
+                hyper::service::service_fn(move |req| handle(shared.clone(), ip.clone(), req));
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tls), service)
                 .await;
@@ -723,7 +737,7 @@ impl std::error::Error for DropConnection {}
 
 type Answer = Result<Response<Full<Bytes>>, DropConnection>;
 
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Answer {
+async fn handle(shared: Arc<Shared>, ip: String, req: Request<Incoming>) -> Answer {
     let (parts, body) = req.into_parts();
     let body = match body.collect().await {
         Ok(b) => b.to_bytes(),
@@ -739,6 +753,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Answer {
     let refused = strict_check(
         &shared,
         &parts,
+        &ip,
         endpoint,
         protected.as_ref(),
         payload.as_ref(),
@@ -779,6 +794,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Answer {
             status: None,
             upstream_status: None,
             faulted: fault.is_some(),
+            retry_after: None,
             strict: refused.as_ref().map(|r| r.rule),
             at: Instant::now(),
         });
@@ -786,7 +802,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Answer {
     };
     if let Some(refusal) = refused {
         let rsp = strict_answer(&shared, refusal, parts.method == hyper::Method::POST).await;
-        shared.update(index, |r| r.status = Some(rsp.status().as_u16()));
+        shared.update(index, |r| answered(r, &rsp));
         return Ok(rsp);
     }
 
@@ -795,14 +811,26 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Answer {
         body,
         path,
         endpoint,
+        protected: protected_of(&shared, index),
         payload,
         index,
+        ip,
     };
     let answer = answer(&shared, call, fault).await;
     if let Ok(rsp) = &answer {
-        shared.update(index, |r| r.status = Some(rsp.status().as_u16()));
+        shared.update(index, |r| answered(r, rsp));
     }
     answer
+}
+
+/// Records the status and `Retry-After` of the answer to `r`.
+fn answered(r: &mut Recorded, rsp: &Response<Full<Bytes>>) {
+    r.status = Some(rsp.status().as_u16());
+    r.retry_after = rsp
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
 }
 
 /// One request being answered.
@@ -811,9 +839,20 @@ struct Call {
     body: Bytes,
     path: String,
     endpoint: Endpoint,
+    protected: Option<Value>,
     payload: Option<Value>,
     /// Its index in the recorded requests.
     index: usize,
+    /// The client's address (the new-accounts limit counts per IP).
+    ip: String,
+}
+
+/// The JWS protected header of the recorded request `index`.
+fn protected_of(shared: &Shared, index: usize) -> Option<Value> {
+    lock(&shared.state)
+        .requests
+        .get(index)
+        .and_then(|r| r.protected.clone())
 }
 
 impl Shared {
@@ -831,8 +870,10 @@ async fn answer(shared: &Shared, call: Call, fault: Option<FaultAction>) -> Answ
         body,
         path,
         endpoint,
+        protected,
         payload,
         index,
+        ip,
     } = call;
     let mut drop_after = false;
     match fault {
@@ -900,9 +941,13 @@ async fn answer(shared: &Shared, call: Call, fault: Option<FaultAction>) -> Answ
     );
     strict_observe(
         shared,
-        endpoint,
-        &path,
-        payload.as_ref(),
+        Seen {
+            endpoint,
+            path: &path,
+            protected: protected.as_ref(),
+            payload: payload.as_ref(),
+            ip: &ip,
+        },
         head.status,
         &body,
     );
@@ -1100,6 +1145,8 @@ struct Refusal {
     status: u16,
     kind: &'static str,
     detail: String,
+    /// Seconds, for the `Retry-After` header (rate limits).
+    retry_after: Option<u64>,
 }
 
 /// What the strict rules remember between requests.
@@ -1113,6 +1160,11 @@ struct StrictState {
     orders: HashMap<String, SeenOrder>,
     /// Authorization path -> its last status seen.
     authzs: HashMap<String, String>,
+    /// The rate limits' buckets (made for the configured limits; new limits, new buckets).
+    limiter: Option<Limiter>,
+    /// Account keys (their JWK) the CA holds an account for: a newAccount with one is no new
+    /// registration.
+    account_keys: HashSet<String>,
 }
 
 struct SeenOrder {
@@ -1183,6 +1235,7 @@ fn serial_hex(cert_id: &str) -> String {
 fn strict_check(
     shared: &Shared,
     parts: &hyper::http::request::Parts,
+    ip: &str,
     endpoint: Endpoint,
     protected: Option<&Value>,
     payload: Option<&Value>,
@@ -1200,6 +1253,7 @@ fn strict_check(
             status: 400,
             kind: "malformed",
             detail: "All requests MUST include a User-Agent header".into(),
+            retry_after: None,
         });
     }
     if rules.post_as_get && !post && post_only(endpoint) {
@@ -1208,6 +1262,7 @@ fn strict_check(
             status: 405,
             kind: "malformed",
             detail: "Method not allowed".into(),
+            retry_after: None,
         });
     }
     if !post {
@@ -1229,6 +1284,7 @@ fn strict_check(
                 detail: format!(
                     "Unable to validate JWS :: {what}. Content-Type must be {JOSE_JSON:?}"
                 ),
+                retry_after: None,
             });
         }
     }
@@ -1245,8 +1301,12 @@ fn strict_check(
                 detail: format!(
                     "Unable to validate JWS :: JWS has an invalid anti-replay nonce: {nonce:?}"
                 ),
+                retry_after: None,
             });
         }
+    }
+    if endpoint == Endpoint::NewAccount {
+        return rate_limit_account(&mut state.strict, &rules, ip, protected, payload);
     }
     if endpoint != Endpoint::NewOrder {
         return None;
@@ -1265,21 +1325,12 @@ fn strict_check(
                     "Could not validate ARI 'replaces' field :: cannot indicate an order replaces certificate with serial {:?}, which already has a replacement order",
                     serial_hex(id)
                 ),
+                retry_after: None,
             });
         }
     }
-    let profile = payload.get("profile").and_then(Value::as_str);
-    let limit = profile
-        .and_then(|p| {
-            rules
-                .profile_max_names
-                .iter()
-                .find(|(name, _)| name == p)
-                .map(|(_, max)| *max)
-        })
-        .or(rules.max_names)?;
     // Boulder counts distinct lower-cased names.
-    let names: HashSet<String> = payload
+    let names: BTreeSet<String> = payload
         .get("identifiers")
         .and_then(Value::as_array)
         .map(|ids| {
@@ -1289,20 +1340,105 @@ fn strict_check(
                 .collect()
         })
         .unwrap_or_default();
-    (names.len() > limit).then(|| Refusal {
-        rule: "max_names",
-        status: 400,
-        kind: "malformed",
-        detail: format!(
-            "Error creating new order :: Order cannot contain more than {limit} DNS names"
-        ),
-    })
+    let profile = payload.get("profile").and_then(Value::as_str);
+    let limit = profile
+        .and_then(|p| {
+            rules
+                .profile_max_names
+                .iter()
+                .find(|(name, _)| name == p)
+                .map(|(_, max)| *max)
+        })
+        .or(rules.max_names);
+    if let Some(limit) = limit.filter(|l| names.len() > *l) {
+        return Some(Refusal {
+            rule: "max_names",
+            status: 400,
+            kind: "malformed",
+            detail: format!(
+                "Error creating new order :: Order cannot contain more than {limit} DNS names"
+            ),
+            retry_after: None,
+        });
+    }
+    // Checked last, as Boulder's RA does after the WFE's checks; spent here when it passes.
+    let account = protected
+        .and_then(|p| p.get("kid"))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let names: Vec<String> = names.into_iter().collect();
+    let order = OrderRequest {
+        account,
+        names: &names,
+        // Exempt when it names a certificate not already replaced (the rule above refused the
+        // others when it is on).
+        replaces: payload.get("replaces").and_then(Value::as_str).is_some(),
+    };
+    limiter(&mut state.strict, &rules)
+        .new_order(&order, unix_now())
+        .err()
+        .map(rate_limited)
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The limiter for the configured limits (a new one, with empty buckets, when they changed).
+fn limiter<'a>(strict: &'a mut StrictState, rules: &StrictRules) -> &'a mut Limiter {
+    if strict
+        .limiter
+        .as_ref()
+        .is_none_or(|l| l.limits() != &rules.rate_limits)
+    {
+        strict.limiter = Some(Limiter::with_psl(rules.rate_limits.clone()));
+    }
+    strict.limiter.as_mut().expect("just made")
+}
+
+fn rate_limited(limited: crate::rate_limits::Limited) -> Refusal {
+    Refusal {
+        rule: "rate_limit",
+        status: 429,
+        kind: "rateLimited",
+        detail: limited.detail,
+        retry_after: Some(limited.retry_after),
+    }
+}
+
+/// The new-accounts-per-IP limit: a newAccount for a key the CA holds no account of (and not
+/// `onlyReturnExisting`) must fit; it is spent when the CA makes the account (201).
+fn rate_limit_account(
+    strict: &mut StrictState,
+    rules: &StrictRules,
+    ip: &str,
+    protected: Option<&Value>,
+    payload: Option<&Value>,
+) -> Option<Refusal> {
+    let existing_only = payload
+        .and_then(|p| p.get("onlyReturnExisting"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let key = protected.and_then(|p| p.get("jwk")).map(Value::to_string);
+    if existing_only || key.is_some_and(|k| strict.account_keys.contains(&k)) {
+        return None;
+    }
+    limiter(strict, rules)
+        .check_account(ip, unix_now())
+        .err()
+        .map(rate_limited)
 }
 
 /// The problem document for a refusal; a refused POST carries a fresh nonce from Pebble (as
 /// every CA's answer to a POST does), a refused GET `Allow: POST`.
 async fn strict_answer(shared: &Shared, refusal: Refusal, post: bool) -> Response<Full<Bytes>> {
     let mut rsp = problem(refusal.status, refusal.kind, &refusal.detail);
+    if let Some(secs) = refusal.retry_after {
+        rsp.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+    }
     if refusal.rule == "post_as_get" {
         rsp.headers_mut()
             .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
@@ -1334,17 +1470,37 @@ async fn fresh_nonce(shared: &Shared) -> Option<String> {
     Some(nonce.to_owned())
 }
 
-/// Remembers what the answers say about orders and authorizations, and which certificate a
-/// successful newOrder replaces.
-fn strict_observe(
-    shared: &Shared,
+/// What [`strict_observe`] needs of the request an answer belongs to.
+struct Seen<'a> {
     endpoint: Endpoint,
-    path: &str,
-    payload: Option<&Value>,
-    status: StatusCode,
-    body: &[u8],
-) {
+    path: &'a str,
+    protected: Option<&'a Value>,
+    payload: Option<&'a Value>,
+    ip: &'a str,
+}
+
+/// Remembers what the answers say about orders, authorizations and accounts, which
+/// certificate a successful newOrder replaces, and which name sets got a certificate.
+fn strict_observe(shared: &Shared, seen: Seen, status: StatusCode, body: &[u8]) {
+    let Seen {
+        endpoint,
+        path,
+        protected,
+        payload,
+        ip,
+    } = seen;
     if !status.is_success() {
+        return;
+    }
+    let rules = lock(&shared.config).strict.clone();
+    if endpoint == Endpoint::NewAccount {
+        let mut state = lock(&shared.state);
+        if let Some(key) = protected.and_then(|p| p.get("jwk")) {
+            state.strict.account_keys.insert(key.to_string());
+        }
+        if status == StatusCode::CREATED {
+            limiter(&mut state.strict, &rules).account_made(ip, unix_now());
+        }
         return;
     }
     let Ok(Value::Object(json)) = serde_json::from_slice::<Value>(body) else {
@@ -1375,6 +1531,19 @@ fn strict_observe(
                 time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
             }),
         };
+        if seen.status == "valid" {
+            let names: Vec<String> = json
+                .get("identifiers")
+                .and_then(Value::as_array)
+                .map(|ids| {
+                    ids.iter()
+                        .filter_map(|i| i.get("value").and_then(Value::as_str))
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default();
+            limiter(&mut state.strict, &rules).issued(&names);
+        }
         state.strict.orders.insert(finalize.to_owned(), seen);
         if endpoint == Endpoint::NewOrder {
             if let Some(id) = payload

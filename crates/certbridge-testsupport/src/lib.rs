@@ -10,6 +10,7 @@
 //! - [`certset`]: the service-facing files of a cert dir, checked to be one matching set.
 //! - [`ca_proxy`]: the fault-injecting ACME proxy in front of Pebble.
 //! - [`connect_proxy`]: a minimal HTTP CONNECT proxy that counts its tunnels.
+//! - [`rate_limits`]: Let's Encrypt's rate limits (token buckets), as the CA proxy enforces them.
 
 pub mod bed;
 pub mod ca_proxy;
@@ -18,6 +19,7 @@ pub mod connect_proxy;
 pub mod dns;
 pub mod host;
 pub mod module;
+pub mod rate_limits;
 pub mod raw_http;
 pub mod tree;
 
