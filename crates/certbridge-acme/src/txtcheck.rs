@@ -1,13 +1,17 @@
 //! `dns_check` of acme_finalize: before asking the CA to validate, wait until every dns-01
 //! value of a cert is visible at its `_acme-challenge` record (the resolver follows the CNAME)
 //! on the resolver the host is told to use. A validation that fails costs rate limit; a value
-//! that was never published (a `--limit` run) must not reach the CA.
+//! that was never published (a `--limit` run) must not reach the CA. The polling is
+//! certbridge-dns's propagation checker, the one acme_txt_publish verifies with.
 
 use crate::store::ChallengeRecord;
+use certbridge_core::names::DomainName;
+use certbridge_dns::verify::{self, Expected, TxtSource};
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -48,25 +52,61 @@ async fn txt_values(resolver: &TokioResolver, record: &str) -> Vec<String> {
         .collect()
 }
 
-/// Waits until every value is visible, polling until `deadline`; returns the ones still
-/// missing then (empty: all visible).
+/// The host's resolver as a source of the shared propagation checker: it follows the
+/// `_acme-challenge` CNAME itself, so the values at the end of the chain are what count.
+struct ResolverSource<'a>(&'a TokioResolver);
+
+impl TxtSource for ResolverSource<'_> {
+    async fn txt(
+        &self,
+        owner: &DomainName,
+        deadline: tokio::time::Instant,
+    ) -> Result<BTreeSet<String>, String> {
+        match tokio::time::timeout_at(deadline, txt_values(self.0, owner.as_str())).await {
+            Ok(values) => Ok(values.into_iter().collect()),
+            Err(_) => Err(format!(
+                "no answer for {} before the deadline",
+                owner.fqdn()
+            )),
+        }
+    }
+}
+
+/// Waits until every value is visible, polling with certbridge-dns's propagation checker
+/// (the one acme_txt_publish verifies with) until `deadline`; returns the ones still missing
+/// then (empty: all visible). A record that is not a domain name can never be visible.
 pub async fn wait_visible(
     resolver: &TokioResolver,
     challenges: &[ChallengeRecord],
     deadline: Instant,
 ) -> Vec<ChallengeRecord> {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        let mut missing = Vec::new();
-        for c in challenges {
-            if !txt_values(resolver, &c.record).await.contains(&c.value) {
-                missing.push(c.clone());
+    let mut expected = Expected::new();
+    let mut missing = Vec::new();
+    let mut named = Vec::new();
+    for c in challenges {
+        match DomainName::parse(&c.record) {
+            Ok(record) => {
+                expected
+                    .entry(record.clone())
+                    .or_default()
+                    .insert(c.value.clone());
+                named.push((record, c));
             }
+            Err(_) => missing.push(c.clone()),
         }
-        if missing.is_empty() || Instant::now() + delay >= deadline {
-            return missing;
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(2));
     }
+    let deadline = tokio::time::Instant::from_std(deadline);
+    let result = verify::verify_server(&ResolverSource(resolver), &expected, deadline).await;
+    missing.extend(
+        named
+            .into_iter()
+            .filter(|(record, c)| {
+                result
+                    .missing
+                    .get(record.as_str())
+                    .is_some_and(|vs| vs.contains(&c.value))
+            })
+            .map(|(_, c)| c.clone()),
+    );
+    missing
 }

@@ -345,7 +345,11 @@ fn file_zone(
     let server_log = match &z.server_log {
         None => None,
         Some(p) if std::path::Path::new(p).is_absolute() => Some(p.into()),
-        Some(p) => return Err(format!("`{at}.server_log` must be an absolute path, not {p:?}")),
+        Some(p) => {
+            return Err(format!(
+                "`{at}.server_log` must be an absolute path, not {p:?}"
+            ))
+        }
     };
     let (reload, default_reload) = match &z.reload {
         Some(c) => (c.argv(&format!("{at}.reload"))?, false),
