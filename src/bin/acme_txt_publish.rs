@@ -2,7 +2,7 @@
 fn main() {
     certbridge_core::protocol::run(
         "acme_txt_publish",
-        &["tsig_secret"],
+        &["tsig_secret", "api_key"],
         certbridge_dns::publish::run_module,
     )
 }

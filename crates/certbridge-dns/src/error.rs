@@ -97,6 +97,14 @@ pub enum PublishError {
         rendered: u32,
         detail: String,
     },
+    /// An HTTP DNS API failed; `server` is the API's URL (never its key).
+    #[error("zone {zone} (method {method}, server {server}): {detail}")]
+    Api {
+        zone: String,
+        method: &'static str,
+        server: String,
+        detail: String,
+    },
     #[error("zone {zone}: cannot find its authoritative servers: {detail}")]
     Servers { zone: String, detail: String },
 }

@@ -1,20 +1,23 @@
 //! certbridge-dns: follow `_acme-challenge` CNAMEs, publish TXT values, verify every
-//! authoritative server answers them. No ACME client and no TLS: `acme_txt_publish` links
-//! only this and certbridge-core.
+//! authoritative server answers them. No ACME client: `acme_txt_publish` links only this
+//! and certbridge-core (TLS only for the PowerDNS API over HTTPS).
 //! - [`transport`]: queries (UDP, TCP on truncation), TSIG-signed AXFR and UPDATE.
 //! - [`chase`]: CNAME chains to the owner in a managed zone; a zone's servers.
 //! - [`rfc2136`]: the dynamic-update method and its first-published state file.
 //! - [`verify`]: polling every authoritative server until it serves every value.
 //! - [`zonefile`]: the zone-file method over certbridge-core's zone library; [`loaded`]: did
 //!   the server load the file it was told to reload.
+//! - [`powerdns`]: the PowerDNS HTTP API method; [`tls`]: trust roots for HTTPS.
 //! - [`options`], [`publish`]: the `acme_txt_publish` module's options and the step itself.
 
 pub mod chase;
 pub mod error;
 pub mod loaded;
 pub mod options;
+pub mod powerdns;
 pub mod publish;
 pub mod rfc2136;
+pub mod tls;
 pub mod transport;
 pub mod verify;
 pub mod zonefile;

@@ -11,7 +11,7 @@ use certbridge_core::zone;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 fn yes() -> bool {
@@ -175,6 +175,15 @@ pub struct ZoneInput {
     pub tsig_algorithm: Option<String>,
     #[serde(default)]
     pub tsig_secret: Option<String>,
+    // powerdns
+    #[serde(default)]
+    pub api_url: Option<String>,
+    #[serde(default)]
+    pub server_id: Option<String>,
+    #[serde(default)]
+    pub api_key: Option<String>,
+    #[serde(default)]
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -182,6 +191,7 @@ pub struct ZoneInput {
 pub enum Method {
     Zonefile,
     Rfc2136,
+    Powerdns,
 }
 
 /// A record accepted at the edge: every field a domain type.
@@ -233,6 +243,7 @@ pub struct DynZone {
 pub enum ZoneKind {
     File(Box<FileZone>),
     Dynamic(Box<DynZone>),
+    PowerDns(Box<crate::powerdns::PdnsZone>),
 }
 
 #[derive(Debug, Clone)]
@@ -433,8 +444,12 @@ impl Plan {
         // file): a long origin must fail here, not after the UPDATE was sent.
         let state_dir = PathBuf::from(&o.state_dir);
         for (i, z) in zones.iter().enumerate() {
-            if let ZoneKind::Dynamic(_) = z.kind {
-                let path = crate::rfc2136::state_path(&state_dir, &z.origin);
+            let path = match z.kind {
+                ZoneKind::Dynamic(_) => Some(crate::rfc2136::state_path(&state_dir, &z.origin)),
+                ZoneKind::PowerDns(_) => Some(crate::powerdns::state_path(&state_dir, &z.origin)),
+                ZoneKind::File(_) => None,
+            };
+            if let Some(path) = path {
                 let name = path.file_name().unwrap_or_default().to_string_lossy();
                 certbridge_core::names::check_made_file(&state_dir, &name).map_err(|e| {
                     format!(
@@ -508,6 +523,10 @@ fn zone_plan(i: usize, z: &ZoneInput) -> Result<ZonePlan, String> {
                 ("tsig_name", z.tsig_name.is_some()),
                 ("tsig_algorithm", z.tsig_algorithm.is_some()),
                 ("tsig_secret", z.tsig_secret.is_some()),
+                ("api_url", z.api_url.is_some()),
+                ("server_id", z.server_id.is_some()),
+                ("api_key", z.api_key.is_some()),
+                ("ca_file", z.ca_file.is_some()),
             ] {
                 not_for(name, present, "zonefile")?;
             }
@@ -600,6 +619,10 @@ fn zone_plan(i: usize, z: &ZoneInput) -> Result<ZonePlan, String> {
                 ("reload", z.reload.is_some()),
                 ("rndc_conf", z.rndc_conf.is_some()),
                 ("freeze", z.freeze.is_some()),
+                ("api_url", z.api_url.is_some()),
+                ("server_id", z.server_id.is_some()),
+                ("api_key", z.api_key.is_some()),
+                ("ca_file", z.ca_file.is_some()),
             ] {
                 not_for(name, present, "rfc2136")?;
             }
@@ -624,6 +647,73 @@ fn zone_plan(i: usize, z: &ZoneInput) -> Result<ZonePlan, String> {
                 kind: ZoneKind::Dynamic(Box::new(DynZone {
                     server,
                     key,
+                    ttl: ttl_u32(&at, z.ttl.as_ref())?,
+                })),
+            })
+        }
+        Method::Powerdns => {
+            for (name, present) in [
+                ("path", z.path.is_some()),
+                ("ns", z.ns.is_some()),
+                ("soa", z.soa.is_some()),
+                ("static_records", z.static_records.is_some()),
+                ("validate", z.validate.is_some()),
+                ("mode", z.mode.is_some()),
+                ("owner", z.owner.is_some()),
+                ("group", z.group.is_some()),
+                ("follow_symlink", z.follow_symlink.is_some()),
+                ("reload", z.reload.is_some()),
+                ("rndc_conf", z.rndc_conf.is_some()),
+                ("freeze", z.freeze.is_some()),
+                ("server", z.server.is_some()),
+                ("tsig_name", z.tsig_name.is_some()),
+                ("tsig_algorithm", z.tsig_algorithm.is_some()),
+                ("tsig_secret", z.tsig_secret.is_some()),
+            ] {
+                not_for(name, present, "powerdns")?;
+            }
+            let in_zone =
+                |e: String| format!("`{at}` (zone {}, method powerdns): {e}", origin.fqdn());
+            let api = z
+                .api_url
+                .as_deref()
+                .ok_or_else(|| required("api_url", "powerdns"))?;
+            let api = crate::powerdns::ApiUrl::parse(api)
+                .map_err(|e| in_zone(format!("`api_url` {e}")))?;
+            let key = z
+                .api_key
+                .as_deref()
+                .ok_or_else(|| required("api_key", "powerdns"))?;
+            let key = crate::powerdns::ApiKey::new(key).map_err(in_zone)?;
+            let server_id = z.server_id.clone().unwrap_or_else(|| "localhost".into());
+            if server_id.is_empty()
+                || !server_id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
+                return Err(in_zone(format!(
+                    "`server_id` `{server_id}` is not a PowerDNS server id (letters, digits, `-`, `_`, `.`)"
+                )));
+            }
+            let ca_file = match &z.ca_file {
+                None => None,
+                Some(f) if !api.tls => {
+                    return Err(in_zone(format!(
+                        "`ca_file` {f} given, but `api_url` {api} is plain http"
+                    )))
+                }
+                Some(f) if !Path::new(f).is_absolute() => {
+                    return Err(in_zone(format!("`ca_file` {f} is not an absolute path")))
+                }
+                Some(f) => Some(PathBuf::from(f)),
+            };
+            Ok(ZonePlan {
+                origin,
+                kind: ZoneKind::PowerDns(Box::new(crate::powerdns::PdnsZone {
+                    api,
+                    server_id,
+                    key,
+                    ca_file,
                     ttl: ttl_u32(&at, z.ttl.as_ref())?,
                 })),
             })

@@ -8,7 +8,7 @@ use crate::chase::{Chaser, Lookup, Outcome};
 use crate::error::PublishError;
 use crate::options::{Accepted, Plan, PublishOptions, RejectedRecord, ZoneKind};
 use crate::verify::{self, Expected, ServerResult};
-use crate::{rfc2136, zonefile};
+use crate::{powerdns, rfc2136, zonefile};
 use certbridge_core::names::{DomainName, Identifier, TxtDigest};
 use certbridge_core::protocol::{Failure, Invocation, Reply};
 use futures_util::stream::{self, StreamExt};
@@ -177,6 +177,19 @@ pub async fn publish(plan: &Plan, check_mode: bool, started: std::time::Instant)
                 rfc2136::publish(
                     &zp.origin,
                     dz,
+                    zone_wanted,
+                    now,
+                    &expiry,
+                    check_mode,
+                    &plan.state_dir,
+                    deadline,
+                )
+                .await
+            }
+            ZoneKind::PowerDns(pz) => {
+                powerdns::publish(
+                    &zp.origin,
+                    pz,
                     zone_wanted,
                     now,
                     &expiry,

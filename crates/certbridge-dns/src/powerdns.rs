@@ -1,0 +1,655 @@
+//! The `powerdns` method: PowerDNS Authoritative's HTTP API. Read the zone's TXT RRsets
+//! (`GET /api/v1/servers/{id}/zones/{zone}`), then send every change as one `PATCH` of RRsets
+//! (`REPLACE` with the owner's whole new value set, `DELETE` when nothing is left). PowerDNS
+//! applies one PATCH in one backend transaction, so a refused change leaves the zone as it was;
+//! the SOA serial is the server's business (the zone's SOA-EDIT-API), never touched here.
+//!
+//! Value ages live in a state file like the `rfc2136` method's (`<zone>.powerdns.json`).
+//! The API key is sent in `X-API-Key` only; no error text ever carries it.
+
+use crate::error::PublishError;
+use certbridge_core::names::{DomainName, TxtDigest};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// Largest API answer read: a zone of 10,000 RRsets is about 2 MiB of JSON.
+const MAX_BODY: usize = 64 << 20;
+
+/// Where the API is: `http://` or `https://` host, port and path prefix.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path before `/api/v1`, without a trailing slash (empty for the usual root).
+    pub prefix: String,
+}
+
+impl ApiUrl {
+    pub fn parse(s: &str) -> Result<ApiUrl, String> {
+        let uri: Uri = s.parse().map_err(|e| format!("`{s}` is not a URL: {e}"))?;
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(format!("`{s}`: the scheme must be http or https")),
+        };
+        let host = uri
+            .host()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| format!("`{s}` names no host"))?;
+        if uri.query().is_some() || s.contains('@') {
+            return Err(format!("`{s}`: no query or user part, please"));
+        }
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let prefix = uri.path().trim_end_matches('/').to_owned();
+        let prefix = prefix.strip_suffix("/api/v1").unwrap_or(&prefix).to_owned();
+        Ok(ApiUrl {
+            tls,
+            host,
+            port,
+            prefix,
+        })
+    }
+}
+
+impl std::fmt::Display for ApiUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "https" } else { "http" };
+        if self.host.contains(':') {
+            write!(f, "{scheme}://[{}]:{}{}", self.host, self.port, self.prefix)
+        } else {
+            write!(f, "{scheme}://{}:{}{}", self.host, self.port, self.prefix)
+        }
+    }
+}
+
+impl std::fmt::Debug for ApiUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+/// The API key: never printed, not even by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    pub fn new(key: &str) -> Result<ApiKey, String> {
+        if key.is_empty() {
+            return Err("`api_key` is empty".into());
+        }
+        // It goes into a header: no control characters.
+        if key.bytes().any(|b| b.is_ascii_control()) || !key.is_ascii() {
+            return Err("`api_key` holds characters an HTTP header cannot carry".into());
+        }
+        Ok(ApiKey(key.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(<secret>)")
+    }
+}
+
+/// One zone published through the API.
+#[derive(Debug, Clone)]
+pub struct PdnsZone {
+    pub api: ApiUrl,
+    pub server_id: String,
+    pub key: ApiKey,
+    /// Trust roots for HTTPS: this PEM bundle, else the system's.
+    pub ca_file: Option<PathBuf>,
+    pub ttl: u32,
+}
+
+/// Why an API call failed; shown with zone, method and server around it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiFailure {
+    Unreachable(String),
+    Tls(String),
+    Timeout(&'static str),
+    /// 401/403: the key is wrong (PowerDNS answers 401 without a body worth showing).
+    Unauthorized(u16),
+    NoZone,
+    /// 422 and the like: PowerDNS's own `error` text.
+    Refused {
+        status: u16,
+        error: String,
+    },
+    Malformed(String),
+}
+
+impl std::fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApiFailure::Unreachable(e) => write!(f, "cannot reach the API: {e}"),
+            ApiFailure::Tls(e) => write!(f, "TLS with the API failed: {e}"),
+            ApiFailure::Timeout(what) => write!(f, "no answer to {what} before the deadline"),
+            ApiFailure::Unauthorized(s) => write!(
+                f,
+                "the API refused the key (HTTP {s}): check `api_key` against the server's `api-key` setting"
+            ),
+            ApiFailure::NoZone => write!(
+                f,
+                "the server has no such zone (HTTP 404): check the zone's origin and `server_id`"
+            ),
+            ApiFailure::Refused { status, error } => {
+                write!(f, "PowerDNS refused the request (HTTP {status}): {error}")
+            }
+            ApiFailure::Malformed(e) => write!(f, "unexpected answer: {e}"),
+        }
+    }
+}
+
+fn api_error(origin: &DomainName, pz: &PdnsZone, failure: ApiFailure) -> PublishError {
+    PublishError::Api {
+        zone: origin.fqdn(),
+        method: "powerdns",
+        server: format!("{} (server_id {})", pz.api, pz.server_id),
+        detail: failure.to_string(),
+    }
+}
+
+/// A TXT record as PowerDNS holds it: presentation-format content.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
+pub struct PdnsRecord {
+    pub content: String,
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct ZoneDoc {
+    #[serde(default)]
+    rrsets: Vec<RrsetDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RrsetDoc {
+    name: String,
+    #[serde(rename = "type")]
+    rtype: String,
+    #[serde(default)]
+    records: Vec<PdnsRecord>,
+}
+
+/// The zone's TXT RRsets: owner -> records as stored.
+pub type TxtRrsets = BTreeMap<DomainName, Vec<PdnsRecord>>;
+
+/// A TXT content's value: its character-strings joined (`"a" "b"` -> `ab`), escapes undone.
+/// None for content that is not quoted strings.
+pub fn unquote(content: &str) -> Option<String> {
+    let mut out = Vec::new();
+    let mut it = content.trim().bytes().peekable();
+    let mut any = false;
+    while let Some(b) = it.next() {
+        match b {
+            b' ' | b'\t' => continue,
+            b'"' => any = true,
+            _ => return None,
+        }
+        loop {
+            match it.next()? {
+                b'"' => break,
+                b'\\' => {
+                    let c = it.next()?;
+                    if c.is_ascii_digit() {
+                        let d2 = it.next().filter(u8::is_ascii_digit)?;
+                        let d3 = it.next().filter(u8::is_ascii_digit)?;
+                        let n = u32::from(c - b'0') * 100
+                            + u32::from(d2 - b'0') * 10
+                            + u32::from(d3 - b'0');
+                        out.push(u8::try_from(n).ok()?);
+                    } else {
+                        out.push(c);
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+    }
+    any.then(|| String::from_utf8_lossy(&out).into_owned())
+}
+
+/// A value as PowerDNS content: one quoted string with `"` and `\` escaped.
+pub fn quote(value: &str) -> String {
+    let mut s = String::with_capacity(value.len() + 2);
+    s.push('"');
+    for c in value.chars() {
+        if c == '"' || c == '\\' {
+            s.push('\\');
+        }
+        s.push(c);
+    }
+    s.push('"');
+    s
+}
+
+/// Values of enabled records, per owner (what the DNS serves).
+pub fn current_values(rrsets: &TxtRrsets) -> BTreeMap<DomainName, BTreeSet<String>> {
+    rrsets
+        .iter()
+        .map(|(o, recs)| {
+            let vs = recs
+                .iter()
+                .filter(|r| !r.disabled)
+                .filter_map(|r| unquote(&r.content))
+                .collect();
+            (o.clone(), vs)
+        })
+        .collect()
+}
+
+/// The PATCH body for `change`: per changed owner, `REPLACE` with every record it keeps (as
+/// stored, other TXT records included) plus the new values, or `DELETE` when none is left.
+pub fn patch_body(
+    rrsets: &TxtRrsets,
+    change: &crate::rfc2136::Change,
+    ttl: u32,
+) -> serde_json::Value {
+    let owners: BTreeSet<&DomainName> = change.add.keys().chain(change.delete.keys()).collect();
+    let mut out = Vec::new();
+    for owner in owners {
+        let gone = change.delete.get(owner);
+        let mut records: Vec<PdnsRecord> = rrsets
+            .get(owner)
+            .map(|recs| {
+                recs.iter()
+                    .filter(|r| {
+                        !unquote(&r.content).is_some_and(|v| gone.is_some_and(|g| g.contains(&v)))
+                    })
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        for v in change.add.get(owner).into_iter().flatten() {
+            records.push(PdnsRecord {
+                content: quote(v),
+                disabled: false,
+            });
+        }
+        let name = owner.fqdn();
+        out.push(if records.is_empty() {
+            serde_json::json!({"name": name, "type": "TXT", "changetype": "DELETE"})
+        } else {
+            serde_json::json!({"name": name, "type": "TXT", "ttl": ttl, "changetype": "REPLACE", "records": records})
+        });
+    }
+    serde_json::json!({ "rrsets": out })
+}
+
+/// One HTTP/1.1 connection to the API, for one request (PowerDNS's web server closes the
+/// connection after each answer).
+struct Conn {
+    send: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+async fn connect(pz: &PdnsZone) -> Result<Conn, ApiFailure> {
+    let tcp = TcpStream::connect((pz.api.host.as_str(), pz.api.port))
+        .await
+        .map_err(|e| ApiFailure::Unreachable(e.to_string()))?;
+    let _ = tcp.set_nodelay(true);
+    let io: Box<dyn Io> = if pz.api.tls {
+        let roots = crate::tls::load_roots(pz.ca_file.as_deref())
+            .map_err(|e| ApiFailure::Tls(e.to_string()))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ApiFailure::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from(pz.api.host.clone())
+            .map_err(|e| ApiFailure::Tls(format!("{}: {e}", pz.api.host)))?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| ApiFailure::Tls(e.to_string()))?;
+        Box::new(tls)
+    } else {
+        Box::new(tcp)
+    };
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| ApiFailure::Unreachable(e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(Conn { send })
+}
+
+impl Conn {
+    async fn call(
+        mut self,
+        pz: &PdnsZone,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes), ApiFailure> {
+        let host = if pz.api.host.contains(':') {
+            format!("[{}]:{}", pz.api.host, pz.api.port)
+        } else {
+            format!("{}:{}", pz.api.host, pz.api.port)
+        };
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", pz.api.prefix))
+            .header("host", host)
+            .header("x-api-key", pz.key.0.as_str())
+            .header("accept", "application/json")
+            .header(
+                "user-agent",
+                concat!("certbridge/", env!("CARGO_PKG_VERSION")),
+            );
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| ApiFailure::Malformed(e.to_string()))?;
+        self.send
+            .ready()
+            .await
+            .map_err(|e| ApiFailure::Unreachable(e.to_string()))?;
+        let resp = self
+            .send
+            .send_request(req)
+            .await
+            .map_err(|e| ApiFailure::Unreachable(e.to_string()))?;
+        let status = resp.status();
+        let body = Limited::new(resp.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| ApiFailure::Unreachable(format!("reading the answer: {e}")))?
+            .to_bytes();
+        Ok((status, body))
+    }
+}
+
+/// Turns a non-success answer into its failure (PowerDNS's `{"error": ...}` kept).
+fn refusal(status: StatusCode, body: &[u8], missing_zone: bool) -> ApiFailure {
+    match status.as_u16() {
+        s @ (401 | 403) => ApiFailure::Unauthorized(s),
+        404 if missing_zone => ApiFailure::NoZone,
+        s => {
+            let error = serde_json::from_slice::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+                .unwrap_or_else(|| {
+                    let text = String::from_utf8_lossy(body);
+                    let t: String = text.chars().take(300).collect();
+                    if t.trim().is_empty() {
+                        status.canonical_reason().unwrap_or("no reason").to_owned()
+                    } else {
+                        t
+                    }
+                });
+            ApiFailure::Refused { status: s, error }
+        }
+    }
+}
+
+fn zone_path(pz: &PdnsZone, origin: &DomainName) -> String {
+    // Zone ids are the zone's name with its trailing dot; a DomainName holds only letters,
+    // digits, `-` and `_`, nothing to escape.
+    format!("/api/v1/servers/{}/zones/{}", pz.server_id, origin.fqdn())
+}
+
+async fn within<T>(
+    deadline: Instant,
+    what: &'static str,
+    f: impl std::future::Future<Output = Result<T, ApiFailure>>,
+) -> Result<T, ApiFailure> {
+    tokio::time::timeout_at(deadline, f)
+        .await
+        .map_err(|_| ApiFailure::Timeout(what))?
+}
+
+/// Reads the zone's TXT RRsets.
+async fn read(pz: &PdnsZone, origin: &DomainName) -> Result<TxtRrsets, ApiFailure> {
+    let conn = connect(pz).await?;
+    let (status, body) = conn
+        .call(pz, Method::GET, &zone_path(pz, origin), None)
+        .await?;
+    if !status.is_success() {
+        return Err(refusal(status, &body, true));
+    }
+    let doc: ZoneDoc = serde_json::from_slice(&body)
+        .map_err(|e| ApiFailure::Malformed(format!("the zone document: {e}")))?;
+    let mut out = TxtRrsets::new();
+    for rr in doc.rrsets {
+        if rr.rtype != "TXT" {
+            continue;
+        }
+        let Ok(owner) = DomainName::parse(rr.name.trim_end_matches('.')) else {
+            continue;
+        };
+        out.entry(owner).or_default().extend(rr.records);
+    }
+    Ok(out)
+}
+
+pub fn state_path(state_dir: &Path, zone: &DomainName) -> PathBuf {
+    state_dir.join(format!("{}.powerdns.json", zone.as_str()))
+}
+
+fn lock_path(state_dir: &Path, zone: &DomainName) -> PathBuf {
+    state_dir.join(format!("{}.powerdns.lock", zone.as_str()))
+}
+
+/// Publishes `wanted` into a PowerDNS zone: GET, plan, one PATCH, then the state file.
+#[allow(clippy::too_many_arguments)]
+pub async fn publish(
+    origin: &DomainName,
+    pz: &PdnsZone,
+    wanted: &BTreeMap<DomainName, BTreeSet<TxtDigest>>,
+    now: u64,
+    expiry: &crate::zonefile::Expiry,
+    check_mode: bool,
+    state_dir: &Path,
+    deadline: Instant,
+) -> Result<crate::zonefile::ZoneResult, PublishError> {
+    let state = state_path(state_dir, origin);
+    let _lock = if check_mode {
+        None
+    } else {
+        std::fs::create_dir_all(state_dir).map_err(|e| PublishError::State {
+            zone: origin.as_str().into(),
+            path: state_dir.to_path_buf(),
+            detail: format!("cannot create the state directory: {e}"),
+        })?;
+        let wait = deadline.saturating_duration_since(Instant::now());
+        Some(
+            certbridge_core::fsutil::Lock::acquire(&lock_path(state_dir, origin), wait).map_err(
+                |source| PublishError::Lock {
+                    zone: origin.as_str().into(),
+                    source,
+                },
+            )?,
+        )
+    };
+    let ages = crate::rfc2136::read_state(&state, origin)?;
+    let fail = |f| api_error(origin, pz, f);
+    let rrsets = within(deadline, "the zone's GET", read(pz, origin))
+        .await
+        .map_err(fail)?;
+    let current = current_values(&rrsets);
+    let change = crate::rfc2136::plan(&current, wanted, &ages, now, expiry);
+    if !check_mode {
+        if !change.is_empty() {
+            let body = patch_body(&rrsets, &change, pz.ttl)
+                .to_string()
+                .into_bytes();
+            let path = zone_path(pz, origin);
+            within(deadline, "the PATCH of RRsets", async {
+                let conn = connect(pz).await?;
+                let (status, text) = conn.call(pz, Method::PATCH, &path, Some(body)).await?;
+                if status.is_success() {
+                    Ok(())
+                } else {
+                    Err(refusal(status, &text, true))
+                }
+            })
+            .await
+            .map_err(fail)?;
+        }
+        if change.ages != ages {
+            crate::rfc2136::write_state(&state, origin, &change.ages)?;
+        }
+    }
+    let lines = |m: &BTreeMap<DomainName, BTreeSet<String>>| -> String {
+        m.iter()
+            .flat_map(|(o, vs)| {
+                vs.iter()
+                    .map(move |v| format!("{} TXT \"{v}\"\n", o.fqdn()))
+            })
+            .collect()
+    };
+    let challenge_owners: BTreeSet<&DomainName> = wanted.keys().chain(ages.keys()).collect();
+    let before: BTreeMap<DomainName, BTreeSet<String>> = current
+        .iter()
+        .filter(|(o, _)| challenge_owners.contains(o))
+        .map(|(o, v)| (o.clone(), v.clone()))
+        .collect();
+    let header = format!("{} (powerdns {})", origin.fqdn(), pz.api);
+    let diff = serde_json::json!({
+        "before": lines(&before),
+        "after": lines(&change.after),
+        "before_header": header,
+        "after_header": header,
+    });
+    Ok(crate::zonefile::ZoneResult {
+        changed: !change.is_empty(),
+        after: change.after,
+        removed: change.delete,
+        diff: Some(diff),
+        warnings: Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dn(s: &str) -> DomainName {
+        DomainName::parse(s).unwrap()
+    }
+
+    #[test]
+    fn txt_content_round_trips_powerdns_quoting() {
+        assert_eq!(unquote(r#""abc""#).as_deref(), Some("abc"));
+        assert_eq!(unquote(r#""a" "b""#).as_deref(), Some("ab"));
+        assert_eq!(
+            unquote(r#""say \"hi\" \\ \065""#).as_deref(),
+            Some(r#"say "hi" \ A"#)
+        );
+        assert_eq!(unquote("abc"), None, "PowerDNS stores TXT content quoted");
+        assert_eq!(unquote(r#""open"#), None);
+        for v in ["plain", r#"q"u\o"#, "v=spf1 -all"] {
+            assert_eq!(unquote(&quote(v)).as_deref(), Some(v));
+        }
+    }
+
+    #[test]
+    fn api_url_takes_http_and_https_and_nothing_else() {
+        let u = ApiUrl::parse("http://127.0.0.1:8081").unwrap();
+        assert_eq!(
+            (u.tls, u.host.as_str(), u.port, u.prefix.as_str()),
+            (false, "127.0.0.1", 8081, "")
+        );
+        let u = ApiUrl::parse("https://dns.example.org/pdns/api/v1/").unwrap();
+        assert_eq!((u.tls, u.port, u.prefix.as_str()), (true, 443, "/pdns"));
+        for bad in [
+            "ftp://x",
+            "127.0.0.1:8081",
+            "http://",
+            "http://u:p@h/",
+            "http://h/?q",
+        ] {
+            assert!(ApiUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn patch_replaces_whole_sets_keeps_foreign_records_and_deletes_empty_owners() {
+        let (a, b) = (dn("a.z.test"), dn("b.z.test"));
+        let rec = |c: &str, disabled| PdnsRecord {
+            content: c.into(),
+            disabled,
+        };
+        let rrsets = TxtRrsets::from([
+            (
+                a.clone(),
+                vec![
+                    rec(r#""old""#, false),
+                    rec(r#""v=spf1" " -all""#, false),
+                    rec(r#""off""#, true),
+                ],
+            ),
+            (b.clone(), vec![rec(r#""gone""#, false)]),
+        ]);
+        let change = crate::rfc2136::Change {
+            add: BTreeMap::from([(a.clone(), BTreeSet::from(["new".to_string()]))]),
+            delete: BTreeMap::from([
+                (a.clone(), BTreeSet::from(["old".to_string()])),
+                (b.clone(), BTreeSet::from(["gone".to_string()])),
+            ]),
+            ..Default::default()
+        };
+        let body = patch_body(&rrsets, &change, 60);
+        let sets = body["rrsets"].as_array().unwrap();
+        assert_eq!(sets.len(), 2);
+        assert_eq!(sets[0]["name"], "a.z.test.");
+        assert_eq!(sets[0]["changetype"], "REPLACE");
+        assert_eq!(sets[0]["ttl"], 60);
+        let contents: Vec<&str> = sets[0]["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["content"].as_str().unwrap())
+            .collect();
+        assert_eq!(contents, [r#""v=spf1" " -all""#, r#""off""#, r#""new""#]);
+        assert_eq!(sets[1]["changetype"], "DELETE");
+        assert_eq!(sets[1]["name"], "b.z.test.");
+    }
+
+    #[test]
+    fn refusals_keep_powerdns_error_text_and_name_the_key_problem() {
+        let f = refusal(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            br#"{"error": "RRset x. IN TXT: Conflicts with pre-existing RRset"}"#,
+            true,
+        );
+        assert!(
+            f.to_string().contains("HTTP 422")
+                && f.to_string().contains("Conflicts with pre-existing RRset"),
+            "{f}"
+        );
+        assert_eq!(
+            refusal(StatusCode::UNAUTHORIZED, b"Unauthorized", true),
+            ApiFailure::Unauthorized(401)
+        );
+        assert_eq!(
+            refusal(StatusCode::NOT_FOUND, b"", true),
+            ApiFailure::NoZone
+        );
+        assert!(format!("{:?}", ApiKey::new("s3cret").unwrap())
+            .find("s3cret")
+            .is_none());
+    }
+}
