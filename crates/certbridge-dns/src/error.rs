@@ -97,14 +97,16 @@ pub enum PublishError {
         rendered: u32,
         detail: String,
     },
-    /// An HTTP DNS API failed; `server` is the API's URL (never its key).
-    #[error("zone {zone} (method {method}, server {server}): {detail}")]
-    Api {
+    #[error("zone {zone}: exec `{command}` {detail}")]
+    Exec {
         zone: String,
-        method: &'static str,
-        server: String,
+        command: String,
         detail: String,
     },
+    /// An HTTP DNS API failed (the method and the API's URL, never its key, are added by
+    /// `zones::ZoneBackend::publish`).
+    #[error("zone {zone}: {detail}")]
+    Api { zone: String, detail: String },
     #[error("zone {zone}: cannot find its authoritative servers: {detail}")]
     Servers { zone: String, detail: String },
 }

@@ -7,11 +7,16 @@
 //! - [`verify`]: polling every authoritative server until it serves every value.
 //! - [`zonefile`]: the zone-file method over certbridge-core's zone library; [`loaded`]: did
 //!   the server load the file it was told to reload.
+//! - [`backend`]: the interface every method implements; [`zones`]: the shared per-zone
+//!   step over it (locking, ageing, check mode); [`zoneopts`]: zone options tagged by method.
+//! - [`exec`]: the method that hands the change set to a command of the user's.
 //! - [`powerdns`]: the PowerDNS HTTP API method; [`tls`]: trust roots for HTTPS.
 //! - [`options`], [`publish`]: the `acme_txt_publish` module's options and the step itself.
 
+pub mod backend;
 pub mod chase;
 pub mod error;
+pub mod exec;
 pub mod loaded;
 pub mod options;
 pub mod powerdns;
@@ -21,5 +26,7 @@ pub mod tls;
 pub mod transport;
 pub mod verify;
 pub mod zonefile;
+pub mod zoneopts;
+pub mod zones;
 
 pub use error::{DnsError, PublishError};

@@ -4,14 +4,14 @@
 //! configuration error: it is rejected on its own, naming host and cert.
 
 use crate::chase::{self, Lookup};
-use crate::transport::TsigKey;
-use certbridge_core::names::{CertName, DomainName, Identifier, ServerAddr, TxtDigest};
+use crate::zoneopts::{parse_addr, zone_plan};
+pub use crate::zoneopts::{ZoneInput, ZonePlan};
+use certbridge_core::names::{CertName, DomainName, Identifier, TxtDigest};
 use certbridge_core::protocol::{coerce, limits};
-use certbridge_core::zone;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 fn yes() -> bool {
@@ -133,67 +133,6 @@ impl CommandInput {
     }
 }
 
-/// A managed signing zone, either method; which options apply depends on `method`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ZoneInput {
-    pub origin: String,
-    pub method: Method,
-    // zonefile: these go to zone_render's own option parser (one implementation)
-    #[serde(default)]
-    pub path: Option<serde_json::Value>,
-    #[serde(default)]
-    pub ns: Option<serde_json::Value>,
-    #[serde(default)]
-    pub ttl: Option<serde_json::Value>,
-    #[serde(default)]
-    pub soa: Option<serde_json::Value>,
-    #[serde(default)]
-    pub static_records: Option<serde_json::Value>,
-    #[serde(default)]
-    pub validate: Option<serde_json::Value>,
-    #[serde(default)]
-    pub mode: Option<serde_json::Value>,
-    #[serde(default)]
-    pub owner: Option<serde_json::Value>,
-    #[serde(default)]
-    pub group: Option<serde_json::Value>,
-    #[serde(default)]
-    pub follow_symlink: Option<serde_json::Value>,
-    #[serde(default)]
-    pub reload: Option<CommandInput>,
-    #[serde(default)]
-    pub rndc_conf: Option<String>,
-    #[serde(default, deserialize_with = "coerce::opt_boolean")]
-    pub freeze: Option<bool>,
-    // rfc2136
-    #[serde(default)]
-    pub server: Option<String>,
-    #[serde(default)]
-    pub tsig_name: Option<String>,
-    #[serde(default)]
-    pub tsig_algorithm: Option<String>,
-    #[serde(default)]
-    pub tsig_secret: Option<String>,
-    // powerdns
-    #[serde(default)]
-    pub api_url: Option<String>,
-    #[serde(default)]
-    pub server_id: Option<String>,
-    #[serde(default)]
-    pub api_key: Option<String>,
-    #[serde(default)]
-    pub ca_file: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Method {
-    Zonefile,
-    Rfc2136,
-    Powerdns,
-}
-
 /// A record accepted at the edge: every field a domain type.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Accepted {
@@ -212,44 +151,6 @@ pub struct RejectedRecord {
     pub name: String,
     pub reason: String,
     pub fix: String,
-}
-
-/// A zonefile zone: the zone library's request (spec, static records, write options, all
-/// validated by the same code as `zone_render`), plus how to reload.
-#[derive(Debug, Clone)]
-pub struct FileZone {
-    pub spec: zone::ZoneSpec,
-    /// Records written on every run besides the TXT values (`static_records`).
-    pub static_records: Vec<zone::Record>,
-    pub write: zone::WriteOptions,
-    /// The reload argv (default `rndc [-c conf] reload <origin>`).
-    pub reload: Vec<String>,
-    /// `rndc [-c conf]`, for freeze/thaw/zonestatus.
-    pub rndc: Vec<String>,
-    /// Write between `rndc freeze` and `rndc thaw` (a zone that takes dynamic updates).
-    pub freeze: bool,
-    pub default_reload: bool,
-}
-
-/// A dynamic zone updated with RFC 2136.
-#[derive(Debug, Clone)]
-pub struct DynZone {
-    pub server: SocketAddr,
-    pub key: TsigKey,
-    pub ttl: u32,
-}
-
-#[derive(Debug, Clone)]
-pub enum ZoneKind {
-    File(Box<FileZone>),
-    Dynamic(Box<DynZone>),
-    PowerDns(Box<crate::powerdns::PdnsZone>),
-}
-
-#[derive(Debug, Clone)]
-pub struct ZonePlan {
-    pub origin: DomainName,
-    pub kind: ZoneKind,
 }
 
 /// Everything validated: what to publish where, how to check and verify.
@@ -273,12 +174,6 @@ pub struct Plan {
     pub state_dir: PathBuf,
     /// Most TXT records per owner in a zone file; `None`: no limit.
     pub max_records_per_type: Option<usize>,
-}
-
-fn parse_addr(option: &str, value: &str) -> Result<SocketAddr, String> {
-    ServerAddr::parse(value, 53)
-        .map(|a| a.0)
-        .map_err(|e| format!("option `{option}`: {e}"))
 }
 
 fn port(option: &str, value: u64) -> Result<u16, String> {
@@ -363,10 +258,13 @@ impl Plan {
         // Bounded by the parser (1 s to a day): no deadline can overflow.
         let timeout = Duration::from_secs(o.timeout);
         let nameserver_port = port("nameserver_port", o.nameserver_port)?;
+        let max_records_per_type = usize::try_from(o.max_records_per_type)
+            .ok()
+            .filter(|n| *n > 0);
         let mut zones = Vec::new();
         let mut origins = BTreeSet::new();
         for (i, z) in o.zones.iter().enumerate() {
-            let zp = zone_plan(i, z)?;
+            let zp = zone_plan(i, z, max_records_per_type)?;
             if !origins.insert(zp.origin.clone()) {
                 return Err(format!(
                     "option `zones[{i}]`: zone {} is listed twice",
@@ -440,16 +338,13 @@ impl Plan {
         if o.state_dir.is_empty() {
             return Err("option `state_dir` is empty".into());
         }
-        // Each dynamic zone keeps `<state_dir>/<origin>.rfc2136.json` (and its lock and temp
-        // file): a long origin must fail here, not after the UPDATE was sent.
+        // A zone whose backend keeps no ages itself has `<state_dir>/<origin>.<method>.json`
+        // (and its lock and temp file): a long origin must fail here, not after publishing.
         let state_dir = PathBuf::from(&o.state_dir);
         for (i, z) in zones.iter().enumerate() {
-            let path = match z.kind {
-                ZoneKind::Dynamic(_) => Some(crate::rfc2136::state_path(&state_dir, &z.origin)),
-                ZoneKind::PowerDns(_) => Some(crate::powerdns::state_path(&state_dir, &z.origin)),
-                ZoneKind::File(_) => None,
-            };
-            if let Some(path) = path {
+            if z.backend.uses_state_file() {
+                let path =
+                    crate::backend::state_file(&state_dir, &z.origin, z.backend.method(), "json");
                 let name = path.file_name().unwrap_or_default().to_string_lossy();
                 certbridge_core::names::check_made_file(&state_dir, &name).map_err(|e| {
                     format!(
@@ -479,245 +374,8 @@ impl Plan {
                 .collect(),
             timeout,
             state_dir,
-            max_records_per_type: usize::try_from(o.max_records_per_type)
-                .ok()
-                .filter(|n| *n > 0),
+            max_records_per_type,
         })
-    }
-}
-
-fn ttl_u32(at: &str, ttl: Option<&serde_json::Value>) -> Result<u32, String> {
-    let t = match ttl {
-        None | Some(serde_json::Value::Null) => 60,
-        Some(v) => coerce::uint(v.clone()).map_err(|e| format!("option `{at}.ttl`: {e}"))?,
-    };
-    u32::try_from(t)
-        .ok()
-        .filter(|t| *t <= zone::MAX_TTL)
-        .ok_or_else(|| format!("option `{at}.ttl`: {t} is too large"))
-}
-
-fn zone_plan(i: usize, z: &ZoneInput) -> Result<ZonePlan, String> {
-    let at = format!("zones[{i}]");
-    let origin = DomainName::parse(&z.origin).map_err(|e| format!("option `{at}.origin`: {e}"))?;
-    let not_for = |name: &str, present: bool, method: &str| {
-        if present {
-            Err(format!(
-                "option `{at}.{name}` does not apply to method {method} (zone {})",
-                origin.fqdn()
-            ))
-        } else {
-            Ok(())
-        }
-    };
-    let required = |name: &str, method: &str| {
-        format!(
-            "missing required option `{name}` in `{at}` (zone {}, method {method})",
-            origin.fqdn()
-        )
-    };
-    match z.method {
-        Method::Zonefile => {
-            for (name, present) in [
-                ("server", z.server.is_some()),
-                ("tsig_name", z.tsig_name.is_some()),
-                ("tsig_algorithm", z.tsig_algorithm.is_some()),
-                ("tsig_secret", z.tsig_secret.is_some()),
-                ("api_url", z.api_url.is_some()),
-                ("server_id", z.server_id.is_some()),
-                ("api_key", z.api_key.is_some()),
-                ("ca_file", z.ca_file.is_some()),
-            ] {
-                not_for(name, present, "zonefile")?;
-            }
-            if z.path.is_none() {
-                return Err(required("path", "zonefile"));
-            }
-            if z.ns.is_none() {
-                return Err(required("ns", "zonefile"));
-            }
-            let mut render = serde_json::Map::new();
-            render.insert(
-                "origin".into(),
-                serde_json::Value::String(origin.as_str().to_owned()),
-            );
-            for (key, value) in [
-                ("path", &z.path),
-                ("ns", &z.ns),
-                ("ttl", &z.ttl),
-                ("soa", &z.soa),
-                ("records", &z.static_records),
-                ("validate", &z.validate),
-                ("mode", &z.mode),
-                ("owner", &z.owner),
-                ("group", &z.group),
-                ("follow_symlink", &z.follow_symlink),
-            ] {
-                if let Some(v) = value {
-                    render.insert(key.into(), v.clone());
-                }
-            }
-            if z.validate.is_none() {
-                render.insert(
-                    "validate".into(),
-                    serde_json::json!(["named-checkzone", origin.as_str(), "%s"]),
-                );
-            }
-            let in_zone = |e: String| {
-                format!(
-                    "`{at}` (zone {}): {}",
-                    origin.fqdn(),
-                    e.replace("`records", "`static_records")
-                        .replace("records[", "static_records[")
-                )
-            };
-            let render: zone::ZoneRenderOptions = certbridge_core::protocol::parse_options(render)
-                .map_err(|e| in_zone(e.to_string()))?;
-            let (spec, static_records, mut write) = render
-                .into_request(false)
-                .map_err(|e| in_zone(e.to_string()))?;
-            // We hold the zone's lock ourselves, from reading the old values to the reload.
-            write.lock_timeout = None;
-            let mut rndc = vec!["rndc".to_string()];
-            if let Some(conf) = &z.rndc_conf {
-                rndc.push("-c".into());
-                rndc.push(conf.clone());
-            }
-            let (reload, default_reload) = match &z.reload {
-                Some(c) => (c.argv(&format!("{at}.reload"))?, false),
-                None => {
-                    let mut r = rndc.clone();
-                    r.push("reload".into());
-                    r.push(origin.as_str().to_owned());
-                    (r, true)
-                }
-            };
-            Ok(ZonePlan {
-                origin,
-                kind: ZoneKind::File(Box::new(FileZone {
-                    spec,
-                    static_records,
-                    write,
-                    reload,
-                    rndc,
-                    freeze: z.freeze.unwrap_or(false),
-                    default_reload,
-                })),
-            })
-        }
-        Method::Rfc2136 => {
-            for (name, present) in [
-                ("path", z.path.is_some()),
-                ("ns", z.ns.is_some()),
-                ("soa", z.soa.is_some()),
-                ("static_records", z.static_records.is_some()),
-                ("validate", z.validate.is_some()),
-                ("mode", z.mode.is_some()),
-                ("owner", z.owner.is_some()),
-                ("group", z.group.is_some()),
-                ("follow_symlink", z.follow_symlink.is_some()),
-                ("reload", z.reload.is_some()),
-                ("rndc_conf", z.rndc_conf.is_some()),
-                ("freeze", z.freeze.is_some()),
-                ("api_url", z.api_url.is_some()),
-                ("server_id", z.server_id.is_some()),
-                ("api_key", z.api_key.is_some()),
-                ("ca_file", z.ca_file.is_some()),
-            ] {
-                not_for(name, present, "rfc2136")?;
-            }
-            let server = z
-                .server
-                .as_ref()
-                .ok_or_else(|| required("server", "rfc2136"))?;
-            let server = parse_addr(&format!("{at}.server"), server)?;
-            let name = z
-                .tsig_name
-                .as_ref()
-                .ok_or_else(|| required("tsig_name", "rfc2136"))?;
-            let secret = z
-                .tsig_secret
-                .as_ref()
-                .ok_or_else(|| required("tsig_secret", "rfc2136"))?;
-            let algorithm = z.tsig_algorithm.as_deref().unwrap_or("hmac-sha256");
-            let key = TsigKey::new(name, algorithm, secret)
-                .map_err(|e| format!("`{at}` (zone {}): {e}", origin.fqdn()))?;
-            Ok(ZonePlan {
-                origin,
-                kind: ZoneKind::Dynamic(Box::new(DynZone {
-                    server,
-                    key,
-                    ttl: ttl_u32(&at, z.ttl.as_ref())?,
-                })),
-            })
-        }
-        Method::Powerdns => {
-            for (name, present) in [
-                ("path", z.path.is_some()),
-                ("ns", z.ns.is_some()),
-                ("soa", z.soa.is_some()),
-                ("static_records", z.static_records.is_some()),
-                ("validate", z.validate.is_some()),
-                ("mode", z.mode.is_some()),
-                ("owner", z.owner.is_some()),
-                ("group", z.group.is_some()),
-                ("follow_symlink", z.follow_symlink.is_some()),
-                ("reload", z.reload.is_some()),
-                ("rndc_conf", z.rndc_conf.is_some()),
-                ("freeze", z.freeze.is_some()),
-                ("server", z.server.is_some()),
-                ("tsig_name", z.tsig_name.is_some()),
-                ("tsig_algorithm", z.tsig_algorithm.is_some()),
-                ("tsig_secret", z.tsig_secret.is_some()),
-            ] {
-                not_for(name, present, "powerdns")?;
-            }
-            let in_zone =
-                |e: String| format!("`{at}` (zone {}, method powerdns): {e}", origin.fqdn());
-            let api = z
-                .api_url
-                .as_deref()
-                .ok_or_else(|| required("api_url", "powerdns"))?;
-            let api = crate::powerdns::ApiUrl::parse(api)
-                .map_err(|e| in_zone(format!("`api_url` {e}")))?;
-            let key = z
-                .api_key
-                .as_deref()
-                .ok_or_else(|| required("api_key", "powerdns"))?;
-            let key = crate::powerdns::ApiKey::new(key).map_err(in_zone)?;
-            let server_id = z.server_id.clone().unwrap_or_else(|| "localhost".into());
-            if server_id.is_empty()
-                || !server_id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-            {
-                return Err(in_zone(format!(
-                    "`server_id` `{server_id}` is not a PowerDNS server id (letters, digits, `-`, `_`, `.`)"
-                )));
-            }
-            let ca_file = match &z.ca_file {
-                None => None,
-                Some(f) if !api.tls => {
-                    return Err(in_zone(format!(
-                        "`ca_file` {f} given, but `api_url` {api} is plain http"
-                    )))
-                }
-                Some(f) if !Path::new(f).is_absolute() => {
-                    return Err(in_zone(format!("`ca_file` {f} is not an absolute path")))
-                }
-                Some(f) => Some(PathBuf::from(f)),
-            };
-            Ok(ZonePlan {
-                origin,
-                kind: ZoneKind::PowerDns(Box::new(crate::powerdns::PdnsZone {
-                    api,
-                    server_id,
-                    key,
-                    ca_file,
-                    ttl: ttl_u32(&at, z.ttl.as_ref())?,
-                })),
-            })
-        }
     }
 }
 
@@ -752,7 +410,7 @@ mod tests {
             p.lookup,
             Some(Lookup::Authoritative { port: 53, .. })
         ));
-        let ZoneKind::File(f) = &p.zones[0].kind else {
+        let crate::zones::ZoneBackend::Zonefile(f) = &p.zones[0].backend else {
             panic!()
         };
         assert_eq!(
@@ -771,7 +429,7 @@ mod tests {
         v["zones"][0]["rndc_conf"] = json!("/etc/bind/my rndc.conf");
         v["zones"][0]["validate"] = json!("named-checkzone -q 'signing.test' %s");
         let p = Plan::from_options(opts(v).unwrap()).unwrap();
-        let ZoneKind::File(f) = &p.zones[0].kind else {
+        let crate::zones::ZoneBackend::Zonefile(f) = &p.zones[0].backend else {
             panic!()
         };
         assert_eq!(
@@ -816,7 +474,7 @@ mod tests {
             ),
             (
                 json!({"zones": [{"origin": "a.test", "method": "rfc2136", "server": "127.0.0.1:53", "tsig_name": "k", "tsig_secret": "c2VjcmV0", "path": "/x"}]}),
-                "`zones[0].path` does not apply to method rfc2136",
+                "unsupported option `path` in `zones[0]`",
             ),
             (
                 json!({"zones": [{"origin": "a.test", "method": "rfc2136", "server": "ns1.a.test", "tsig_name": "k", "tsig_secret": "c2VjcmV0"}]}),

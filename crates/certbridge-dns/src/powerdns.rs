@@ -4,18 +4,20 @@
 //! applies one PATCH in one backend transaction, so a refused change leaves the zone as it was;
 //! the SOA serial is the server's business (the zone's SOA-EDIT-API), never touched here.
 //!
-//! Value ages live in a state file like the `rfc2136` method's (`<zone>.powerdns.json`).
+//! Value ages live in the shared state file (`<zone>.powerdns.json`, see [`crate::zones`]).
 //! The API key is sent in `X-API-Key` only; no error text ever carries it.
 
+use crate::backend::{Applied, Backend, ChangeSet, Servers, Snapshot, Values};
 use crate::error::PublishError;
-use certbridge_core::names::{DomainName, TxtDigest};
+use certbridge_core::names::DomainName;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -112,6 +114,8 @@ pub struct PdnsZone {
     pub key: ApiKey,
     /// Trust roots for HTTPS: this PEM bundle, else the system's.
     pub ca_file: Option<PathBuf>,
+    /// The servers that must serve the values (default: the zone's NS).
+    pub nameservers: Option<Vec<SocketAddr>>,
     pub ttl: u32,
 }
 
@@ -154,11 +158,9 @@ impl std::fmt::Display for ApiFailure {
     }
 }
 
-fn api_error(origin: &DomainName, pz: &PdnsZone, failure: ApiFailure) -> PublishError {
+fn api_error(origin: &DomainName, failure: ApiFailure) -> PublishError {
     PublishError::Api {
         zone: origin.fqdn(),
-        method: "powerdns",
-        server: format!("{} (server_id {})", pz.api, pz.server_id),
         detail: failure.to_string(),
     }
 }
@@ -239,7 +241,7 @@ pub fn quote(value: &str) -> String {
 }
 
 /// Values of enabled records, per owner (what the DNS serves).
-pub fn current_values(rrsets: &TxtRrsets) -> BTreeMap<DomainName, BTreeSet<String>> {
+pub fn current_values(rrsets: &TxtRrsets) -> Values {
     rrsets
         .iter()
         .map(|(o, recs)| {
@@ -255,15 +257,11 @@ pub fn current_values(rrsets: &TxtRrsets) -> BTreeMap<DomainName, BTreeSet<Strin
 
 /// The PATCH body for `change`: per changed owner, `REPLACE` with every record it keeps (as
 /// stored, other TXT records included) plus the new values, or `DELETE` when none is left.
-pub fn patch_body(
-    rrsets: &TxtRrsets,
-    change: &crate::rfc2136::Change,
-    ttl: u32,
-) -> serde_json::Value {
-    let owners: BTreeSet<&DomainName> = change.add.keys().chain(change.delete.keys()).collect();
+pub fn patch_body(rrsets: &TxtRrsets, change: &ChangeSet) -> serde_json::Value {
+    let owners: BTreeSet<&DomainName> = change.add.keys().chain(change.remove.keys()).collect();
     let mut out = Vec::new();
     for owner in owners {
-        let gone = change.delete.get(owner);
+        let gone = change.remove.get(owner);
         let mut records: Vec<PdnsRecord> = rrsets
             .get(owner)
             .map(|recs| {
@@ -285,7 +283,7 @@ pub fn patch_body(
         out.push(if records.is_empty() {
             serde_json::json!({"name": name, "type": "TXT", "changetype": "DELETE"})
         } else {
-            serde_json::json!({"name": name, "type": "TXT", "ttl": ttl, "changetype": "REPLACE", "records": records})
+            serde_json::json!({"name": name, "type": "TXT", "ttl": change.ttl, "changetype": "REPLACE", "records": records})
         });
     }
     serde_json::json!({ "rrsets": out })
@@ -444,61 +442,45 @@ async fn read(pz: &PdnsZone, origin: &DomainName) -> Result<TxtRrsets, ApiFailur
     Ok(out)
 }
 
-pub fn state_path(state_dir: &Path, zone: &DomainName) -> PathBuf {
-    state_dir.join(format!("{}.powerdns.json", zone.as_str()))
-}
-
-fn lock_path(state_dir: &Path, zone: &DomainName) -> PathBuf {
-    state_dir.join(format!("{}.powerdns.lock", zone.as_str()))
-}
-
-/// Publishes `wanted` into a PowerDNS zone: GET, plan, one PATCH, then the state file.
-#[allow(clippy::too_many_arguments)]
-pub async fn publish(
-    origin: &DomainName,
-    pz: &PdnsZone,
-    wanted: &BTreeMap<DomainName, BTreeSet<TxtDigest>>,
-    now: u64,
-    expiry: &crate::zonefile::Expiry,
-    check_mode: bool,
-    state_dir: &Path,
-    deadline: Instant,
-) -> Result<crate::zonefile::ZoneResult, PublishError> {
-    let state = state_path(state_dir, origin);
-    let _lock = if check_mode {
-        None
-    } else {
-        std::fs::create_dir_all(state_dir).map_err(|e| PublishError::State {
-            zone: origin.as_str().into(),
-            path: state_dir.to_path_buf(),
-            detail: format!("cannot create the state directory: {e}"),
-        })?;
-        let wait = deadline.saturating_duration_since(Instant::now());
-        Some(
-            certbridge_core::fsutil::Lock::acquire(&lock_path(state_dir, origin), wait).map_err(
-                |source| PublishError::Lock {
-                    zone: origin.as_str().into(),
-                    source,
-                },
-            )?,
-        )
-    };
-    let ages = crate::rfc2136::read_state(&state, origin)?;
-    let fail = |f| api_error(origin, pz, f);
-    let rrsets = within(deadline, "the zone's GET", read(pz, origin))
-        .await
-        .map_err(fail)?;
-    let current = current_values(&rrsets);
-    let change = crate::rfc2136::plan(&current, wanted, &ages, now, expiry);
-    if !check_mode {
-        if !change.is_empty() {
-            let body = patch_body(&rrsets, &change, pz.ttl)
-                .to_string()
-                .into_bytes();
-            let path = zone_path(pz, origin);
+impl Backend for PdnsZone {
+    fn method(&self) -> &'static str {
+        "powerdns"
+    }
+    fn target(&self) -> String {
+        format!("{} server_id {}", self.api, self.server_id)
+    }
+    fn ttl(&self) -> u32 {
+        self.ttl
+    }
+    fn servers(&self) -> Servers {
+        match &self.nameservers {
+            Some(list) => Servers::Listed(list.clone()),
+            None => Servers::ZoneNs,
+        }
+    }
+    async fn read(&self, zone: &DomainName, deadline: Instant) -> Result<Snapshot, PublishError> {
+        let rrsets = within(deadline, "the zone's GET", read(self, zone))
+            .await
+            .map_err(|f| api_error(zone, f))?;
+        Ok(Snapshot {
+            values: current_values(&rrsets),
+            ages: None,
+        })
+    }
+    /// One PATCH: PowerDNS applies all of its RRsets in one transaction or none. The RRsets
+    /// are read again first (under the zone's lock), since a REPLACE carries each owner's
+    /// whole record set, other records included.
+    async fn apply(&self, change: &ChangeSet, deadline: Instant) -> Result<Applied, PublishError> {
+        if !change.check_mode && !change.is_empty() {
+            let zone = &change.zone;
+            let rrsets = within(deadline, "the zone's GET", read(self, zone))
+                .await
+                .map_err(|f| api_error(zone, f))?;
+            let body = patch_body(&rrsets, change).to_string().into_bytes();
+            let path = zone_path(self, zone);
             within(deadline, "the PATCH of RRsets", async {
-                let conn = connect(pz).await?;
-                let (status, text) = conn.call(pz, Method::PATCH, &path, Some(body)).await?;
+                let conn = connect(self).await?;
+                let (status, text) = conn.call(self, Method::PATCH, &path, Some(body)).await?;
                 if status.is_success() {
                     Ok(())
                 } else {
@@ -506,40 +488,13 @@ pub async fn publish(
                 }
             })
             .await
-            .map_err(fail)?;
+            .map_err(|f| api_error(zone, f))?;
         }
-        if change.ages != ages {
-            crate::rfc2136::write_state(&state, origin, &change.ages)?;
-        }
+        Ok(Applied {
+            changed: !change.is_empty(),
+            ..Applied::default()
+        })
     }
-    let lines = |m: &BTreeMap<DomainName, BTreeSet<String>>| -> String {
-        m.iter()
-            .flat_map(|(o, vs)| {
-                vs.iter()
-                    .map(move |v| format!("{} TXT \"{v}\"\n", o.fqdn()))
-            })
-            .collect()
-    };
-    let challenge_owners: BTreeSet<&DomainName> = wanted.keys().chain(ages.keys()).collect();
-    let before: BTreeMap<DomainName, BTreeSet<String>> = current
-        .iter()
-        .filter(|(o, _)| challenge_owners.contains(o))
-        .map(|(o, v)| (o.clone(), v.clone()))
-        .collect();
-    let header = format!("{} (powerdns {})", origin.fqdn(), pz.api);
-    let diff = serde_json::json!({
-        "before": lines(&before),
-        "after": lines(&change.after),
-        "before_header": header,
-        "after_header": header,
-    });
-    Ok(crate::zonefile::ZoneResult {
-        changed: !change.is_empty(),
-        after: change.after,
-        removed: change.delete,
-        diff: Some(diff),
-        warnings: Vec::new(),
-    })
 }
 
 #[cfg(test)]
@@ -603,15 +558,18 @@ mod tests {
             ),
             (b.clone(), vec![rec(r#""gone""#, false)]),
         ]);
-        let change = crate::rfc2136::Change {
+        let change = ChangeSet {
+            zone: dn("z.test"),
+            ttl: 60,
             add: BTreeMap::from([(a.clone(), BTreeSet::from(["new".to_string()]))]),
-            delete: BTreeMap::from([
+            remove: BTreeMap::from([
                 (a.clone(), BTreeSet::from(["old".to_string()])),
                 (b.clone(), BTreeSet::from(["gone".to_string()])),
             ]),
-            ..Default::default()
+            now: 0,
+            check_mode: false,
         };
-        let body = patch_body(&rrsets, &change, 60);
+        let body = patch_body(&rrsets, &change);
         let sets = body["rrsets"].as_array().unwrap();
         assert_eq!(sets.len(), 2);
         assert_eq!(sets[0]["name"], "a.z.test.");

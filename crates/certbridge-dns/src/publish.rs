@@ -4,11 +4,12 @@
 //! The step fails only when nothing could be published or on a systemic fault (server down,
 //! TSIG refused, zone invalid, verification incomplete at the deadline).
 
+use crate::backend::{Expiry, Servers};
 use crate::chase::{Chaser, Lookup, Outcome};
 use crate::error::PublishError;
-use crate::options::{Accepted, Plan, PublishOptions, RejectedRecord, ZoneKind};
+use crate::options::{Accepted, Plan, PublishOptions, RejectedRecord};
 use crate::verify::{self, Expected, ServerResult};
-use crate::{powerdns, rfc2136, zonefile};
+use crate::zones::Run;
 use certbridge_core::names::{DomainName, Identifier, TxtDigest};
 use certbridge_core::protocol::{Failure, Invocation, Reply};
 use futures_util::stream::{self, StreamExt};
@@ -149,57 +150,23 @@ pub async fn publish(plan: &Plan, check_mode: bool, started: std::time::Instant)
     }
 
     // Publish, zone by zone (each under its own lock).
-    let now = unix_now();
-    let expiry = zonefile::Expiry {
+    let expiry = Expiry {
         keep_seconds: plan.keep_seconds,
         retired: plan.retired.clone(),
+    };
+    let run = Run {
+        now: unix_now(),
+        expiry: &expiry,
+        check_mode,
+        state_dir: &plan.state_dir,
+        deadline,
     };
     let mut published_zones = Vec::new();
     for zp in &plan.zones {
         let Some(zone_wanted) = wanted.get(&zp.origin) else {
             continue;
         };
-        let result = match &zp.kind {
-            ZoneKind::File(fz) => {
-                zonefile::publish(
-                    &zp.origin,
-                    fz,
-                    zone_wanted,
-                    now,
-                    &expiry,
-                    plan.max_records_per_type,
-                    check_mode,
-                    deadline,
-                )
-                .await
-            }
-            ZoneKind::Dynamic(dz) => {
-                rfc2136::publish(
-                    &zp.origin,
-                    dz,
-                    zone_wanted,
-                    now,
-                    &expiry,
-                    check_mode,
-                    &plan.state_dir,
-                    deadline,
-                )
-                .await
-            }
-            ZoneKind::PowerDns(pz) => {
-                powerdns::publish(
-                    &zp.origin,
-                    pz,
-                    zone_wanted,
-                    now,
-                    &expiry,
-                    check_mode,
-                    &plan.state_dir,
-                    deadline,
-                )
-                .await
-            }
-        };
+        let result = zp.backend.publish(&zp.origin, zone_wanted, &run).await;
         match result {
             Ok(r) => {
                 report.changed |= r.changed;
@@ -219,19 +186,21 @@ pub async fn publish(plan: &Plan, check_mode: bool, started: std::time::Instant)
                         .insert(owner.as_str().to_owned(), values.into_iter().collect());
                 }
                 report.diffs.extend(r.diff);
-                published_zones.push(zp.origin.clone());
+                published_zones.push(zp);
             }
-            Err(e) => report.errors.push(e.to_string()),
+            Err(e) => report.errors.push(e),
         }
     }
 
     if !check_mode && !published_zones.is_empty() {
         let mut per_server: BTreeMap<SocketAddr, Expected> = BTreeMap::new();
-        for zone in &published_zones {
-            let servers = match (&plan.nameservers, &chaser) {
-                (Some(list), _) => Ok(list.clone()),
-                (None, Some(c)) => c.zone_servers(zone).await,
-                (None, None) => {
+        for zp in &published_zones {
+            let zone = &zp.origin;
+            let servers = match (zp.backend.servers(), &plan.nameservers, &chaser) {
+                (Servers::Listed(list), _, _) => Ok(list),
+                (Servers::ZoneNs, Some(list), _) => Ok(list.clone()),
+                (Servers::ZoneNs, None, Some(c)) => c.zone_servers(zone).await,
+                (Servers::ZoneNs, None, None) => {
                     Err("no resolver to find its NS with: set `nameservers`".to_string())
                 }
             };

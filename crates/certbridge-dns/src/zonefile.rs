@@ -1,25 +1,33 @@
 //! The `zonefile` method: render the signing zone with the zone library (the same code as
 //! `zone_render`), validate, replace atomically, reload. When each value first went out is
-//! kept in the file itself (`; certbridge published=<ts>`), so `keep_seconds` needs no state.
+//! kept in the file itself (`; certbridge published=<ts>`), so ageing needs no state file.
 
+use crate::backend::{Ages, Applied, Backend, ChangeSet, Guard, Servers, Snapshot, Values};
 use crate::error::PublishError;
-use crate::options::FileZone;
-use certbridge_core::names::{DomainName, TxtDigest};
+use certbridge_core::names::DomainName;
 use certbridge_core::zone::{self, ZoneError, ZoneFile};
-use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::process::Stdio;
+use std::time::Duration;
 use tokio::time::{timeout_at, Instant};
 
-/// What publishing did to one zone (either method).
-#[derive(Debug, Clone, Default)]
-pub struct ZoneResult {
-    pub changed: bool,
-    /// Owner -> every challenge value it carries after the run.
-    pub after: BTreeMap<DomainName, BTreeSet<String>>,
-    /// Owner -> values removed because they expired.
-    pub removed: BTreeMap<DomainName, BTreeSet<String>>,
-    pub diff: Option<serde_json::Value>,
-    pub warnings: Vec<String>,
+/// A zonefile zone: the zone library's request (spec, static records, write options, all
+/// validated by the same code as `zone_render`), plus how to reload.
+#[derive(Debug, Clone)]
+pub struct FileZone {
+    pub spec: zone::ZoneSpec,
+    /// Records written on every run besides the TXT values (`static_records`).
+    pub static_records: Vec<zone::Record>,
+    pub write: zone::WriteOptions,
+    /// The reload argv (default `rndc [-c conf] reload <origin>`).
+    pub reload: Vec<String>,
+    /// `rndc [-c conf]`, for freeze/thaw/zonestatus.
+    pub rndc: Vec<String>,
+    /// Write between `rndc freeze` and `rndc thaw` (a zone that takes dynamic updates).
+    pub freeze: bool,
+    pub default_reload: bool,
+    /// Most TXT records per owner (`max_records_per_type`); `None`: no limit.
+    pub max_per_owner: Option<usize>,
 }
 
 /// Runs `argv` (never through a shell) under the deadline; returns its output.
@@ -85,168 +93,148 @@ fn rndc(fz: &FileZone, verb: &str, zone: &DomainName) -> Vec<String> {
     argv
 }
 
-/// Which published values may leave the zone: those first published `keep_seconds` ago or
-/// earlier, and those of finished orders (`retired`, reported by their hosts) whatever their
-/// age. A value wanted by this run always stays.
-#[derive(Debug, Clone, Default)]
-pub struct Expiry {
-    pub keep_seconds: u64,
-    pub retired: BTreeSet<String>,
-}
-
-impl Expiry {
-    /// An old value (not wanted now), first published at `first`, stays.
-    pub fn keeps(&self, value: &str, first: u64, now: u64) -> bool {
-        !self.retired.contains(value) && now.saturating_sub(first) < self.keep_seconds
+/// The challenge values of a rendered zone (those with a publication time) and their ages;
+/// TXT records without a time are static records, re-added from options.
+pub fn snapshot_of(old: Option<&zone::RenderedZone>) -> Snapshot {
+    let mut values = Values::new();
+    let mut ages = Ages::new();
+    for (owner, value, published) in old.iter().flat_map(|o| o.txt()) {
+        let Some(first) = published else { continue };
+        values
+            .entry(owner.clone())
+            .or_default()
+            .insert(value.to_owned());
+        ages.entry(owner.clone())
+            .or_default()
+            .insert(value.to_owned(), first);
+    }
+    Snapshot {
+        values,
+        ages: Some(ages),
     }
 }
 
-/// Owner -> value -> first-published time (Unix seconds).
-pub type Published = BTreeMap<DomainName, BTreeMap<String, u64>>;
-/// Owner -> values.
-pub type Values = BTreeMap<DomainName, BTreeSet<String>>;
+impl FileZone {
+    /// The path is checked (not a directory; a symbolic link only with `follow_symlink`) and
+    /// its directory opened once; lock, read and write all go through that one handle.
+    fn open(&self, origin: &DomainName) -> Result<ZoneFile, PublishError> {
+        ZoneFile::open(&self.write.path, self.write.follow_symlink).map_err(|e| {
+            PublishError::WriteZone {
+                zone: origin.as_str().into(),
+                detail: e.to_string(),
+            }
+        })
+    }
 
-/// The TXT records the zone should carry: old values still wanted or kept by `expiry`
-/// (keeping their first-published time), plus this run's new ones.
-pub fn merge_values(
-    old: Option<&zone::RenderedZone>,
-    wanted: &BTreeMap<DomainName, BTreeSet<TxtDigest>>,
-    now: u64,
-    expiry: &Expiry,
-) -> (Published, Values) {
-    let mut keep = Published::new();
-    let mut removed = Values::new();
-    if let Some(old) = old {
-        for (owner, value, published) in old.txt() {
-            // TXT records without a publication time are static records, re-added from options.
-            let Some(first) = published else { continue };
-            let still_wanted = wanted
-                .get(owner)
-                .is_some_and(|s| s.iter().any(|v| v.as_str() == value));
-            if still_wanted || expiry.keeps(value, first, now) {
-                keep.entry(owner.clone())
-                    .or_default()
-                    .insert(value.to_owned(), first);
-            } else {
-                removed
-                    .entry(owner.clone())
-                    .or_default()
-                    .insert(value.to_owned());
+    fn read_old(
+        &self,
+        origin: &DomainName,
+        file: &ZoneFile,
+    ) -> Result<(Option<zone::RenderedZone>, Vec<String>), PublishError> {
+        match file.read_rendered() {
+            Ok(old) => Ok((old, Vec::new())),
+            Err(ZoneError::NotRendered) => Ok((None, vec![format!(
+                "{} was not written by certbridge: it is replaced by a rendered zone (SOA, `ns`, `static_records` and the TXT values)",
+                self.write.path.display()
+            )])),
+            Err(e) => Err(PublishError::ReadZone {
+                zone: origin.as_str().into(),
+                path: self.write.path.clone(),
+                detail: e.to_string(),
+            }),
+        }
+    }
+}
+
+impl Backend for FileZone {
+    fn method(&self) -> &'static str {
+        "zonefile"
+    }
+    fn target(&self) -> String {
+        self.write.path.display().to_string()
+    }
+    fn ttl(&self) -> u32 {
+        self.spec.ttl
+    }
+    fn servers(&self) -> Servers {
+        Servers::ZoneNs
+    }
+    /// The zone file's own lock, shared with zone_render, beside the file.
+    fn lock(
+        &self,
+        zone: &DomainName,
+        _state_dir: &Path,
+        wait: Duration,
+    ) -> Result<Guard, PublishError> {
+        let lock = self
+            .open(zone)?
+            .lock(wait)
+            .map_err(|source| PublishError::Lock {
+                zone: zone.as_str().into(),
+                source,
+            })?;
+        Ok(Box::new(lock))
+    }
+    async fn read(&self, zone: &DomainName, _deadline: Instant) -> Result<Snapshot, PublishError> {
+        let file = self.open(zone)?;
+        Ok(snapshot_of(self.read_old(zone, &file)?.0.as_ref()))
+    }
+    async fn apply(&self, change: &ChangeSet, deadline: Instant) -> Result<Applied, PublishError> {
+        let origin = &change.zone;
+        let file = self.open(origin)?;
+        let frozen = self.freeze && !change.check_mode;
+        if frozen {
+            // named writes its journal into the file on freeze: read the file after it.
+            run_command(origin, &rndc(self, "freeze", origin), deadline).await?;
+        }
+        let written = write_zone(self, &file, change, deadline).await;
+        if frozen {
+            // Thaw even when writing failed, so the zone takes updates again; thaw reloads it.
+            let thawed = run_command(origin, &rndc(self, "thaw", origin), deadline).await;
+            let (applied, after, content_changed, serial) = written?;
+            thawed?;
+            if content_changed {
+                crate::loaded::confirm(origin, &self.rndc, serial, &after, deadline).await?;
+            }
+            return Ok(applied);
+        }
+        let (applied, after, content_changed, serial) = written?;
+        if content_changed && !change.check_mode {
+            run_command(origin, &self.reload, deadline).await?;
+            if self.default_reload {
+                // A refused file leaves the old zone served: say so now, not at the deadline.
+                crate::loaded::confirm(origin, &self.rndc, serial, &after, deadline).await?;
             }
         }
+        Ok(applied)
     }
-    for (owner, values) in wanted {
-        let at = keep.entry(owner.clone()).or_default();
-        for v in values {
-            at.entry(v.as_str().to_owned()).or_insert(now);
-        }
-    }
-    (keep, removed)
 }
 
-/// Publishes `wanted` (owner -> values, every owner inside this zone) into a zone file.
-#[allow(clippy::too_many_arguments)]
-pub async fn publish(
-    origin: &DomainName,
-    fz: &FileZone,
-    wanted: &BTreeMap<DomainName, BTreeSet<TxtDigest>>,
-    now: u64,
-    expiry: &Expiry,
-    max_per_owner: Option<usize>,
-    check_mode: bool,
-    deadline: Instant,
-) -> Result<ZoneResult, PublishError> {
-    // The path is checked (not a directory; a symbolic link only with `follow_symlink`) and
-    // its directory opened once, before the lock beside it is taken; lock, read and write
-    // all go through that one handle.
-    let file = ZoneFile::open(&fz.write.path, fz.write.follow_symlink).map_err(|e| {
-        PublishError::WriteZone {
-            zone: origin.as_str().into(),
-            detail: e.to_string(),
-        }
-    })?;
-    // One lock per zone, shared with zone_render, held from reading the old values until the
-    // server has been told to reload.
-    let _lock = if check_mode {
-        None
-    } else {
-        let wait = deadline.saturating_duration_since(Instant::now());
-        Some(file.lock(wait).map_err(|source| PublishError::Lock {
-            zone: origin.as_str().into(),
-            source,
-        })?)
-    };
-    let frozen = fz.freeze && !check_mode;
-    if frozen {
-        // named writes its journal into the file on freeze: read the file after it.
-        run_command(origin, &rndc(fz, "freeze", origin), deadline).await?;
-    }
-    let written = write_zone(
-        origin,
-        fz,
-        &file,
-        wanted,
-        now,
-        expiry,
-        max_per_owner,
-        check_mode,
-        deadline,
-    )
-    .await;
-    if frozen {
-        // Thaw even when writing failed, so the zone takes updates again; thaw reloads it.
-        let thawed = run_command(origin, &rndc(fz, "thaw", origin), deadline).await;
-        let (result, content_changed, serial) = written?;
-        thawed?;
-        if content_changed {
-            crate::loaded::confirm(origin, &fz.rndc, serial, &result.after, deadline).await?;
-        }
-        return Ok(result);
-    }
-    let (result, content_changed, serial) = written?;
-    if content_changed && !check_mode {
-        run_command(origin, &fz.reload, deadline).await?;
-        if fz.default_reload {
-            // A refused file leaves the old zone served: say so now, not at the deadline.
-            crate::loaded::confirm(origin, &fz.rndc, serial, &result.after, deadline).await?;
-        }
-    }
-    Ok(result)
-}
-
-#[allow(clippy::too_many_arguments)]
+/// Renders the file: the old aged values minus the removed plus the added (first published
+/// now), with the static records; validates and replaces it unless in check mode.
 async fn write_zone(
-    origin: &DomainName,
     fz: &FileZone,
     file: &ZoneFile,
-    wanted: &BTreeMap<DomainName, BTreeSet<TxtDigest>>,
-    now: u64,
-    expiry: &Expiry,
-    max_per_owner: Option<usize>,
-    check_mode: bool,
+    change: &ChangeSet,
     deadline: Instant,
-) -> Result<(ZoneResult, bool, u32), PublishError> {
+) -> Result<(Applied, Values, bool, u32), PublishError> {
+    let origin = &change.zone;
     let path = &fz.write.path;
-    let mut warnings = Vec::new();
-    let old = match file.read_rendered() {
-        Ok(old) => old,
-        Err(ZoneError::NotRendered) => {
-            warnings.push(format!(
-                "{} was not written by certbridge: it is replaced by a rendered zone (SOA, `ns`, `static_records` and the TXT values)",
-                path.display()
-            ));
-            None
+    let (old, warnings) = fz.read_old(origin, file)?;
+    let mut values: Ages = snapshot_of(old.as_ref()).ages.unwrap_or_default();
+    for (owner, gone) in &change.remove {
+        if let Some(at) = values.get_mut(owner) {
+            at.retain(|v, _| !gone.contains(v));
         }
-        Err(e) => {
-            return Err(PublishError::ReadZone {
-                zone: origin.as_str().into(),
-                path: path.clone(),
-                detail: e.to_string(),
-            })
+    }
+    for (owner, added) in &change.add {
+        let at = values.entry(owner.clone()).or_default();
+        for v in added {
+            at.entry(v.clone()).or_insert(change.now);
         }
-    };
-    let (values, removed) = merge_values(old.as_ref(), wanted, now, expiry);
-    if let Some(limit) = max_per_owner {
+    }
+    values.retain(|_, at| !at.is_empty());
+    if let Some(limit) = fz.max_per_owner {
         // The server would refuse the whole file and keep serving the old zone: say so now,
         // before writing, instead of waiting for values that will never be served.
         if let Some((owner, at)) = values.iter().find(|(_, at)| at.len() > limit) {
@@ -258,26 +246,22 @@ async fn write_zone(
             });
         }
     }
+    let render_err = |e: ZoneError| PublishError::WriteZone {
+        zone: origin.as_str().into(),
+        detail: e.to_string(),
+    };
     let mut records = fz.static_records.clone();
     for (owner, at) in &values {
         for (value, first) in at {
-            let r =
-                zone::Record::txt(owner.clone(), value).map_err(|e| PublishError::WriteZone {
-                    zone: origin.as_str().into(),
-                    detail: e.to_string(),
-                })?;
+            let r = zone::Record::txt(owner.clone(), value).map_err(render_err)?;
             records.push(r.with_published(*first));
         }
     }
     let mut preview_opts = fz.write.clone();
     preview_opts.check_mode = true;
-    let render_err = |e: ZoneError| PublishError::WriteZone {
-        zone: origin.as_str().into(),
-        detail: e.to_string(),
-    };
     let mut outcome =
         zone::apply_to(file, &fz.spec, &records, &preview_opts).map_err(render_err)?;
-    if !check_mode && outcome.changed {
+    if !change.check_mode && outcome.changed {
         if outcome.content_changed && fz.default_reload && !fz.freeze {
             // `rndc reload` refuses a zone that takes dynamic updates: find out before writing.
             let status = run_command(origin, &rndc(fz, "zonestatus", origin), deadline).await?;
@@ -295,26 +279,23 @@ async fn write_zone(
             other => render_err(other),
         })?;
     }
-    let diff = outcome.diff(&path.display().to_string());
-    Ok((
-        ZoneResult {
-            changed: outcome.changed,
-            after: values
-                .into_iter()
-                .map(|(o, at)| (o, at.into_keys().collect()))
-                .collect(),
-            removed,
-            diff: Some(diff),
-            warnings,
-        },
-        outcome.content_changed,
-        outcome.serial,
-    ))
+    let after: Values = values
+        .into_iter()
+        .map(|(o, at)| (o, at.into_keys().collect()))
+        .collect();
+    let applied = Applied {
+        changed: outcome.changed,
+        diff: Some(outcome.diff(&path.display().to_string())),
+        warnings,
+    };
+    Ok((applied, after, outcome.content_changed, outcome.serial))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use certbridge_core::names::TxtDigest;
+    use std::collections::{BTreeMap, BTreeSet};
 
     fn dn(s: &str) -> DomainName {
         DomainName::parse(s).unwrap()
@@ -324,7 +305,7 @@ mod tests {
     }
 
     #[test]
-    fn merge_keeps_recent_and_wanted_values_with_their_first_time() {
+    fn aged_values_stay_until_expiry_and_wanted_ones_keep_their_first_time() {
         let owner = dn("acme.signing.test");
         let spec = zone::ZoneSpec::new(dn("signing.test"), vec![dn("ns1.signing.test")]);
         let records = vec![
@@ -352,12 +333,19 @@ mod tests {
                 TxtDigest::parse(&dig('n')).unwrap(),
             ]),
         )]);
-        let expiry = Expiry {
+        let expiry = crate::backend::Expiry {
             keep_seconds: 3600,
             retired: BTreeSet::from([dig('x')]),
         };
-        let (keep, removed) = merge_values(Some(&old), &wanted, 10_000, &expiry);
-        let at = &keep[&owner];
+        let snap = snapshot_of(Some(&old));
+        let p = crate::backend::plan(
+            &snap.values,
+            &wanted,
+            snap.ages.as_ref().unwrap(),
+            10_000,
+            &expiry,
+        );
+        let at = &p.ages[&owner];
         assert_eq!(
             at.get(&dig('w')),
             Some(&50),
@@ -370,7 +358,7 @@ mod tests {
             "a new value is published now"
         );
         assert!(!at.contains_key(&dig('o')) && !at.contains_key("static note"));
-        assert_eq!(removed[&owner], BTreeSet::from([dig('o'), dig('x')]));
+        assert_eq!(p.delete[&owner], BTreeSet::from([dig('o'), dig('x')]));
     }
 
     #[tokio::test(flavor = "current_thread")]
