@@ -9,7 +9,7 @@ use crate::error::PublishError;
 use certbridge_core::names::DomainName;
 use serde::Deserialize;
 use serde_json::json;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
@@ -214,7 +214,7 @@ impl Backend for ExecZone {
         for (owner, vs) in answer.txt {
             let o = DomainName::parse(&owner)
                 .map_err(|e| self.error(zone, format!("malformed answer: owner `{owner}`: {e}")))?;
-            values.entry(o).or_insert_with(BTreeSet::new).extend(vs);
+            values.entry(o).or_default().extend(vs);
         }
         Ok(Snapshot { values, ages: None })
     }
