@@ -3,7 +3,8 @@
 //! layouts, verification on the server, an idempotent re-run, stale values removed, a change
 //! PowerDNS refuses (422) leaving every old value in place; then a wrong key, a missing zone
 //! and a stopped server, each failing with zone, method and server named and nothing
-//! published. The API key appears in no output, state file or server log.
+//! published; HTTPS verified with `ca_file`. The API key appears in no output, state file or
+//! server log.
 
 use certbridge_testsupport as support;
 
@@ -280,7 +281,7 @@ fn powerdns_publishes_verifies_is_idempotent_expires_and_keeps_old_data_on_refus
 }
 
 #[test]
-fn powerdns_wrong_key_missing_zone_and_stopped_server_fail_named_with_nothing_published() {
+fn powerdns_wrong_key_missing_zone_and_stopped_server_fail_named_then_https_with_ca_file_works() {
     let t = Pdns::start();
     let state = tempfile::tempdir().unwrap();
     let serial0 = t.serial();
@@ -372,13 +373,29 @@ fn powerdns_wrong_key_missing_zone_and_stopped_server_fail_named_with_nothing_pu
         "{msg}"
     );
 
-    // Nothing of the above reached the zone; the right key then works.
+    // Nothing of the above reached the zone.
     assert!(t.served(&t.owner(1)).is_empty());
     assert_eq!(t.serial(), serial0);
-    let good = run_module(
-        "acme_txt_publish",
-        &t.args(state.path(), &t.key, records, 0),
+
+    // HTTPS (a TLS front, since PowerDNS 4.7 serves plain HTTP): a certificate the system's
+    // roots do not know is refused, naming TLS; with its CA as `ca_file` the right key works.
+    let api_addr = t.api.trim_start_matches("http://").parse().unwrap();
+    let front = support::TlsForward::start(api_addr);
+    let mut args = t.args(state.path(), &t.key, records.clone(), 0);
+    args["zones"][0]["api_url"] = json!(front.origin());
+    let untrusted = run_module("acme_txt_publish", &args);
+    assert!(untrusted.failed(), "{}", untrusted.json);
+    let msg = untrusted.msg();
+    assert!(
+        msg.contains("TLS") && msg.contains(front.origin()) && msg.contains("powerdns"),
+        "{msg}"
     );
-    ok(&good);
+    println!("untrusted https: {msg}");
+    assert!(t.served(&t.owner(1)).is_empty());
+    args["zones"][0]["ca_file"] = json!(front.ca_file());
+    let good = run_module("acme_txt_publish", &args);
+    assert!(ok(&good)["changed"] == true, "{}", good.json);
     assert_eq!(t.served(&t.owner(1)), set(&[&digest("w1")]));
+    assert_eq!(t.serial(), serial0 + 1);
+    t.assert_key_absent(&good, state.path());
 }
