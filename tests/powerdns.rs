@@ -3,7 +3,7 @@
 //! layouts, verification on the server, an idempotent re-run, stale values removed, a change
 //! PowerDNS refuses (422) leaving every old value in place; then a wrong key, a missing zone
 //! and a stopped server, each failing with zone, method and server named and nothing
-//! published; HTTPS verified with `ca_file`. The API key appears in no output, state file or
+//! published; an https URL refused up front. The API key appears in no output, state file or
 //! server log.
 
 use certbridge_testsupport as support;
@@ -281,7 +281,7 @@ fn powerdns_publishes_verifies_is_idempotent_expires_and_keeps_old_data_on_refus
 }
 
 #[test]
-fn powerdns_wrong_key_missing_zone_and_stopped_server_fail_named_then_https_with_ca_file_works() {
+fn powerdns_wrong_key_missing_zone_stopped_server_and_https_fail_named_with_nothing_published() {
     let t = Pdns::start();
     let state = tempfile::tempdir().unwrap();
     let serial0 = t.serial();
@@ -377,23 +377,23 @@ fn powerdns_wrong_key_missing_zone_and_stopped_server_fail_named_then_https_with
     assert!(t.served(&t.owner(1)).is_empty());
     assert_eq!(t.serial(), serial0);
 
-    // HTTPS (a TLS front, since PowerDNS 4.7 serves plain HTTP): a certificate the system's
-    // roots do not know is refused, naming TLS; with its CA as `ca_file` the right key works.
-    let api_addr = t.api.trim_start_matches("http://").parse().unwrap();
-    let front = support::TlsForward::start(api_addr);
+    // An https api_url is refused when the options are read, saying what to do instead.
     let mut args = t.args(state.path(), &t.key, records.clone(), 0);
-    args["zones"][0]["api_url"] = json!(front.origin());
-    let untrusted = run_module("acme_txt_publish", &args);
-    assert!(untrusted.failed(), "{}", untrusted.json);
-    let msg = untrusted.msg();
+    args["zones"][0]["api_url"] = json!(t.api.replace("http://", "https://"));
+    let https = run_module("acme_txt_publish", &args);
+    assert!(https.failed(), "{}", https.json);
+    let msg = https.msg();
     assert!(
-        msg.contains("TLS") && msg.contains(front.origin()) && msg.contains("powerdns"),
+        msg.contains("https is not supported") && msg.contains("zones[0]"),
         "{msg}"
     );
-    println!("untrusted https: {msg}");
     assert!(t.served(&t.owner(1)).is_empty());
-    args["zones"][0]["ca_file"] = json!(front.ca_file());
-    let good = run_module("acme_txt_publish", &args);
+
+    // The right key then works.
+    let good = run_module(
+        "acme_txt_publish",
+        &t.args(state.path(), &t.key, records, 0),
+    );
     assert!(ok(&good)["changed"] == true, "{}", good.json);
     assert_eq!(t.served(&t.owner(1)), set(&[&digest("w1")]));
     assert_eq!(t.serial(), serial0 + 1);

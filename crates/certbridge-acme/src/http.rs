@@ -8,14 +8,12 @@ mod proxy;
 
 pub use connect::ConnectFailure;
 pub use proxy::{BadProxy, Proxy, ProxyPolicy};
-// Trust roots are shared with acme_txt_publish's HTTPS API backends.
-pub use certbridge_dns::tls::{load_roots, RootsError, SYSTEM_CA_BUNDLES};
 
 use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,6 +27,8 @@ use hyper_rustls::HttpsConnectorBuilder;
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use instant_acme::{BodyWrapper, BytesResponse, HttpClient};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 
 use connect::Connector;
 
@@ -41,8 +41,27 @@ pub const USER_AGENT: &str = concat!(
     " instant-acme/0.8.5"
 );
 
+/// System CA bundle files, in the order the common distributions place them.
+pub const SYSTEM_CA_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt", // Debian, Ubuntu, Alpine, Arch
+    "/etc/pki/tls/certs/ca-bundle.crt",   // Fedora, RHEL, CentOS
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem", // RHEL 7+
+    "/etc/ssl/ca-bundle.pem",             // openSUSE, SLES
+    "/etc/pki/tls/cacert.pem",            // OpenELEC
+    "/etc/ssl/cert.pem",                  // Alpine, macOS-like layouts
+];
+
 /// Largest response body accepted (certificate chains and problem documents are a few KiB).
 const MAX_BODY: usize = 1 << 20;
+
+/// Why trust roots could not be set up.
+#[derive(Debug)]
+pub enum RootsError {
+    /// The given `ca_file` is unreadable or holds no usable certificate.
+    BadCaFile { path: PathBuf, reason: String },
+    /// No `ca_file` given and no system bundle found.
+    NoSystemRoots { tried: Vec<String> },
+}
 
 /// A failed HTTP request, carried inside `instant_acme::Error::Other` up to the client, which
 /// turns it into an `AcmeError`.
@@ -106,6 +125,47 @@ impl HttpStats {
             .ok()
             .and_then(|mut g| g.take())
     }
+}
+
+/// Reads every certificate of a PEM bundle into a root store.
+pub fn load_roots(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, RootsError> {
+    if let Some(path) = ca_file {
+        return roots_from_file(path).map_err(|reason| RootsError::BadCaFile {
+            path: path.to_owned(),
+            reason,
+        });
+    }
+    let mut tried = Vec::new();
+    let from_env = std::env::var_os("SSL_CERT_FILE").map(PathBuf::from);
+    let candidates = from_env
+        .into_iter()
+        .chain(SYSTEM_CA_BUNDLES.iter().map(PathBuf::from));
+    for path in candidates {
+        if path.is_file() {
+            if let Ok(roots) = roots_from_file(&path) {
+                return Ok(roots);
+            }
+        }
+        tried.push(path.display().to_string());
+    }
+    Err(RootsError::NoSystemRoots { tried })
+}
+
+fn roots_from_file(path: &Path) -> Result<rustls::RootCertStore, String> {
+    let data = std::fs::read(path).map_err(|e| e.to_string())?;
+    let mut roots = rustls::RootCertStore::empty();
+    let mut count = 0usize;
+    for (index, item) in CertificateDer::pem_slice_iter(&data).enumerate() {
+        let der = item.map_err(|e| format!("certificate {}: bad PEM: {e}", index + 1))?;
+        roots
+            .add(der)
+            .map_err(|e| format!("certificate {}: {e}", index + 1))?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err("no PEM certificate (-----BEGIN CERTIFICATE-----) in it".into());
+    }
+    Ok(roots)
 }
 
 /// Settings of one client.

@@ -10,25 +10,19 @@
 use crate::backend::{Applied, Backend, ChangeSet, Servers, Snapshot, Values};
 use crate::error::PublishError;
 use certbridge_core::names::DomainName;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Bytes;
-use hyper::{Method, Request, StatusCode, Uri};
-use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// Largest API answer read: a zone of 10,000 RRsets is about 2 MiB of JSON.
 const MAX_BODY: usize = 64 << 20;
 
-/// Where the API is: `http://` or `https://` host, port and path prefix.
+/// Where the API is: `http://` host, port and path prefix.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ApiUrl {
-    pub tls: bool,
     pub host: String,
     pub port: u16,
     /// Path before `/api/v1`, without a trailing slash (empty for the usual root).
@@ -37,29 +31,48 @@ pub struct ApiUrl {
 
 impl ApiUrl {
     pub fn parse(s: &str) -> Result<ApiUrl, String> {
-        let uri: Uri = s.parse().map_err(|e| format!("`{s}` is not a URL: {e}"))?;
-        let tls = match uri.scheme_str() {
-            Some("http") => false,
-            Some("https") => true,
-            _ => return Err(format!("`{s}`: the scheme must be http or https")),
-        };
-        let host = uri
-            .host()
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| format!("`{s}` names no host"))?;
-        if uri.query().is_some() || s.contains('@') {
-            return Err(format!("`{s}`: no query or user part, please"));
+        if s.starts_with("https://") {
+            // A TLS stack (rustls) would take acme_txt_publish past its 3 MiB size budget
+            // (measured 3.36 MiB): HTTPS is for a local TLS tunnel to terminate.
+            return Err(format!(
+                "`{s}`: https is not supported: reach the API over http on loopback or a private network, or through a local TLS tunnel (stunnel, a reverse proxy) listening on http://127.0.0.1"
+            ));
         }
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        let prefix = uri.path().trim_end_matches('/').to_owned();
-        let prefix = prefix.strip_suffix("/api/v1").unwrap_or(&prefix).to_owned();
+        let rest = s
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("`{s}`: the scheme must be http"))?;
+        if s.contains(['?', '#', '@']) || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!(
+                "`{s}`: no query, fragment, user part or spaces, please"
+            ));
+        }
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("`{s}`: unclosed `[`"))?;
+            (h, after.strip_prefix(':'))
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("`{s}` names no host"));
+        }
+        let port = match port {
+            None => 80,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("`{s}`: `{p}` is not a port"))?,
+        };
+        let prefix = path.trim_end_matches('/');
+        let prefix = prefix.strip_suffix("/api/v1").unwrap_or(prefix).to_owned();
         Ok(ApiUrl {
-            tls,
-            host,
+            host: host.to_owned(),
             port,
             prefix,
         })
@@ -68,7 +81,7 @@ impl ApiUrl {
 
 impl std::fmt::Display for ApiUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let scheme = if self.tls { "https" } else { "http" };
+        let scheme = "http";
         if self.host.contains(':') {
             write!(f, "{scheme}://[{}]:{}{}", self.host, self.port, self.prefix)
         } else {
@@ -112,8 +125,6 @@ pub struct PdnsZone {
     pub api: ApiUrl,
     pub server_id: String,
     pub key: ApiKey,
-    /// Trust roots for HTTPS: this PEM bundle, else the system's.
-    pub ca_file: Option<PathBuf>,
     /// The servers that must serve the values (default: the zone's NS).
     pub nameservers: Option<Vec<SocketAddr>>,
     pub ttl: u32,
@@ -123,7 +134,6 @@ pub struct PdnsZone {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiFailure {
     Unreachable(String),
-    Tls(String),
     Timeout(&'static str),
     /// 401/403: the key is wrong (PowerDNS answers 401 without a body worth showing).
     Unauthorized(u16),
@@ -140,7 +150,6 @@ impl std::fmt::Display for ApiFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ApiFailure::Unreachable(e) => write!(f, "cannot reach the API: {e}"),
-            ApiFailure::Tls(e) => write!(f, "TLS with the API failed: {e}"),
             ApiFailure::Timeout(what) => write!(f, "no answer to {what} before the deadline"),
             ApiFailure::Unauthorized(s) => write!(
                 f,
@@ -289,99 +298,146 @@ pub fn patch_body(rrsets: &TxtRrsets, change: &ChangeSet) -> serde_json::Value {
     serde_json::json!({ "rrsets": out })
 }
 
-/// One HTTP/1.1 connection to the API, for one request (PowerDNS's web server closes the
-/// connection after each answer).
-struct Conn {
-    send: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-}
-
-trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
-
-async fn connect(pz: &PdnsZone) -> Result<Conn, ApiFailure> {
+/// One connection to the API, for one request.
+async fn connect(pz: &PdnsZone) -> Result<TcpStream, ApiFailure> {
     let tcp = TcpStream::connect((pz.api.host.as_str(), pz.api.port))
         .await
         .map_err(|e| ApiFailure::Unreachable(e.to_string()))?;
     let _ = tcp.set_nodelay(true);
-    let io: Box<dyn Io> = if pz.api.tls {
-        let roots = crate::tls::load_roots(pz.ca_file.as_deref())
-            .map_err(|e| ApiFailure::Tls(e.to_string()))?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ApiFailure::Tls(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let name = rustls::pki_types::ServerName::try_from(pz.api.host.clone())
-            .map_err(|e| ApiFailure::Tls(format!("{}: {e}", pz.api.host)))?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| ApiFailure::Tls(e.to_string()))?;
-        Box::new(tls)
-    } else {
-        Box::new(tcp)
-    };
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| ApiFailure::Unreachable(e.to_string()))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(Conn { send })
+    Ok(tcp)
 }
 
-impl Conn {
-    async fn call(
-        mut self,
-        pz: &PdnsZone,
-        method: Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<(StatusCode, Bytes), ApiFailure> {
-        let host = if pz.api.host.contains(':') {
-            format!("[{}]:{}", pz.api.host, pz.api.port)
-        } else {
-            format!("{}:{}", pz.api.host, pz.api.port)
-        };
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", pz.api.prefix))
-            .header("host", host)
-            .header("x-api-key", pz.key.0.as_str())
-            .header("accept", "application/json")
-            .header(
-                "user-agent",
-                concat!("certbridge/", env!("CARGO_PKG_VERSION")),
-            );
-        if body.is_some() {
-            req = req.header("content-type", "application/json");
+/// One HTTP/1.1 request with `Connection: close` and its answer: (status, body). The API's
+/// answers are small JSON documents with a Content-Length (or chunked); this is all the HTTP
+/// the backend needs, and keeps an HTTP library out of the module binary (its size budget).
+async fn call(
+    pz: &PdnsZone,
+    method: &str,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<(u16, Vec<u8>), ApiFailure> {
+    let mut io = connect(pz).await?;
+    let host = if pz.api.host.contains(':') {
+        format!("[{}]:{}", pz.api.host, pz.api.port)
+    } else {
+        format!("{}:{}", pz.api.host, pz.api.port)
+    };
+    let body = body.unwrap_or_default();
+    let mut req = format!(
+        "{method} {}{path} HTTP/1.1\r\nHost: {host}\r\nX-API-Key: {}\r\nAccept: application/json\r\nUser-Agent: certbridge/{}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        pz.api.prefix,
+        pz.key.0,
+        env!("CARGO_PKG_VERSION"),
+        body.len()
+    )
+    .into_bytes();
+    if !body.is_empty() {
+        req.extend_from_slice(b"Content-Type: application/json\r\n");
+    }
+    req.extend_from_slice(b"\r\n");
+    req.extend_from_slice(&body);
+    let lost = |e: std::io::Error| ApiFailure::Unreachable(e.to_string());
+    io.write_all(&req).await.map_err(lost)?;
+    io.flush().await.map_err(lost)?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if let Some(done) = parse_answer(&buf, false)? {
+            return Ok(done);
         }
-        let req = req
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| ApiFailure::Malformed(e.to_string()))?;
-        self.send
-            .ready()
-            .await
-            .map_err(|e| ApiFailure::Unreachable(e.to_string()))?;
-        let resp = self
-            .send
-            .send_request(req)
-            .await
-            .map_err(|e| ApiFailure::Unreachable(e.to_string()))?;
-        let status = resp.status();
-        let body = Limited::new(resp.into_body(), MAX_BODY)
-            .collect()
-            .await
-            .map_err(|e| ApiFailure::Unreachable(format!("reading the answer: {e}")))?
-            .to_bytes();
-        Ok((status, body))
+        let n = match io.read(&mut chunk).await {
+            Ok(n) => n,
+            Err(e) => return Err(lost(e)),
+        };
+        if n == 0 {
+            return parse_answer(&buf, true)?
+                .ok_or_else(|| ApiFailure::Malformed("the connection closed mid-answer".into()));
+        }
+        if buf.len() + n > MAX_BODY {
+            return Err(ApiFailure::Malformed(format!(
+                "an answer over {MAX_BODY} bytes"
+            )));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// (status, body) once `buf` holds a whole answer; `None` while more is needed (at `eof`, a
+/// body without length ends at the close).
+fn parse_answer(buf: &[u8], eof: bool) -> Result<Option<(u16, Vec<u8>)>, ApiFailure> {
+    let bad = |what: &str| ApiFailure::Malformed(format!("not an HTTP answer: {what}"));
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return if eof {
+            Err(bad("no header end"))
+        } else {
+            Ok(None)
+        };
+    };
+    let head = String::from_utf8_lossy(&buf[..end]);
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .strip_prefix("HTTP/1.")
+        .and_then(|r| r.get(2..5))
+        .and_then(|c| c.parse::<u16>().ok())
+        .ok_or_else(|| bad(status_line))?;
+    let (mut length, mut chunked) = (None, false);
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            length = Some(value.parse::<usize>().map_err(|_| bad("Content-Length"))?);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value.to_ascii_lowercase().contains("chunked");
+        }
+    }
+    let rest = &buf[end + 4..];
+    if chunked {
+        return dechunk(rest).map(|b| b.map(|b| (status, b))).or_else(|e| {
+            if eof {
+                Err(e)
+            } else {
+                Ok(None)
+            }
+        });
+    }
+    match length {
+        Some(n) if rest.len() >= n => Ok(Some((status, rest[..n].to_vec()))),
+        Some(_) if eof => Err(bad("the body is shorter than its Content-Length")),
+        Some(_) => Ok(None),
+        None if eof => Ok(Some((status, rest.to_vec()))),
+        None => Ok(None),
+    }
+}
+
+/// A chunked body: `Ok(None)` while incomplete.
+fn dechunk(mut rest: &[u8]) -> Result<Option<Vec<u8>>, ApiFailure> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
+            return Ok(None);
+        };
+        let size_text = String::from_utf8_lossy(&rest[..eol]);
+        let size_text = size_text.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_text, 16)
+            .map_err(|_| ApiFailure::Malformed("a bad chunk size".into()))?;
+        rest = &rest[eol + 2..];
+        if size == 0 {
+            return Ok(Some(out));
+        }
+        if rest.len() < size + 2 {
+            return Ok(None);
+        }
+        out.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
     }
 }
 
 /// Turns a non-success answer into its failure (PowerDNS's `{"error": ...}` kept).
-fn refusal(status: StatusCode, body: &[u8], missing_zone: bool) -> ApiFailure {
-    match status.as_u16() {
+fn refusal(status: u16, body: &[u8], missing_zone: bool) -> ApiFailure {
+    match status {
         s @ (401 | 403) => ApiFailure::Unauthorized(s),
         404 if missing_zone => ApiFailure::NoZone,
         s => {
@@ -392,7 +448,7 @@ fn refusal(status: StatusCode, body: &[u8], missing_zone: bool) -> ApiFailure {
                     let text = String::from_utf8_lossy(body);
                     let t: String = text.chars().take(300).collect();
                     if t.trim().is_empty() {
-                        status.canonical_reason().unwrap_or("no reason").to_owned()
+                        "no reason given".to_owned()
                     } else {
                         t
                     }
@@ -420,11 +476,8 @@ async fn within<T>(
 
 /// Reads the zone's TXT RRsets.
 async fn read(pz: &PdnsZone, origin: &DomainName) -> Result<TxtRrsets, ApiFailure> {
-    let conn = connect(pz).await?;
-    let (status, body) = conn
-        .call(pz, Method::GET, &zone_path(pz, origin), None)
-        .await?;
-    if !status.is_success() {
+    let (status, body) = call(pz, "GET", &zone_path(pz, origin), None).await?;
+    if !(200..300).contains(&status) {
         return Err(refusal(status, &body, true));
     }
     let doc: ZoneDoc = serde_json::from_slice(&body)
@@ -479,9 +532,8 @@ impl Backend for PdnsZone {
             let body = patch_body(&rrsets, change).to_string().into_bytes();
             let path = zone_path(self, zone);
             within(deadline, "the PATCH of RRsets", async {
-                let conn = connect(self).await?;
-                let (status, text) = conn.call(self, Method::PATCH, &path, Some(body)).await?;
-                if status.is_success() {
+                let (status, text) = call(self, "PATCH", &path, Some(body)).await?;
+                if (200..300).contains(&status) {
                     Ok(())
                 } else {
                     Err(refusal(status, &text, true))
@@ -521,20 +573,31 @@ mod tests {
     }
 
     #[test]
-    fn api_url_takes_http_and_https_and_nothing_else() {
+    fn api_url_takes_http_and_nothing_else() {
         let u = ApiUrl::parse("http://127.0.0.1:8081").unwrap();
         assert_eq!(
-            (u.tls, u.host.as_str(), u.port, u.prefix.as_str()),
-            (false, "127.0.0.1", 8081, "")
+            (u.host.as_str(), u.port, u.prefix.as_str()),
+            ("127.0.0.1", 8081, "")
         );
-        let u = ApiUrl::parse("https://dns.example.org/pdns/api/v1/").unwrap();
-        assert_eq!((u.tls, u.port, u.prefix.as_str()), (true, 443, "/pdns"));
+        let u = ApiUrl::parse("http://[::1]/pdns/api/v1/").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.prefix.as_str()),
+            ("::1", 80, "/pdns")
+        );
+        assert_eq!(u.to_string(), "http://[::1]:80/pdns");
+        let e = ApiUrl::parse("https://dns.example.org").unwrap_err();
+        assert!(
+            e.contains("https is not supported") && e.contains("tunnel"),
+            "{e}"
+        );
         for bad in [
             "ftp://x",
             "127.0.0.1:8081",
             "http://",
             "http://u:p@h/",
             "http://h/?q",
+            "http://h:0",
+            "http://h:x",
         ] {
             assert!(ApiUrl::parse(bad).is_err(), "{bad}");
         }
@@ -587,9 +650,24 @@ mod tests {
     }
 
     #[test]
+    fn answers_parse_with_length_chunked_or_close() {
+        let a = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+        assert_eq!(parse_answer(a, false).unwrap(), Some((200, b"{}".to_vec())));
+        assert_eq!(parse_answer(&a[..a.len() - 1], false).unwrap(), None);
+        let c = b"HTTP/1.1 422 Unprocessable Entity\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+        assert_eq!(
+            parse_answer(c, false).unwrap(),
+            Some((422, b"abcde".to_vec()))
+        );
+        let e = b"HTTP/1.0 204 No Content\r\n\r\n";
+        assert_eq!(parse_answer(e, true).unwrap(), Some((204, Vec::new())));
+        assert!(parse_answer(b"SSH-2.0-OpenSSH\r\n\r\n", true).is_err());
+    }
+
+    #[test]
     fn refusals_keep_powerdns_error_text_and_name_the_key_problem() {
         let f = refusal(
-            StatusCode::UNPROCESSABLE_ENTITY,
+            422,
             br#"{"error": "RRset x. IN TXT: Conflicts with pre-existing RRset"}"#,
             true,
         );
@@ -599,13 +677,10 @@ mod tests {
             "{f}"
         );
         assert_eq!(
-            refusal(StatusCode::UNAUTHORIZED, b"Unauthorized", true),
+            refusal(401, b"Unauthorized", true),
             ApiFailure::Unauthorized(401)
         );
-        assert_eq!(
-            refusal(StatusCode::NOT_FOUND, b"", true),
-            ApiFailure::NoZone
-        );
+        assert_eq!(refusal(404, b"", true), ApiFailure::NoZone);
         assert!(format!("{:?}", ApiKey::new("s3cret").unwrap())
             .find("s3cret")
             .is_none());

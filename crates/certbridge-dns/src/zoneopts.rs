@@ -105,15 +105,12 @@ pub struct ExecInput {
 #[serde(deny_unknown_fields)]
 pub struct PowerdnsInput {
     pub origin: String,
-    /// `http://` or `https://` host and port of the API (a path prefix before `/api/v1` allowed).
+    /// `http://` host and port of the API (a path prefix before `/api/v1` allowed).
     pub api_url: String,
     /// Secret (no_log).
     pub api_key: String,
     #[serde(default = "default_server_id")]
     pub server_id: String,
-    /// PEM bundle trusted for an https `api_url` (default: the system's).
-    #[serde(default)]
-    pub ca_file: Option<String>,
     #[serde(default)]
     pub nameservers: Option<Vec<String>>,
     #[serde(default)]
@@ -241,23 +238,10 @@ fn powerdns_zone(at: &str, z: &PowerdnsInput) -> Result<ZoneBackend, String> {
             "option `server_id`: `{id}` is not a PowerDNS server id (letters, digits, `-`, `_`, `.`)"
         ));
     }
-    let ca_file = match &z.ca_file {
-        None => None,
-        Some(f) if !api.tls => {
-            return Err(format!(
-                "option `ca_file` ({f}) applies to an https `api_url`, not {api}"
-            ))
-        }
-        Some(f) if !std::path::Path::new(f).is_absolute() => {
-            return Err(format!("option `ca_file`: {f} is not an absolute path"))
-        }
-        Some(f) => Some(std::path::PathBuf::from(f)),
-    };
     Ok(ZoneBackend::Powerdns(Box::new(PdnsZone {
         api,
         server_id: id.clone(),
         key,
-        ca_file,
         nameservers: zone_nameservers(at, z.nameservers.as_deref())?,
         ttl: ttl_u32(at, z.ttl.as_ref())?,
     })))

@@ -657,7 +657,7 @@ impl Upstream {
 }
 
 /// A throw-away CA and a leaf for 127.0.0.1/localhost signed by it: (server config, CA PEM).
-pub(crate) fn tls_identity() -> (Arc<rustls::ServerConfig>, String) {
+fn tls_identity() -> (Arc<rustls::ServerConfig>, String) {
     let ca_key = rcgen::KeyPair::generate().expect("CA key");
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);

@@ -10,7 +10,6 @@
 //! - [`certset`]: the service-facing files of a cert dir, checked to be one matching set.
 //! - [`ca_proxy`]: the fault-injecting ACME proxy in front of Pebble.
 //! - [`connect_proxy`]: a minimal HTTP CONNECT proxy that counts its tunnels.
-//! - [`tls_forward`]: a TLS front for a plain-HTTP service (PowerDNS's API over HTTPS).
 
 pub mod bed;
 pub mod ca_proxy;
@@ -20,7 +19,6 @@ pub mod dns;
 pub mod host;
 pub mod module;
 pub mod raw_http;
-pub mod tls_forward;
 pub mod tree;
 
 pub use bed::{
@@ -36,4 +34,3 @@ pub use module::{
     merged, module_bin, ok, run_module, run_module_at, run_module_env, ModuleRun, MODULES,
 };
 pub use raw_http::{raw_get, raw_request, RawAnswer};
-pub use tls_forward::TlsForward;
