@@ -471,7 +471,7 @@ fn publish_rows(fx: &Fixture) -> Vec<Row> {
         row(m, "zone listed twice", with(json!({"zones": [fx.file_zone(), fx.file_zone()]})), "listed twice"),
         row(m, "unknown method", zone(json!({"method": "ftp"})), "method"),
         row(m, "zonefile zone without path", zone(json!({"path": null})), "missing required option `path` in `zones[0]`"),
-        row(m, "zonefile zone with a TSIG server", zone(json!({"server": "127.0.0.1:9"})), "`zones[0].server` does not apply"),
+        row(m, "zonefile zone with a TSIG server", zone(json!({"server": "127.0.0.1:9"})), "option `zones[0]`: unsupported option `server` for method zonefile"),
         row(m, "bad static record", zone(json!({"static_records": [{"name": "x", "type": "TXT", "value": "a\"b"}]})), "static_records[0]: record `x` TXT"),
         row(m, "rfc2136 zone without tsig_secret", dynz(json!({"tsig_secret": null})), "missing required option `tsig_secret`"),
         row(m, "unknown TSIG algorithm", dynz(json!({"tsig_algorithm": "hmac-md4"})), "hmac-md4"),

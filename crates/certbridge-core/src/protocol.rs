@@ -296,13 +296,7 @@ fn describe_option_error(path: &str, inner: &str) -> String {
         // "`foo`, expected one of `a`, `b`" | "`foo`, there are no fields"
         let (name, valid) = rest.split_once(", expected ").unwrap_or((rest, ""));
         let valid = valid.trim_start_matches("one of ").replace('`', "");
-        // The path names the field itself, except inside a tagged enum (a zone's `method`),
-        // whose fields serde buffers: there it names the enclosing object.
-        let bare = name.trim_matches('`');
-        let parent = match path.strip_suffix(bare) {
-            Some(p) => p.strip_suffix('.').unwrap_or(p),
-            None => path,
-        };
+        let parent = path.rsplit_once('.').map(|(p, _)| p).unwrap_or("");
         return format!(
             "unsupported option {name}{}; valid options: {valid}",
             at(parent)

@@ -134,9 +134,17 @@ impl ExecZone {
             Ok(Ok(out)) => out,
             Ok(Err(e)) => return Err(self.error(zone, format!("cannot run it: {e}"))),
             Err(_) => {
-                if let Some(pgid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
-                    let _ =
-                        rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+                // The child itself dies with its handle (kill_on_drop); what it started is
+                // in its process group. kill(1) rather than a system-call crate: this is
+                // the rare path, and the module binaries count their bytes.
+                if let Some(pgid) = pid {
+                    let _ = tokio::process::Command::new("kill")
+                        .args(["-s", "KILL", "--", &format!("-{pgid}")])
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status()
+                        .await;
                 }
                 return Err(self.error(
                     zone,

@@ -474,7 +474,7 @@ mod tests {
             ),
             (
                 json!({"zones": [{"origin": "a.test", "method": "rfc2136", "server": "127.0.0.1:53", "tsig_name": "k", "tsig_secret": "c2VjcmV0", "path": "/x"}]}),
-                "unsupported option `path` in `zones[0]`",
+                "option `zones[0]`: unsupported option `path` for method rfc2136",
             ),
             (
                 json!({"zones": [{"origin": "a.test", "method": "rfc2136", "server": "ns1.a.test", "tsig_name": "k", "tsig_secret": "c2VjcmV0"}]}),

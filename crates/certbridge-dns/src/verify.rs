@@ -1,5 +1,8 @@
-//! Proving publication: ask every authoritative server directly (no recursion, UDP then TCP
-//! when truncated) for every owner until each expected value is there, or the deadline passes.
+//! The one propagation checker: poll a source of TXT answers for every name until each
+//! expected value is there, or the deadline passes ([`verify_server`]). acme_txt_publish asks
+//! every authoritative server of a zone directly ([`Direct`]: no recursion, UDP then TCP when
+//! truncated). A caller with its own DNS client (acme_finalize's `dns_check`, which links
+//! hickory's resolver for HTTP) plugs it in as a [`TxtSource`] instead of a second client.
 //! Values are compared, never serials: an inline-signed zone serves another serial than its
 //! file, and a secondary may already serve the values under a serial we never saw.
 
@@ -24,6 +27,23 @@ const POLL_MAX: Duration = Duration::from_millis(100);
 
 /// What one server must answer: owner -> values.
 pub type Expected = BTreeMap<DomainName, BTreeSet<String>>;
+
+/// Where the checker's answers come from.
+#[allow(async_fn_in_trait)] // static dispatch only
+pub trait TxtSource {
+    /// The TXT values served at `owner` now.
+    async fn txt(&self, owner: &DomainName, deadline: Instant) -> Result<BTreeSet<String>, String>;
+}
+
+/// An authoritative server asked directly.
+#[derive(Debug, Clone, Copy)]
+pub struct Direct(pub SocketAddr);
+
+impl TxtSource for Direct {
+    async fn txt(&self, owner: &DomainName, deadline: Instant) -> Result<BTreeSet<String>, String> {
+        txt_values(self.0, owner, deadline).await
+    }
+}
 
 /// One server's verdict.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -83,9 +103,9 @@ pub async fn txt_values(
         .collect())
 }
 
-/// Polls one server until it serves every expected value or `deadline` passes.
-pub async fn verify_server(
-    server: SocketAddr,
+/// Polls `source` until it serves every expected value or `deadline` passes.
+pub async fn verify_server<S: TxtSource>(
+    source: &S,
     expected: &Expected,
     deadline: Instant,
 ) -> ServerResult {
@@ -100,7 +120,7 @@ pub async fn verify_server(
         let owners: Vec<DomainName> = missing.keys().cloned().collect();
         let answers: Vec<(DomainName, Result<BTreeSet<String>, String>)> = stream::iter(owners)
             .map(|owner| async move {
-                let got = txt_values(server, &owner, deadline).await;
+                let got = source.txt(&owner, deadline).await;
                 (owner, got)
             })
             .buffer_unordered(CONCURRENCY)
@@ -157,7 +177,7 @@ pub async fn verify_all(
     deadline: Instant,
 ) -> BTreeMap<String, ServerResult> {
     let checks = plan.into_iter().map(|(server, expected)| async move {
-        let r = verify_server(server, &expected, deadline).await;
+        let r = verify_server(&Direct(server), &expected, deadline).await;
         (server.to_string(), r)
     });
     futures_util::future::join_all(checks)

@@ -19,15 +19,67 @@ use std::time::Duration;
 type Raw = Option<serde_json::Value>;
 
 /// A managed signing zone; `method` chooses the variant (and so the valid options).
-// Parsed once per zone and run: the zonefile variant's size costs nothing worth a Box.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "method", rename_all = "lowercase")]
+#[derive(Debug, Clone)]
 pub enum ZoneInput {
-    Zonefile(FileZoneInput),
+    Zonefile(Box<FileZoneInput>),
     Rfc2136(Rfc2136Input),
     Exec(ExecInput),
     Powerdns(PowerdnsInput),
+}
+
+const METHODS: &str = "zonefile, rfc2136, exec or powerdns";
+
+/// Like `#[serde(tag = "method")]`, but an error inside the variant names the option and
+/// the method (serde's buffered tagged enums lose the option's path).
+impl<'de> Deserialize<'de> for ZoneInput {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut map = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        let method = match map.remove("method") {
+            Some(serde_json::Value::String(m)) => m,
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "`method` {other} is not one of {METHODS}"
+                )))
+            }
+            None => return Err(D::Error::missing_field("method")),
+        };
+        let rest = serde_json::Value::Object(map);
+        let parsed = match method.as_str() {
+            "zonefile" => variant(rest).map(|z| ZoneInput::Zonefile(Box::new(z))),
+            "rfc2136" => variant(rest).map(ZoneInput::Rfc2136),
+            "exec" => variant(rest).map(ZoneInput::Exec),
+            "powerdns" => variant(rest).map(ZoneInput::Powerdns),
+            other => {
+                return Err(D::Error::custom(format!(
+                    "unknown `method` `{other}`: expected {METHODS}"
+                )))
+            }
+        };
+        parsed.map_err(|(path, inner)| D::Error::custom(reword(&method, &path, &inner)))
+    }
+}
+
+fn variant<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T, (String, String)> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        (path, e.into_inner().to_string())
+    })
+}
+
+/// serde's wording in Ansible's vocabulary, naming the method.
+fn reword(method: &str, path: &str, inner: &str) -> String {
+    if let Some(rest) = inner.strip_prefix("unknown field ") {
+        let (name, valid) = rest.split_once(", expected ").unwrap_or((rest, ""));
+        let valid = valid.trim_start_matches("one of ").replace('`', "");
+        return format!(
+            "unsupported option {name} for method {method}; valid options: method, {valid}"
+        );
+    }
+    if let Some(rest) = inner.strip_prefix("missing field ") {
+        return format!("missing required option {rest} for method {method}");
+    }
+    format!("`{path}` (method {method}): {inner}")
 }
 
 /// `method: zonefile`: most options go to zone_render's own option parser (one
@@ -36,8 +88,11 @@ pub enum ZoneInput {
 #[serde(deny_unknown_fields)]
 pub struct FileZoneInput {
     pub origin: String,
-    pub path: serde_json::Value,
-    pub ns: serde_json::Value,
+    // Required; Option so that null reads as missing, as Ansible's own modules do.
+    #[serde(default)]
+    pub path: Raw,
+    #[serde(default)]
+    pub ns: Raw,
     #[serde(default)]
     pub ttl: Raw,
     #[serde(default)]
@@ -67,9 +122,13 @@ pub struct FileZoneInput {
 #[serde(deny_unknown_fields)]
 pub struct Rfc2136Input {
     pub origin: String,
-    pub server: String,
-    pub tsig_name: String,
-    pub tsig_secret: String,
+    // Required; Option so that null reads as missing.
+    #[serde(default)]
+    pub server: Option<String>,
+    #[serde(default)]
+    pub tsig_name: Option<String>,
+    #[serde(default)]
+    pub tsig_secret: Option<String>,
     #[serde(default = "default_algorithm")]
     pub tsig_algorithm: String,
     #[serde(default)]
@@ -81,8 +140,9 @@ pub struct Rfc2136Input {
 #[serde(deny_unknown_fields)]
 pub struct ExecInput {
     pub origin: String,
-    /// argv, never run through a shell.
-    pub command: Vec<String>,
+    /// argv, never run through a shell (required).
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
     /// Variables the command gets besides PATH, HOME and LANG (values never printed).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -128,6 +188,14 @@ fn default_exec_deadline() -> u64 {
 }
 
 impl ZoneInput {
+    pub fn method(&self) -> &'static str {
+        match self {
+            ZoneInput::Zonefile(_) => "zonefile",
+            ZoneInput::Rfc2136(_) => "rfc2136",
+            ZoneInput::Exec(_) => "exec",
+            ZoneInput::Powerdns(_) => "powerdns",
+        }
+    }
     pub fn origin(&self) -> &str {
         match self {
             ZoneInput::Zonefile(z) => &z.origin,
@@ -171,14 +239,34 @@ pub fn zone_plan(
     let at = format!("zones[{i}]");
     let origin = DomainName::parse(z.origin()).map_err(|e| format!("option `{at}.origin`: {e}"))?;
     let in_zone = |e: String| format!("`{at}` (zone {}): {e}", origin.fqdn());
+    let required = |name: &str| {
+        format!(
+            "missing required option `{name}` in `{at}` (zone {}, method {})",
+            origin.fqdn(),
+            z.method()
+        )
+    };
     let backend = match z {
         ZoneInput::Zonefile(z) => {
-            ZoneBackend::Zonefile(Box::new(file_zone(&at, &origin, z, max_records_per_type)?))
+            let (Some(path), Some(ns)) = (&z.path, &z.ns) else {
+                let name = if z.path.is_none() { "path" } else { "ns" };
+                return Err(required(name));
+            };
+            let fz = file_zone(&at, &origin, z, path, ns, max_records_per_type)?;
+            ZoneBackend::Zonefile(Box::new(fz))
         }
         ZoneInput::Rfc2136(z) => {
-            let server = parse_addr(&format!("{at}.server"), &z.server)?;
-            let key =
-                TsigKey::new(&z.tsig_name, &z.tsig_algorithm, &z.tsig_secret).map_err(in_zone)?;
+            let server = z.server.as_deref().ok_or_else(|| required("server"))?;
+            let server = parse_addr(&format!("{at}.server"), server)?;
+            let name = z
+                .tsig_name
+                .as_deref()
+                .ok_or_else(|| required("tsig_name"))?;
+            let secret = z
+                .tsig_secret
+                .as_deref()
+                .ok_or_else(|| required("tsig_secret"))?;
+            let key = TsigKey::new(name, &z.tsig_algorithm, secret).map_err(in_zone)?;
             ZoneBackend::Rfc2136(Box::new(DynZone {
                 server,
                 key,
@@ -186,7 +274,8 @@ pub fn zone_plan(
             }))
         }
         ZoneInput::Exec(z) => {
-            let command = CommandInput::Argv(z.command.clone()).argv(&format!("{at}.command"))?;
+            let command = z.command.clone().ok_or_else(|| required("command"))?;
+            let command = CommandInput::Argv(command).argv(&format!("{at}.command"))?;
             for name in z.env.keys() {
                 if name.is_empty() || name.contains('=') || name.contains('\0') {
                     return Err(format!(
@@ -251,6 +340,8 @@ fn file_zone(
     at: &str,
     origin: &DomainName,
     z: &FileZoneInput,
+    path: &serde_json::Value,
+    ns: &serde_json::Value,
     max_records_per_type: Option<usize>,
 ) -> Result<FileZone, String> {
     let mut render = serde_json::Map::new();
@@ -258,8 +349,8 @@ fn file_zone(
         "origin".into(),
         serde_json::Value::String(origin.as_str().to_owned()),
     );
-    render.insert("path".into(), z.path.clone());
-    render.insert("ns".into(), z.ns.clone());
+    render.insert("path".into(), path.clone());
+    render.insert("ns".into(), ns.clone());
     for (key, value) in [
         ("ttl", &z.ttl),
         ("soa", &z.soa),
