@@ -11,7 +11,7 @@ use certbridge_testsupport as support;
 
 #[path = "dns_backends/fixtures.rs"]
 mod fixtures;
-use fixtures::{Exec, Rfc2136, StandIn, ZoneFile};
+use fixtures::{Exec, PowerDns, Rfc2136, StandIn, ZoneFile};
 
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -273,6 +273,11 @@ fn rfc2136_on_bind() {
         bed: Testbed::start(&["--hosts", "5"]),
         knot: false,
     });
+}
+
+#[test]
+fn powerdns_on_powerdns() {
+    acceptance(&PowerDns(Testbed::start(&["--hosts", "5", "--pdns"])));
 }
 
 #[test]

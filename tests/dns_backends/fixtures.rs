@@ -276,3 +276,44 @@ impl Fixture for Exec {
         vec![self.secret().to_owned()]
     }
 }
+
+/// `method: powerdns` on the bed's pdns_server (`--pdns`), through its HTTP API.
+pub struct PowerDns(pub Testbed);
+
+impl Fixture for PowerDns {
+    fn label(&self) -> String {
+        "powerdns on PowerDNS".into()
+    }
+    fn bed(&self) -> &Testbed {
+        &self.0
+    }
+    fn host(&self, n: u32) -> String {
+        format!("pdns{n}")
+    }
+    fn owner(&self, n: u32) -> String {
+        format!("{}.example.test.{}", self.host(n), self.origin())
+    }
+    fn zone(&self) -> Value {
+        json!({
+            "origin": self.0.get("TESTBED_PDNS_ZONE"), "method": "powerdns",
+            "api_url": self.0.get("TESTBED_PDNS_API_URL"), "api_key": self.0.get("TESTBED_PDNS_API_KEY"),
+        })
+    }
+    fn broken_zone(&self) -> (Value, Vec<String>) {
+        let mut z = self.zone();
+        z["api_key"] = json!("certbridge-not-the-key");
+        (
+            z,
+            vec![
+                self.0.get("TESTBED_PDNS_API_URL").to_owned(),
+                "HTTP 401".into(),
+            ],
+        )
+    }
+    fn servers(&self) -> Vec<String> {
+        vec![self.0.get("TESTBED_PDNS").to_owned()]
+    }
+    fn secrets(&self) -> Vec<String> {
+        vec![self.0.get("TESTBED_PDNS_API_KEY").to_owned()]
+    }
+}

@@ -103,6 +103,10 @@ pub enum PublishError {
         command: String,
         detail: String,
     },
+    /// An HTTP DNS API failed (the method and the API's URL, never its key, are added by
+    /// `zones::ZoneBackend::publish`).
+    #[error("zone {zone}: {detail}")]
+    Api { zone: String, detail: String },
     #[error("zone {zone}: cannot find its authoritative servers: {detail}")]
     Servers { zone: String, detail: String },
 }

@@ -10,6 +10,7 @@
 //! - [`backend`]: the interface every method implements; [`zones`]: the shared per-zone
 //!   step over it (locking, ageing, check mode); [`zoneopts`]: zone options tagged by method.
 //! - [`exec`]: the method that hands the change set to a command of the user's.
+//! - [`powerdns`]: the PowerDNS HTTP API method.
 //! - [`options`], [`publish`]: the `acme_txt_publish` module's options and the step itself.
 
 pub mod backend;
@@ -18,6 +19,7 @@ pub mod error;
 pub mod exec;
 pub mod loaded;
 pub mod options;
+pub mod powerdns;
 pub mod publish;
 pub mod rfc2136;
 pub mod transport;

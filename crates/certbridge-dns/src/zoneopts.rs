@@ -24,9 +24,10 @@ pub enum ZoneInput {
     Zonefile(Box<FileZoneInput>),
     Rfc2136(Rfc2136Input),
     Exec(ExecInput),
+    Powerdns(PowerdnsInput),
 }
 
-const METHODS: &str = "zonefile, rfc2136 or exec";
+const METHODS: &str = "zonefile, rfc2136, exec or powerdns";
 
 /// Like `#[serde(tag = "method")]`, but an error inside the variant names the option and
 /// the method (serde's buffered tagged enums lose the option's path).
@@ -48,6 +49,7 @@ impl<'de> Deserialize<'de> for ZoneInput {
             "zonefile" => variant(rest).map(|z| ZoneInput::Zonefile(Box::new(z))),
             "rfc2136" => variant(rest).map(ZoneInput::Rfc2136),
             "exec" => variant(rest).map(ZoneInput::Exec),
+            "powerdns" => variant(rest).map(ZoneInput::Powerdns),
             other => {
                 return Err(D::Error::custom(format!(
                     "unknown `method` `{other}`: expected {METHODS}"
@@ -160,6 +162,26 @@ pub struct ExecInput {
     pub ttl: Raw,
 }
 
+/// `method: powerdns`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PowerdnsInput {
+    pub origin: String,
+    /// `http://` host and port of the API (a path prefix before `/api/v1` allowed).
+    pub api_url: String,
+    /// Secret (no_log).
+    pub api_key: String,
+    #[serde(default = "default_server_id")]
+    pub server_id: String,
+    #[serde(default)]
+    pub nameservers: Option<Vec<String>>,
+    #[serde(default)]
+    pub ttl: Raw,
+}
+
+fn default_server_id() -> String {
+    "localhost".into()
+}
 fn default_algorithm() -> String {
     "hmac-sha256".into()
 }
@@ -173,6 +195,7 @@ impl ZoneInput {
             ZoneInput::Zonefile(_) => "zonefile",
             ZoneInput::Rfc2136(_) => "rfc2136",
             ZoneInput::Exec(_) => "exec",
+            ZoneInput::Powerdns(_) => "powerdns",
         }
     }
     pub fn origin(&self) -> &str {
@@ -180,6 +203,7 @@ impl ZoneInput {
             ZoneInput::Zonefile(z) => &z.origin,
             ZoneInput::Rfc2136(z) => &z.origin,
             ZoneInput::Exec(z) => &z.origin,
+            ZoneInput::Powerdns(z) => &z.origin,
         }
     }
 }
@@ -261,20 +285,7 @@ pub fn zone_plan(
                     ));
                 }
             }
-            let nameservers = match &z.nameservers {
-                None => None,
-                Some(list) if list.is_empty() => {
-                    return Err(format!(
-                        "option `{at}.nameservers` is empty: leave it out to verify the zone's NS"
-                    ))
-                }
-                Some(list) => Some(
-                    list.iter()
-                        .enumerate()
-                        .map(|(j, s)| parse_addr(&format!("{at}.nameservers[{j}]"), s))
-                        .collect::<Result<Vec<_>, _>>()?,
-                ),
-            };
+            let nameservers = zone_nameservers(&at, z.nameservers.as_deref())?;
             ZoneBackend::Exec(Box::new(ExecZone {
                 command,
                 env: z.env.clone(),
@@ -283,8 +294,48 @@ pub fn zone_plan(
                 ttl: ttl_u32(&at, z.ttl.as_ref())?,
             }))
         }
+        ZoneInput::Powerdns(z) => powerdns_zone(&at, z).map_err(in_zone)?,
     };
     Ok(ZonePlan { origin, backend })
+}
+
+/// A zone's own `nameservers`, if given (not empty).
+fn zone_nameservers(at: &str, list: Option<&[String]>) -> Result<Option<Vec<SocketAddr>>, String> {
+    match list {
+        None => Ok(None),
+        Some([]) => Err(format!(
+            "option `{at}.nameservers` is empty: leave it out to verify the zone's NS"
+        )),
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .map(|(j, s)| parse_addr(&format!("{at}.nameservers[{j}]"), s))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+    }
+}
+
+fn powerdns_zone(at: &str, z: &PowerdnsInput) -> Result<ZoneBackend, String> {
+    use crate::powerdns::{ApiKey, ApiUrl, PdnsZone};
+    let api = ApiUrl::parse(&z.api_url).map_err(|e| format!("option `api_url`: {e}"))?;
+    let key = ApiKey::new(&z.api_key)?;
+    let id = &z.server_id;
+    if id.is_empty()
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(format!(
+            "option `server_id`: `{id}` is not a PowerDNS server id (letters, digits, `-`, `_`, `.`)"
+        ));
+    }
+    Ok(ZoneBackend::Powerdns(Box::new(PdnsZone {
+        api,
+        server_id: id.clone(),
+        key,
+        nameservers: zone_nameservers(at, z.nameservers.as_deref())?,
+        ttl: ttl_u32(at, z.ttl.as_ref())?,
+    })))
 }
 
 fn file_zone(

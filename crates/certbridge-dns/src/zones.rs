@@ -6,6 +6,7 @@
 use crate::backend::{plan, state_file, Ages, Backend, ChangeSet, Expiry, Guard, Servers, Values};
 use crate::error::PublishError;
 use crate::exec::ExecZone;
+use crate::powerdns::PdnsZone;
 use crate::rfc2136::DynZone;
 use crate::zonefile::FileZone;
 use certbridge_core::names::{DomainName, TxtDigest};
@@ -20,6 +21,7 @@ pub enum ZoneBackend {
     Zonefile(Box<FileZone>),
     Rfc2136(Box<DynZone>),
     Exec(Box<ExecZone>),
+    Powerdns(Box<PdnsZone>),
 }
 
 /// Calls `$body` with `$b` bound to the variant's backend (static dispatch).
@@ -29,6 +31,7 @@ macro_rules! with_backend {
             ZoneBackend::Zonefile($b) => $body,
             ZoneBackend::Rfc2136($b) => $body,
             ZoneBackend::Exec($b) => $body,
+            ZoneBackend::Powerdns($b) => $body,
         }
     };
 }
