@@ -412,3 +412,100 @@ fn refused_inputs_and_planted_links_write_nothing() {
         0
     );
 }
+
+/// One http-01 round as the pulse runs it: request, publish the tokens, finalize, retire the
+/// tokens. Returns the replies of acme_request and acme_finalize.
+fn http_round(host: &Host, state: &Path, webroot: &str, extra: &Value) -> (Value, Value) {
+    let req = ok(&host.request(extra)).clone();
+    let tokens = with_webroot(&req["acme_http_required"], webroot);
+    ok(&http_publish(state, &tokens, &json!([]), 3600));
+    let fin = ok(&host.finalize(extra)).clone();
+    ok(&http_publish(
+        state,
+        &json!([]),
+        &fin["acme_http_done"],
+        3600,
+    ));
+    (req, fin)
+}
+
+/// Issue 16 point 6: an http-01 cert made self-signed (no CA asked, no token listed) is
+/// replaced by a CA certificate through the http-01 flow on the next run without
+/// `self_sign`; the same cert then moves staging -> production (the same Pebble under another
+/// spelling of its URL plays the staging directory), each step a new certificate.
+#[test]
+fn self_signed_and_staging_http01_certs_upgrade_to_production() {
+    let bed = bed();
+    let host = host(&bed);
+    let webroot = bed.get("TESTBED_HTTP_WEBROOT");
+    let state = tempfile::tempdir().unwrap();
+    let certs = json!({"certs": {"web": http_cert(&["host4.example.test"], webroot)}});
+    let issuer = || {
+        let pem = host.cert_file("host4.example.test", "cert.pem");
+        certbridge_acme::certinfo::leaf_info_pem(&pem, "t")
+            .unwrap()
+            .issuer
+    };
+
+    let ss = json!({"certs": certs["certs"], "self_sign": true});
+    let (req, fin) = http_round(&host, state.path(), webroot, &ss);
+    assert_eq!(req["acme_http_required"], json!([]), "{req}");
+    assert_eq!(fin["updated"], json!(["web"]), "{fin}");
+    let self_signed = issuer();
+    assert!(
+        certbridge_acme::selfsign::is_local_ca(&self_signed),
+        "{self_signed}"
+    );
+
+    let (req, fin) = http_round(&host, state.path(), webroot, &certs);
+    assert_eq!(req["certs"]["web"]["reason"], "self_signed", "{req}");
+    assert_eq!(
+        req["acme_http_required"].as_array().unwrap().len(),
+        1,
+        "{req}"
+    );
+    assert_eq!(fin["updated"], json!(["web"]), "{fin}");
+    let from_ca = issuer();
+    assert!(
+        !certbridge_acme::selfsign::is_local_ca(&from_ca),
+        "still self-signed: {from_ca}"
+    );
+    assert!(
+        log(&bed, "host.log")
+            .lines()
+            .any(|l| l.contains("/.well-known/acme-challenge/") && !l.contains("certbridge/")),
+        "the CA did not fetch a token through nginx"
+    );
+
+    // Staging, forced (a production certificate is otherwise kept), then production again.
+    let staging_dir = bed
+        .get("TESTBED_ACME_DIRECTORY")
+        .replace("127.0.0.1", "localhost");
+    let staging = json!({"certs": certs["certs"], "directory": staging_dir, "staging": true,
+                         "force": true});
+    let production_cert = host.cert_file("host4.example.test", "cert.pem");
+    let (req, fin) = http_round(&host, state.path(), webroot, &staging);
+    assert_eq!(req["certs"]["web"]["reason"], "forced", "{req}");
+    assert_eq!(fin["updated"], json!(["web"]), "{fin}");
+    let staging_cert = host.cert_file("host4.example.test", "cert.pem");
+    assert_ne!(staging_cert, production_cert);
+
+    let (req, fin) = http_round(&host, state.path(), webroot, &certs);
+    assert_eq!(req["certs"]["web"]["reason"], "directory_changed", "{req}");
+    assert_eq!(
+        req["acme_http_required"].as_array().unwrap().len(),
+        1,
+        "{req}"
+    );
+    assert_eq!(fin["updated"], json!(["web"]), "{fin}");
+    assert_ne!(
+        host.cert_file("host4.example.test", "cert.pem"),
+        staging_cert
+    );
+    // Every token is gone once its order ended.
+    let challenge_dir = Path::new(webroot).join(".well-known/acme-challenge");
+    let left: Vec<_> = std::fs::read_dir(&challenge_dir)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "tokens left: {left:?}");
+}
