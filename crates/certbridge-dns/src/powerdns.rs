@@ -10,10 +10,13 @@
 use crate::backend::{Applied, Backend, ChangeSet, Servers, Snapshot, Values};
 use crate::error::PublishError;
 use certbridge_core::names::DomainName;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Bytes;
+use hyper::{header, Method, Request};
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -298,141 +301,67 @@ pub fn patch_body(rrsets: &TxtRrsets, change: &ChangeSet) -> serde_json::Value {
     serde_json::json!({ "rrsets": out })
 }
 
-/// One connection to the API, for one request.
-async fn connect(pz: &PdnsZone) -> Result<TcpStream, ApiFailure> {
+/// One request on its own connection (PowerDNS's web server closes it after each answer
+/// anyway): (status, body). hyper's low-level HTTP/1 client, no pool and no proxy.
+async fn call(
+    pz: &PdnsZone,
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<(u16, Bytes), ApiFailure> {
+    let lost = |e: hyper::Error| {
+        if e.is_parse() || e.is_parse_status() || e.is_incomplete_message() {
+            ApiFailure::Malformed(format!("not an HTTP answer: {e}"))
+        } else {
+            ApiFailure::Unreachable(e.to_string())
+        }
+    };
     let tcp = TcpStream::connect((pz.api.host.as_str(), pz.api.port))
         .await
         .map_err(|e| ApiFailure::Unreachable(e.to_string()))?;
     let _ = tcp.set_nodelay(true);
-    Ok(tcp)
-}
-
-/// One HTTP/1.1 request with `Connection: close` and its answer: (status, body). The API's
-/// answers are small JSON documents with a Content-Length (or chunked); this is all the HTTP
-/// the backend needs, and keeps an HTTP library out of the module binary (its size budget).
-async fn call(
-    pz: &PdnsZone,
-    method: &str,
-    path: &str,
-    body: Option<Vec<u8>>,
-) -> Result<(u16, Vec<u8>), ApiFailure> {
-    let mut io = connect(pz).await?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(lost)?;
+    // The connection's task ends when `send` is dropped or the server closes.
+    tokio::spawn(conn);
     let host = if pz.api.host.contains(':') {
         format!("[{}]:{}", pz.api.host, pz.api.port)
     } else {
         format!("{}:{}", pz.api.host, pz.api.port)
     };
-    let body = body.unwrap_or_default();
-    let mut req = format!(
-        "{method} {}{path} HTTP/1.1\r\nHost: {host}\r\nX-API-Key: {}\r\nAccept: application/json\r\nUser-Agent: certbridge/{}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        pz.api.prefix,
-        pz.key.0,
-        env!("CARGO_PKG_VERSION"),
-        body.len()
-    )
-    .into_bytes();
-    if !body.is_empty() {
-        req.extend_from_slice(b"Content-Type: application/json\r\n");
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("{}{path}", pz.api.prefix))
+        .header(header::HOST, host)
+        .header("x-api-key", pz.key.0.as_str())
+        .header(header::ACCEPT, "application/json")
+        .header(header::CONNECTION, "close")
+        .header(
+            header::USER_AGENT,
+            concat!("certbridge/", env!("CARGO_PKG_VERSION")),
+        );
+    if body.is_some() {
+        req = req.header(header::CONTENT_TYPE, "application/json");
     }
-    req.extend_from_slice(b"\r\n");
-    req.extend_from_slice(&body);
-    let lost = |e: std::io::Error| ApiFailure::Unreachable(e.to_string());
-    io.write_all(&req).await.map_err(lost)?;
-    io.flush().await.map_err(lost)?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        if let Some(done) = parse_answer(&buf, false)? {
-            return Ok(done);
-        }
-        let n = match io.read(&mut chunk).await {
-            Ok(n) => n,
-            Err(e) => return Err(lost(e)),
-        };
-        if n == 0 {
-            return parse_answer(&buf, true)?
-                .ok_or_else(|| ApiFailure::Malformed("the connection closed mid-answer".into()));
-        }
-        if buf.len() + n > MAX_BODY {
-            return Err(ApiFailure::Malformed(format!(
-                "an answer over {MAX_BODY} bytes"
-            )));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-/// (status, body) once `buf` holds a whole answer; `None` while more is needed (at `eof`, a
-/// body without length ends at the close).
-fn parse_answer(buf: &[u8], eof: bool) -> Result<Option<(u16, Vec<u8>)>, ApiFailure> {
-    let bad = |what: &str| ApiFailure::Malformed(format!("not an HTTP answer: {what}"));
-    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return if eof {
-            Err(bad("no header end"))
-        } else {
-            Ok(None)
-        };
-    };
-    let head = String::from_utf8_lossy(&buf[..end]);
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .strip_prefix("HTTP/1.")
-        .and_then(|r| r.get(2..5))
-        .and_then(|c| c.parse::<u16>().ok())
-        .ok_or_else(|| bad(status_line))?;
-    let (mut length, mut chunked) = (None, false);
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            length = Some(value.parse::<usize>().map_err(|_| bad("Content-Length"))?);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.to_ascii_lowercase().contains("chunked");
-        }
-    }
-    let rest = &buf[end + 4..];
-    if chunked {
-        return dechunk(rest).map(|b| b.map(|b| (status, b))).or_else(|e| {
-            if eof {
-                Err(e)
+    // Header values were checked when the options were read; the error never shows the key.
+    let req = req
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .map_err(|_| ApiFailure::Malformed("the request could not be built".into()))?;
+    let resp = send.send_request(req).await.map_err(lost)?;
+    let status = resp.status().as_u16();
+    let body = Limited::new(resp.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<LengthLimitError>() {
+                ApiFailure::Malformed(format!("an answer over {MAX_BODY} bytes"))
             } else {
-                Ok(None)
+                ApiFailure::Unreachable(format!("reading the answer: {e}"))
             }
-        });
-    }
-    match length {
-        Some(n) if rest.len() >= n => Ok(Some((status, rest[..n].to_vec()))),
-        Some(_) if eof => Err(bad("the body is shorter than its Content-Length")),
-        Some(_) => Ok(None),
-        None if eof => Ok(Some((status, rest.to_vec()))),
-        None => Ok(None),
-    }
-}
-
-/// A chunked body: `Ok(None)` while incomplete.
-fn dechunk(mut rest: &[u8]) -> Result<Option<Vec<u8>>, ApiFailure> {
-    let mut out = Vec::new();
-    loop {
-        let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
-            return Ok(None);
-        };
-        let size_text = String::from_utf8_lossy(&rest[..eol]);
-        let size_text = size_text.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| ApiFailure::Malformed("a bad chunk size".into()))?;
-        rest = &rest[eol + 2..];
-        if size == 0 {
-            return Ok(Some(out));
-        }
-        if rest.len() < size + 2 {
-            return Ok(None);
-        }
-        out.extend_from_slice(&rest[..size]);
-        rest = &rest[size + 2..];
-    }
+        })?
+        .to_bytes();
+    Ok((status, body))
 }
 
 /// Turns a non-success answer into its failure (PowerDNS's `{"error": ...}` kept).
@@ -476,7 +405,7 @@ async fn within<T>(
 
 /// Reads the zone's TXT RRsets.
 async fn read(pz: &PdnsZone, origin: &DomainName) -> Result<TxtRrsets, ApiFailure> {
-    let (status, body) = call(pz, "GET", &zone_path(pz, origin), None).await?;
+    let (status, body) = call(pz, Method::GET, &zone_path(pz, origin), None).await?;
     if !(200..300).contains(&status) {
         return Err(refusal(status, &body, true));
     }
@@ -532,7 +461,7 @@ impl Backend for PdnsZone {
             let body = patch_body(&rrsets, change).to_string().into_bytes();
             let path = zone_path(self, zone);
             within(deadline, "the PATCH of RRsets", async {
-                let (status, text) = call(self, "PATCH", &path, Some(body)).await?;
+                let (status, text) = call(self, Method::PATCH, &path, Some(body)).await?;
                 if (200..300).contains(&status) {
                     Ok(())
                 } else {
@@ -647,21 +576,6 @@ mod tests {
         assert_eq!(contents, [r#""v=spf1" " -all""#, r#""off""#, r#""new""#]);
         assert_eq!(sets[1]["changetype"], "DELETE");
         assert_eq!(sets[1]["name"], "b.z.test.");
-    }
-
-    #[test]
-    fn answers_parse_with_length_chunked_or_close() {
-        let a = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
-        assert_eq!(parse_answer(a, false).unwrap(), Some((200, b"{}".to_vec())));
-        assert_eq!(parse_answer(&a[..a.len() - 1], false).unwrap(), None);
-        let c = b"HTTP/1.1 422 Unprocessable Entity\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
-        assert_eq!(
-            parse_answer(c, false).unwrap(),
-            Some((422, b"abcde".to_vec()))
-        );
-        let e = b"HTTP/1.0 204 No Content\r\n\r\n";
-        assert_eq!(parse_answer(e, true).unwrap(), Some((204, Vec::new())));
-        assert!(parse_answer(b"SSH-2.0-OpenSSH\r\n\r\n", true).is_err());
     }
 
     #[test]
