@@ -177,10 +177,18 @@ fn a_missing_cname_fails_only_that_host() {
 fn a_bad_cname_fails_its_cert_in_play_1_before_any_order() {
     let bed = Testbed::start(&["--hosts", "6"]);
     let state = tempfile::tempdir().unwrap();
+    // Two http-01 certs among them: `aweb` (sorted first, so a CNAME result handed to the
+    // wrong cert would refuse it) has no CNAME to check; `bweb`'s webroot, served by this host,
+    // does not exist, which fails it before any order as well.
+    let webroot = tempfile::tempdir().unwrap();
     let host = dns_host(
         &bed,
         json!({"good": ["host5.example.test"], "shared": ["host1.example.test"],
-               "bad": ["host6.example.test", "nocname.example.test"], "wrong": ["wrong.example.test"]}),
+               "bad": ["host6.example.test", "nocname.example.test"], "wrong": ["wrong.example.test"],
+               "aweb": {"names": ["host4.example.test"], "challenge": "http-01",
+                        "webroot": webroot.path()},
+               "bweb": {"names": ["host3.example.test"], "challenge": "http-01",
+                        "webroot": webroot.path().join("missing")}}),
     );
     let req = host.request(json!({"cname_check": {
         "zones": [bed.get("TESTBED_SIGNING_ZONE"), bed.get("TESTBED_DYNAMIC_ZONE")],
@@ -193,15 +201,18 @@ fn a_bad_cname_fails_its_cert_in_play_1_before_any_order() {
         "nocname.example.test: _acme-challenge.nocname.example.test. has no CNAME",
         "add: _acme-challenge.nocname.example.test. IN CNAME nocname.example.test.signing.test.",
         "wrong.example.test: _acme-challenge.wrong.example.test. points to wrong.example.test.elsewhere.test.",
+        "`host3.example.test`: webroot",
+        "missing does not exist",
     ] {
         assert!(msg.contains(want), "missing {want:?}: {msg}");
     }
     assert_eq!(
         req.json["pending"],
-        json!(["good", "shared"]),
+        json!(["aweb", "good", "shared"]),
         "{}",
         req.json
     );
+    assert_eq!(req.json["acme_http_required"][0]["cert"], "aweb", "{}", req.json);
     let mut owners: Vec<(String, String)> = req.json["acme_txt_required"]
         .as_array()
         .unwrap()
@@ -223,7 +234,7 @@ fn a_bad_cname_fails_its_cert_in_play_1_before_any_order() {
     );
     // No order for the refused certs, and no backoff: the next pulse after the fix orders.
     let log = std::fs::read_to_string(host.root.join("certbridge.log")).unwrap();
-    for cert in ["bad", "wrong"] {
+    for cert in ["bad", "wrong", "bweb"] {
         assert!(
             !log.lines()
                 .any(|l| l.contains("\"order_created\"")

@@ -135,6 +135,12 @@ pub fn check_webroot_path(webroot: &str) -> Result<PathBuf, String> {
     Ok(p.to_path_buf())
 }
 
+/// The webroot as acme_http_publish will use it: an absolute directory, not a link, and
+/// `.well-known` / `acme-challenge` (when there) no links either. Writes nothing.
+pub fn check_webroot_dir(webroot: &str) -> Result<(), String> {
+    challenge_dir(&check_webroot_path(webroot)?, false).map(|_| ())
+}
+
 /// Opens `<webroot>/.well-known/acme-challenge`, creating the two directories (0755) when
 /// `create`; None when they are missing and not created. The webroot must be a directory, not
 /// a symbolic link itself; `.well-known` and `acme-challenge` are never followed as links (one

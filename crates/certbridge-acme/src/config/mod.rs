@@ -98,6 +98,8 @@ pub enum Challenge {
     /// http-01: tokens go to `<webroot>/.well-known/acme-challenge/` (an absolute path).
     Http01 {
         webroot: String,
+        /// No `webroot_hosts`: this host writes the tokens itself, so its webroot must exist.
+        served_here: bool,
     },
 }
 
@@ -111,7 +113,7 @@ impl Challenge {
     pub fn webroot(&self) -> Option<&str> {
         match self {
             Challenge::Dns01 => None,
-            Challenge::Http01 { webroot } => Some(webroot),
+            Challenge::Http01 { webroot, .. } => Some(webroot),
         }
     }
 }

@@ -63,6 +63,7 @@ impl<'de> Deserialize<'de> for CertEntry {
                     profile: None,
                     challenge: None,
                     webroot: None,
+                    webroot_hosts: false,
                 };
                 for (key, v) in map {
                     let text = |v: Value| match v {
@@ -87,7 +88,10 @@ impl<'de> Deserialize<'de> for CertEntry {
                         "challenge" => detailed.challenge = text(v)?,
                         "webroot" => detailed.webroot = text(v)?,
                         // Where the controller writes the tokens: not this module's business.
-                        "webroot_hosts" => {}
+                        "webroot_hosts" => {
+                            detailed.webroot_hosts = !matches!(&v, Value::Null)
+                                && v.as_str().is_none_or(|s| !s.trim().is_empty())
+                        }
                         _ => detailed.profile = text(v)?,
                     }
                 }
@@ -108,6 +112,8 @@ pub struct DetailedCert {
     pub profile: Option<String>,
     pub challenge: Option<String>,
     pub webroot: Option<String>,
+    /// Another host (a `webroot_hosts` pattern) writes this cert's http-01 tokens.
+    pub webroot_hosts: bool,
 }
 
 /// `force`: true/false, or a list of cert names.

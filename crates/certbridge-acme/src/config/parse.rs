@@ -52,12 +52,13 @@ pub fn validate(o: CommonOptions, default_timeout: u64) -> Result<Config, Config
         if cert.eq_ignore_ascii_case(RESERVED) {
             return Err(ConfigError::Reserved { cert: cert.clone() });
         }
-        let (challenge, webroot) = match entry {
+        let (challenge, webroot, served_here) = match entry {
             CertEntry::Detailed(d) => (
                 d.challenge.as_ref().or(o.challenge.as_ref()),
                 d.webroot.as_ref().or(o.webroot.as_ref()),
+                !d.webroot_hosts,
             ),
-            CertEntry::Names(_) => (o.challenge.as_ref(), o.webroot.as_ref()),
+            CertEntry::Names(_) => (o.challenge.as_ref(), o.webroot.as_ref(), true),
         };
         let (raw_names, key_type, profile) = match entry {
             CertEntry::Names(n) => (n.clone(), default_key_type, default_profile.clone()),
@@ -111,7 +112,7 @@ pub fn validate(o: CommonOptions, default_timeout: u64) -> Result<Config, Config
                 count: names.len(),
             });
         }
-        let challenge = check_challenge(cert, &names, challenge, webroot)?;
+        let challenge = check_challenge(cert, &names, challenge, webroot, served_here)?;
         let dir = names[0].dir_name();
         if let Some(other) = dirs.insert(dir.clone(), cert.clone()) {
             return Err(ConfigError::SameDirectory {
@@ -348,6 +349,7 @@ pub(super) fn check_challenge(
     names: &[Identifier],
     challenge: Option<&String>,
     webroot: Option<&String>,
+    served_here: bool,
 ) -> Result<Challenge, ConfigError> {
     let option = format!("certs.{cert}");
     let first = names.first().map(|n| n.as_str()).unwrap_or_default();
@@ -365,6 +367,7 @@ pub(super) fn check_challenge(
                 .map_err(|e| invalid(&option, format!("`{first}`: {e}")))?;
             Challenge::Http01 {
                 webroot: webroot.to_owned(),
+                served_here,
             }
         }
         Some(other) => {

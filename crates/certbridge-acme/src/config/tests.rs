@@ -322,7 +322,8 @@ fn http01_options_per_cert_and_as_defaults() {
     assert_eq!(
         web.challenge,
         Challenge::Http01 {
-            webroot: "/var/www/acme".into()
+            webroot: "/var/www/acme".into(),
+            served_here: false
         }
     );
     let ip = c.cert("ip").unwrap();

@@ -389,6 +389,9 @@ pub async fn run<C: CaConnector>(
         }
         !wait
     });
+    if !cfg.self_sign {
+        refuse_bad_webroots(&states, &mut to_issue, log, &mut out);
+    }
     // Held certs are checked when the round admits them (the second call orders them).
     let mut owners = crate::cnamecheck::Owners::new();
     if let Some(cc) = cname.filter(|_| !cfg.self_sign) {

@@ -142,7 +142,11 @@ pub(super) async fn refuse_bad_cnames(
     let mut checked = cc.check(&certs, deadline).await.into_iter();
     let mut owners = crate::cnamecheck::Owners::new();
     to_issue.retain(|i| {
-        let cert = states[*i].spec.name.as_str();
+        let spec = states[*i].spec;
+        if !spec.challenge.kind().is_dns() {
+            return true; // not among `certs`: it has no result
+        }
+        let cert = spec.name.as_str();
         match checked.next() {
             Some(Err(message)) => {
                 log.event("order_refused", json!({"cert": cert, "message": message}));
@@ -158,6 +162,38 @@ pub(super) async fn refuse_bad_cnames(
         }
     });
     owners
+}
+
+/// An http-01 cert whose tokens this host serves itself (no `webroot_hosts`) fails before any
+/// order when its webroot is missing, not a directory, a symbolic link, or has a linked
+/// `.well-known` / `acme-challenge` (acme_http_publish would refuse to write there).
+pub(super) fn refuse_bad_webroots(
+    states: &[CertState<'_>],
+    to_issue: &mut Vec<usize>,
+    log: &EventLog,
+    out: &mut Outcome,
+) {
+    to_issue.retain(|i| {
+        let spec = states[*i].spec;
+        let crate::config::Challenge::Http01 {
+            webroot,
+            served_here: true,
+        } = &spec.challenge
+        else {
+            return true;
+        };
+        let Err(e) = certbridge_core::webroot::check_webroot_dir(webroot) else {
+            return true;
+        };
+        let cert = spec.name.as_str();
+        let first = spec.names.first().map(|n| n.as_str()).unwrap_or_default();
+        let message =
+            format!("`{first}`: {e} (http-01 tokens for this cert are written on this host)");
+        log.event("order_refused", json!({"cert": cert, "message": message}));
+        out.failures
+            .push((cert.to_owned(), CaFailure::local(message)));
+        false
+    });
 }
 
 /// Why a stored order `age` seconds old is too old to resume: the CA has let it expire (its
