@@ -212,7 +212,11 @@ fn a_bad_cname_fails_its_cert_in_play_1_before_any_order() {
         "{}",
         req.json
     );
-    assert_eq!(req.json["acme_http_required"][0]["cert"], "aweb", "{}", req.json);
+    assert_eq!(
+        req.json["acme_http_required"][0]["cert"], "aweb",
+        "{}",
+        req.json
+    );
     let mut owners: Vec<(String, String)> = req.json["acme_txt_required"]
         .as_array()
         .unwrap()
