@@ -10,13 +10,14 @@
 use crate::backend::{Applied, Backend, ChangeSet, Servers, Snapshot, Values};
 use crate::error::PublishError;
 use certbridge_core::names::DomainName;
+use hickory_proto::rr::{Name, RData, RecordType};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Bytes;
 use hyper::{header, Method, Request};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -301,6 +302,35 @@ pub fn patch_body(rrsets: &TxtRrsets, change: &ChangeSet) -> serde_json::Value {
     serde_json::json!({ "rrsets": out })
 }
 
+/// The API's address without the C library's resolver (the modules are static binaries and
+/// must not link NSS lookups): an IP literal or `localhost` as is, a name through the first
+/// nameserver of /etc/resolv.conf (A record).
+async fn api_addr(pz: &PdnsZone) -> Result<SocketAddr, ApiFailure> {
+    let host = pz.api.host.as_str();
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, pz.api.port));
+    }
+    if host.eq_ignore_ascii_case("localhost") {
+        return Ok(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), pz.api.port));
+    }
+    let unresolved = |why: String| ApiFailure::Unreachable(format!("cannot resolve {host}: {why}"));
+    let resolver = crate::chase::system_resolver()
+        .ok_or_else(|| unresolved("no nameserver in /etc/resolv.conf".into()))?;
+    let name = Name::from_ascii(format!("{}.", host.trim_end_matches('.')))
+        .map_err(|e| unresolved(e.to_string()))?;
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    let msg = crate::transport::query(resolver, &name, RecordType::A, true, deadline)
+        .await
+        .map_err(|e| unresolved(e.to_string()))?;
+    msg.answers
+        .iter()
+        .find_map(|r| match &r.data {
+            RData::A(a) => Some(SocketAddr::new(IpAddr::V4(a.0), pz.api.port)),
+            _ => None,
+        })
+        .ok_or_else(|| unresolved(format!("no A record at {resolver}")))
+}
+
 /// One request on its own connection (PowerDNS's web server closes it after each answer
 /// anyway): (status, body). hyper's low-level HTTP/1 client, no pool and no proxy.
 async fn call(
@@ -316,7 +346,7 @@ async fn call(
             ApiFailure::Unreachable(e.to_string())
         }
     };
-    let tcp = TcpStream::connect((pz.api.host.as_str(), pz.api.port))
+    let tcp = TcpStream::connect(api_addr(pz).await?)
         .await
         .map_err(|e| ApiFailure::Unreachable(e.to_string()))?;
     let _ = tcp.set_nodelay(true);
