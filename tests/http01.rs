@@ -492,9 +492,10 @@ fn self_signed_and_staging_http01_certs_upgrade_to_production() {
 
     let (req, fin) = http_round(&host, state.path(), webroot, &certs);
     assert_eq!(req["certs"]["web"]["reason"], "directory_changed", "{req}");
-    assert_eq!(
-        req["acme_http_required"].as_array().unwrap().len(),
-        1,
+    // The production account validated this name in the first step: Pebble reuses a valid
+    // authorization half the time (PEBBLE_AUTHZREUSE), and then no token is asked for.
+    assert!(
+        req["acme_http_required"].as_array().unwrap().len() <= 1,
         "{req}"
     );
     assert_eq!(fin["updated"], json!(["web"]), "{fin}");
